@@ -1,0 +1,1 @@
+"""SynthForge stage C: label fine-tuning on real benchmarks with a frozen stage-B network."""

@@ -1,0 +1,1 @@
+"""SynthForge stage A: labeled-face generation from a FLAME-format head model."""

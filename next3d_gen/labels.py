@@ -1,0 +1,318 @@
+"""Label spaces as data: class names, ids, palettes, flip pairs, merge tables and the 68-point flip permutation.
+
+This module is the single source of truth for every label constant in the project. Class ids are list positions.
+"Left"/"right" in class names are the *subject's* left/right (as in FLAME's masks and the published SynthForge code),
+so the subject's right eye appears on the image *left* in a frontal view.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IGNORE_INDEX = 255
+"""Segmentation value that losses and metrics skip."""
+
+NUM_LANDMARKS = 68
+"""iBUG 68-point order: 0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67 mouth."""
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """A segmentation label space.
+
+    Attributes:
+        name: short identifier stored in HDF5 attributes and configs.
+        classes: class names; the id of a class is its position.
+        palette: one RGB uint8 colour per class, same order.
+        flip_pairs: pairs of ids swapped by a horizontal image flip.
+        merges: named merged classes for the papers' F1 columns: ``{merged_name: (id, id, ...)}``.
+        background: id of the background class.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    merges: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    background: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != len(self.palette):
+            raise ValueError(f"label space {self.name}: {len(self.classes)} classes but {len(self.palette)} colours")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def id(self, name: str) -> int:
+        """Id of the class called ``name`` (ValueError naming the space when unknown)."""
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise ValueError(f"label space {self.name!r} has no class {name!r}") from None
+
+    def flip_lut(self) -> np.ndarray:
+        """(C,) int64 lookup table mapping each id to its mirror-image id (identity for unpaired classes)."""
+        lut = np.arange(max(self.num_classes, IGNORE_INDEX + 1), dtype=np.int64)
+        for a, b in self.flip_pairs:
+            lut[a], lut[b] = b, a
+        return lut
+
+    def palette_array(self) -> np.ndarray:
+        """(256, 3) uint8 colour table; ids beyond the space (incl. 255 = ignore) are black."""
+        table = np.zeros((256, 3), dtype=np.uint8)
+        table[: self.num_classes] = np.asarray(self.palette, dtype=np.uint8)
+        return table
+
+    def to_json(self) -> str:
+        """JSON description stored as the HDF5 ``label_space`` attribute."""
+        return json.dumps(
+            {
+                "name": self.name,
+                "classes": list(self.classes),
+                "palette": [list(c) for c in self.palette],
+                "flip_pairs": [list(p) for p in self.flip_pairs],
+                "merges": {k: list(v) for k, v in self.merges.items()},
+                "background": self.background,
+                "ignore_index": IGNORE_INDEX,
+            }
+        )
+
+    @staticmethod
+    def from_json(text: str) -> LabelSpace:
+        d = json.loads(text)
+        return LabelSpace(
+            name=d["name"],
+            classes=tuple(d["classes"]),
+            palette=tuple(tuple(c) for c in d["palette"]),
+            flip_pairs=tuple(tuple(p) for p in d["flip_pairs"]),
+            merges={k: tuple(v) for k, v in d.get("merges", {}).items()},
+            background=int(d.get("background", 0)),
+        )
+
+
+# The 20-class synthetic space. Colours of classes 1-19 are the published SynthForge UV label texture's colours
+# (reference: official_synthforge.md section 1.12), so the importer can decode its colour-coded maps with this table.
+SYNTH = LabelSpace(
+    name="synthforge20",
+    classes=(
+        "background",
+        "face",
+        "forehead",
+        "glabella",
+        "brow_band",
+        "right_eye_region",
+        "left_eye_region",
+        "right_eyeball",
+        "left_eyeball",
+        "right_eyebrow",
+        "left_eyebrow",
+        "nose",
+        "upper_lip",
+        "lower_lip",
+        "inner_mouth",
+        "right_ear",
+        "left_ear",
+        "scalp",
+        "neck",
+        "neck_back",
+    ),
+    palette=(
+        (0, 0, 0),
+        (0xF5, 0xDC, 0xCB),
+        (0x44, 0x0F, 0x85),
+        (0x9D, 0xAB, 0x3B),
+        (0x65, 0x6B, 0x38),
+        (0x75, 0x7A, 0xE4),
+        (0xE5, 0xA5, 0xE7),
+        (0x00, 0x00, 0xFF),
+        (0xF6, 0x00, 0xFF),
+        (0xD3, 0x8F, 0x8F),
+        (0x8F, 0xA9, 0xD3),
+        (0xC6, 0x02, 0xAC),
+        (0xD9, 0x17, 0x17),
+        (0x00, 0x88, 0x80),
+        (0x00, 0x2F, 0x99),
+        (0xFC, 0xFF, 0x00),
+        (0x00, 0xFF, 0x3C),
+        (0x68, 0x35, 0x16),
+        (0xE4, 0xF1, 0x8F),
+        (0x50, 0x44, 0x3D),
+    ),
+    flip_pairs=((5, 6), (7, 8), (9, 10), (15, 16)),
+    merges={
+        "skin": (1, 2, 3, 4, 5, 6),
+        "eyes": (7, 8),
+        "brows": (9, 10),
+        "mouth": (12, 13, 14),
+        "ears": (15, 16),
+    },
+)
+
+# LaPa (official ids). 106 landmarks; flips are not used for LaPa.
+LAPA = LabelSpace(
+    name="lapa11",
+    classes=(
+        "background",
+        "skin",
+        "left_eyebrow",
+        "right_eyebrow",
+        "left_eye",
+        "right_eye",
+        "nose",
+        "upper_lip",
+        "inner_mouth",
+        "lower_lip",
+        "hair",
+    ),
+    palette=(
+        (0, 0, 0),
+        (255, 204, 153),
+        (102, 51, 0),
+        (153, 76, 0),
+        (0, 102, 204),
+        (0, 153, 255),
+        (255, 102, 102),
+        (204, 0, 0),
+        (64, 0, 64),
+        (255, 51, 153),
+        (60, 30, 10),
+    ),
+    flip_pairs=((2, 3), (4, 5)),
+    merges={"mouth": (7, 8, 9)},
+)
+
+# CelebAMask-HQ, the standard 19-class order used by face-parsing codebases.
+CELEBAMASK_HQ = LabelSpace(
+    name="celebamask_hq19",
+    classes=(
+        "background",
+        "skin",
+        "l_brow",
+        "r_brow",
+        "l_eye",
+        "r_eye",
+        "eye_g",
+        "l_ear",
+        "r_ear",
+        "ear_r",
+        "nose",
+        "mouth",
+        "u_lip",
+        "l_lip",
+        "neck",
+        "neck_l",
+        "cloth",
+        "hair",
+        "hat",
+    ),
+    palette=(
+        (0, 0, 0),
+        (204, 0, 0),
+        (76, 153, 0),
+        (204, 204, 0),
+        (51, 51, 255),
+        (204, 0, 204),
+        (0, 255, 255),
+        (255, 204, 204),
+        (102, 51, 0),
+        (255, 0, 0),
+        (102, 204, 0),
+        (255, 255, 0),
+        (0, 0, 153),
+        (0, 0, 204),
+        (255, 51, 153),
+        (0, 204, 204),
+        (0, 51, 0),
+        (255, 153, 51),
+        (0, 204, 0),
+    ),
+    flip_pairs=((2, 3), (4, 5), (7, 8)),
+    merges={"mouth_all": (11, 12, 13)},
+)
+
+# Microsoft FaceSynthetics ("Fake It Till You Make It"), official ids; 255 = ignore.
+FACESYNTHETICS = LabelSpace(
+    name="facesynthetics19",
+    classes=(
+        "background",
+        "skin",
+        "nose",
+        "right_eye",
+        "left_eye",
+        "right_brow",
+        "left_brow",
+        "right_ear",
+        "left_ear",
+        "mouth_interior",
+        "top_lip",
+        "bottom_lip",
+        "neck",
+        "hair",
+        "beard",
+        "clothing",
+        "glasses",
+        "headwear",
+        "facewear",
+    ),
+    palette=(
+        (0, 0, 0),
+        (255, 204, 153),
+        (255, 102, 102),
+        (0, 153, 255),
+        (0, 102, 204),
+        (153, 76, 0),
+        (102, 51, 0),
+        (255, 255, 0),
+        (204, 204, 0),
+        (64, 0, 64),
+        (204, 0, 0),
+        (255, 51, 153),
+        (255, 153, 51),
+        (60, 30, 10),
+        (90, 60, 30),
+        (0, 51, 0),
+        (0, 255, 255),
+        (0, 204, 0),
+        (128, 128, 128),
+    ),
+    flip_pairs=((3, 4), (5, 6), (7, 8)),
+    merges={"mouth": (9, 10, 11)},
+)
+
+LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (SYNTH, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)}
+
+
+def _landmark_flip_permutation() -> tuple[int, ...]:
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw
+    pairs += [(17, 26), (18, 25), (19, 24), (20, 23), (21, 22)]  # brows
+    pairs += [(31, 35), (32, 34)]  # nose base
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]  # mouth
+    perm = list(range(NUM_LANDMARKS))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return tuple(perm)
+
+
+LANDMARK_FLIP_PERMUTATION: tuple[int, ...] = _landmark_flip_permutation()
+"""After a horizontal flip, new landmark i is old landmark ``LANDMARK_FLIP_PERMUTATION[i]`` (an involution)."""
+
+LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
+    "jaw": tuple(range(0, 17)),
+    "right_brow": tuple(range(17, 22)),
+    "left_brow": tuple(range(22, 27)),
+    "nose_bridge": tuple(range(27, 31)),
+    "nose_base": tuple(range(31, 36)),
+    "right_eye": tuple(range(36, 42)),
+    "left_eye": tuple(range(42, 48)),
+    "outer_lip": tuple(range(48, 60)),
+    "inner_lip": tuple(range(60, 68)),
+}
+"""iBUG 68 landmark groups (subject's left/right), used for drawing and region checks."""
+
+INTER_OCULAR = (36, 45)
+"""Outer eye corners: the inter-ocular NME normaliser for 68-point data."""

@@ -1,0 +1,1 @@
+"""SynthForge stage B: multi-task face network trained on synthetic data."""

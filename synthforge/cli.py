@@ -1,0 +1,55 @@
+"""The one ``synthforge`` command-line entry point.
+
+Each sub-command lives in ``synthforge/commands/<name>.py`` as ``main(argv: list[str]) -> int`` and is imported only
+when used, so ``synthforge preview`` does not pay for importing Lightning. A :class:`~next3d_gen.errors.UserError`
+(or a jsonargparse/argparse usage error) becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from next3d_gen.errors import UserError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("synthforge.commands.generate", "write labeled synthetic faces to HDF5 shards"),
+    "preview": ("synthforge.commands.preview", "draw a grid of samples of an HDF5 dataset"),
+    "import": ("synthforge.commands.importer", "convert a published dataset layout to HDF5"),
+    "train": ("synthforge.commands.train", "stage B: train the multi-task network (LightningCLI fit)"),
+    "finetune": ("synthforge.commands.finetune", "stage C: label fine-tuning on a real benchmark"),
+    "evaluate": ("synthforge.commands.evaluate", "stage C: benchmark metrics and the paper's table"),
+    "demo": ("synthforge.commands.demo", "generate -> train -> evaluate -> report, no assets needed"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: synthforge <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += ["", "Run 'synthforge <command> --help' for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to a sub-command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"synthforge: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except UserError as err:
+        print(f"synthforge {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"synthforge {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

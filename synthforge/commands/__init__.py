@@ -1,0 +1,1 @@
+"""Command implementations behind the one ``synthforge`` entry point (argv parsing lives only here)."""
