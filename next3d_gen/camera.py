@@ -165,9 +165,9 @@ def from_eg3d_label(label: Tensor, height: int, width: int) -> tuple[Tensor, Ten
     Returns:
         K (B, 3, 3) pixel intrinsics, cam2world (B, 4, 4).
     """
+    if label.dim() not in (1, 2) or label.shape[-1] != 25:
+        raise ValueError(f"EG3D camera label must be (25,) or (B, 25), got {tuple(label.shape)}")
     label = label.reshape(-1, 25)
-    if label.shape[1] != 25:
-        raise ValueError(f"EG3D camera label must have 25 values, got {tuple(label.shape)}")
     cam2world = label[:, :16].reshape(-1, 4, 4).clone()
     Kn = label[:, 16:].reshape(-1, 3, 3)
     K = Kn.clone()
