@@ -1,0 +1,1450 @@
+"""Procedural image renderer: a shaded, textured head over a random background, with no assets.
+
+The renderer paints the head in the label rasterization the pipeline already made (``scene.fragments`` and
+``scene.annotations``), so every painted region sits exactly on its label:
+
+* **Texture space.** Each foreground pixel gets its *rest-pose* position (the template vertices of its face,
+  weighted by its barycentrics), normalised to the template's bounding box. Procedural textures are functions of
+  that position, so they stick to the surface under pose and expression and need no UV layout (real FLAME and the
+  built-in head work alike). Smooth noise comes from fixed per-vertex noise bases (computed once per model) mixed
+  with per-sample random weights and interpolated like any vertex attribute; pore-scale noise is per pixel. Soft
+  region weights (cheeks, under-eyes, beard area) are anchored on the rest-pose landmarks once per model.
+* **Albedo.** Skin base colour from a light-to-dark scale of human skin tones (``skin_tone_range`` picks the
+  position on it) with per-identity redness/yellowness/brightness; low-frequency blotches, mid and fine noise;
+  cheek flush; darker/redder tones on ears, neck, eye regions; optional freckles and stubble. Eyebrows are
+  noise-modulated strokes on the eyebrow classes, lips a lip tone on the lip classes, the inner mouth dark with
+  optional teeth, eyeballs get sclera / iris (radial streaks, dark limbal ring) / pupil from the direction out of
+  each eyeball's centre in the rest pose (the iris follows the eye joint), lash lines darken the lids next to the
+  eyeball. The scalp gets hair (strand noise, sheen) or bare skin.
+* **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient + 1-3 coloured directional
+  lights, wrapped Lambert diffuse + Blinn-Phong specular (per-region strength and exponent), in linear RGB, then
+  sRGB encoding.
+* **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
+  shoulders below the neck and hair volume around the head (background pixels only, so labels stay background).
+* **Occluders** in front of the head: hair fringe over the forehead, glasses (ray-cast in 3D against a frame built
+  from the posed landmarks, depth-tested against the head), hands and random objects (screen space). Their
+  head pixels are returned in ``occluder_mask``; the pipeline relabels those pixels as background (seg 0, depth 0,
+  normal 0, uv -1) and marks landmarks under them not visible (see :class:`next3d_gen.render.base.RenderOutput`).
+  Clear lenses are not occluders; sunglasses are.
+* **Anti-aliasing**: the silhouette and depth discontinuities inside the head are blended with a small filter
+  (coverage estimate from the mask); occluders are drawn from signed distances with analytic coverage.
+
+Every random choice comes from the ``torch.Generator`` given to :meth:`ProceduralRenderer.render` (drawn on the
+generator's device, used on the scene's device), so the same generator state gives the same bytes (for a fixed
+torch thread count: reductions may round differently with another thread count).
+
+Speed: the work is on the foreground pixel list (not the full image) except the composition; the background is
+drawn at ``background_max_side`` pixels and upsampled. Run it with one torch thread per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from next3d_gen.errors import UserError
+from next3d_gen.labels import SYNTH
+from next3d_gen.render.base import RenderOutput, Scene
+
+Range = tuple[float, float]
+
+# Class ids (from the label space, never literals).
+_C = {name: SYNTH.id(name) for name in SYNTH.classes}
+
+# Light-to-dark skin-tone scale (sRGB 0-255), roughly Fitzpatrick I-VI plus a very dark tone. Position 0 = lightest.
+SKIN_TONES: tuple[tuple[int, int, int], ...] = (
+    (246, 214, 196),
+    (236, 196, 168),
+    (222, 172, 138),
+    (198, 144, 106),
+    (164, 112, 78),
+    (126, 84, 58),
+    (92, 60, 42),
+    (62, 42, 32),
+)
+# Hair colours (sRGB): black, dark brown, brown, light brown, blonde, auburn/red, grey, white.
+HAIR_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (18, 15, 14),
+    (42, 30, 22),
+    (78, 52, 34),
+    (124, 88, 56),
+    (196, 158, 102),
+    (140, 62, 32),
+    (128, 126, 124),
+    (214, 210, 204),
+)
+# Iris colours (sRGB): dark brown, brown, hazel, green, blue, grey.
+IRIS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (52, 30, 18),
+    (96, 58, 30),
+    (118, 92, 48),
+    (82, 110, 66),
+    (78, 112, 156),
+    (118, 128, 136),
+)
+# Lipstick colours (sRGB) used with probability ``lipstick_prob``.
+LIPSTICK_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (170, 30, 45),
+    (120, 20, 40),
+    (200, 80, 100),
+    (150, 70, 60),
+    (90, 30, 50),
+)
+
+
+@dataclass
+class ProceduralConfig:
+    """Every range and probability of the procedural renderer (YAML: ``renderer.options``).
+
+    Ranges are ``(low, high)`` pairs drawn uniformly; probabilities are in [0, 1]; weight lists are relative
+    (need not sum to 1). Colours are sRGB in [0, 1] unless noted.
+
+    Attributes:
+        skin_tone_range: position on the light (0) to dark (1) scale :data:`SKIN_TONES`, uniform.
+        skin_redness_range, skin_yellowness_range: per-identity tint offsets of the base skin colour.
+        skin_brightness_range: per-identity multiplier of the base skin colour.
+        skin_blotch_strength: amplitude of the low-frequency albedo variation (relative).
+        skin_noise_strength: amplitude of the mid + fine (pore-scale) albedo noise (relative).
+        cheek_flush_range: strength of the reddening on the cheeks, nose tip and ears.
+        region_tone_jitter: per-region random brightness change (ears, neck, eye regions), relative.
+        freckles_prob, stubble_prob: probability of freckles / beard stubble for an identity.
+        brow_density_range: opacity of the eyebrow hair colour over the skin.
+        lip_darkness_range: multiplier of the skin colour that gives the natural lip tone.
+        lip_redness_range: extra red of the natural lip tone.
+        lipstick_prob: probability of a lipstick colour (from :data:`LIPSTICK_COLOURS`).
+        iris_colour_weights: relative weights of :data:`IRIS_COLOURS` (6 values).
+        iris_angle_deg_range: half-angle of the iris seen from the eyeball centre (degrees).
+        pupil_fraction_range: pupil radius as a fraction of the iris radius.
+        teeth_prob: probability that teeth are visible behind the upper lip when the mouth is open.
+        hair_prob: probability of hair on the scalp (else bare, skin-coloured scalp).
+        hair_colour_weights: relative weights of :data:`HAIR_COLOURS` (8 values).
+        hair_volume_prob: probability of hair volume drawn on the background around the scalp silhouette.
+        hair_volume_range: its thickness as a fraction of the head height in pixels.
+        fringe_prob: probability of a fringe over the forehead (an occluder: those pixels are relabelled).
+        fringe_length_range: how far the fringe reaches down the forehead (0 = hairline, 1 = brows).
+        num_lights_range: (min, max) number of directional lights (integers, inclusive).
+        light_azimuth_deg_range, light_elevation_deg_range: direction towards the key light in the camera frame
+            (azimuth from the viewing axis towards image right, elevation upwards).
+        key_intensity_range: key light intensity (irradiance of a surface facing it).
+        fill_ratio_range: intensity of the other lights relative to the key light.
+        ambient_range: ambient (hemisphere) intensity.
+        light_saturation_range: saturation of the light colours (0 = white), warm or cool.
+        specular_range: skin specular strength; exponent in ``shininess_range``.
+        wrap_range: wrap-lighting amount (soft terminator of skin).
+        background_weights: relative weights of background kinds: gradient, radial, noise, field, shapes.
+        background_blur_prob: probability of a defocus blur of the background.
+        background_max_side: the background (with shoulders and hair volume) is drawn at most this many pixels
+            on its longer side and upsampled (it is smooth; this keeps the renderer fast at large sizes).
+        shoulders_prob: probability of shoulders/clothing below the neck (background pixels only).
+        glasses_prob, sunglasses_prob: probability of glasses; of the lenses being dark (sunglasses occlude
+            the eyes, clear lenses do not).
+        hand_prob: probability of a hand-like shape in front of the face.
+        object_prob: probability of a random object in front of the face.
+        occluder_cover_range: how far into the head bounding box a hand/object reaches (fraction of its size).
+        noise_sigma_range: sensor noise standard deviation (in [0, 1] units of the sRGB image).
+        blur_prob: probability of a slight whole-image blur (sigma in ``blur_sigma_range`` pixels).
+        exposure_range: global exposure multiplier.
+        antialias: blend silhouette and depth-discontinuity pixels with a small filter.
+    """
+
+    skin_tone_range: Range = (0.0, 1.0)
+    skin_redness_range: Range = (-0.04, 0.06)
+    skin_yellowness_range: Range = (-0.04, 0.05)
+    skin_brightness_range: Range = (0.92, 1.08)
+    skin_blotch_strength: float = 0.08
+    skin_noise_strength: float = 0.06
+    cheek_flush_range: Range = (0.0, 0.12)
+    region_tone_jitter: float = 0.06
+    freckles_prob: float = 0.12
+    stubble_prob: float = 0.2
+    brow_density_range: Range = (0.7, 1.0)
+    lip_darkness_range: Range = (0.62, 0.85)
+    lip_redness_range: Range = (0.15, 0.4)
+    lipstick_prob: float = 0.12
+    iris_colour_weights: tuple[float, float, float, float, float, float] = (4.0, 3.0, 1.5, 1.0, 1.5, 0.6)
+    iris_angle_deg_range: Range = (26.0, 33.0)
+    pupil_fraction_range: Range = (0.28, 0.45)
+    teeth_prob: float = 0.8
+    hair_prob: float = 0.85
+    hair_colour_weights: tuple[float, float, float, float, float, float, float, float] = (
+        3.0,
+        3.0,
+        2.5,
+        1.5,
+        1.0,
+        0.6,
+        0.7,
+        0.3,
+    )
+    hair_volume_prob: float = 0.7
+    hair_volume_range: Range = (0.04, 0.15)
+    fringe_prob: float = 0.2
+    fringe_length_range: Range = (0.2, 0.8)
+    num_lights_range: tuple[int, int] = (1, 3)
+    light_azimuth_deg_range: Range = (-70.0, 70.0)
+    light_elevation_deg_range: Range = (-15.0, 60.0)
+    key_intensity_range: Range = (0.7, 1.1)
+    fill_ratio_range: Range = (0.15, 0.6)
+    ambient_range: Range = (0.15, 0.4)
+    light_saturation_range: Range = (0.0, 0.25)
+    specular_range: Range = (0.03, 0.12)
+    shininess_range: Range = (12.0, 40.0)
+    wrap_range: Range = (0.1, 0.35)
+    background_weights: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    background_blur_prob: float = 0.4
+    background_max_side: int = 96
+    shoulders_prob: float = 0.7
+    glasses_prob: float = 0.15
+    sunglasses_prob: float = 0.2
+    hand_prob: float = 0.08
+    object_prob: float = 0.12
+    occluder_cover_range: Range = (0.1, 0.4)
+    noise_sigma_range: Range = (0.0, 0.02)
+    blur_prob: float = 0.15
+    blur_sigma_range: Range = (0.3, 0.8)
+    exposure_range: Range = (0.9, 1.15)
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "renderer.options") -> ProceduralConfig:
+        """Check ranges (low <= high) and probabilities (in [0, 1]); raise UserError naming the option."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_range"):
+                if not (isinstance(v, (tuple, list)) and len(v) == 2) or v[0] > v[1]:
+                    raise UserError(f"{source}: '{f.name}' must be [low, high] with low <= high, got {v!r}")
+            elif f.name.endswith("_prob"):
+                if not 0.0 <= float(v) <= 1.0:
+                    raise UserError(f"{source}: '{f.name}' must be a probability in [0, 1], got {v!r}")
+            elif f.name.endswith("_weights"):
+                if any(float(w) < 0 for w in v) or sum(float(w) for w in v) <= 0:
+                    raise UserError(f"{source}: '{f.name}' must be non-negative weights with a positive sum")
+        if self.num_lights_range[0] < 1:
+            raise UserError(f"{source}: 'num_lights_range' must start at 1 or more, got {self.num_lights_range!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, source: str = "renderer.options") -> ProceduralConfig:
+        """Build from a (partial) mapping such as the generation YAML's ``renderer.options``.
+
+        Lists become tuples; unknown keys, wrong lengths and wrong types raise UserError naming the key.
+        """
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in (data or {}).items():
+            if key not in names:
+                raise UserError(f"{source}: unknown option '{key}' of the procedural renderer")
+            hint = hints[key]
+            if typing.get_origin(hint) is tuple:
+                args = typing.get_args(hint)
+                if not isinstance(value, (list, tuple)) or len(value) != len(args):
+                    raise UserError(f"{source}: '{key}' must be a list of {len(args)} numbers, got {value!r}")
+                try:
+                    kwargs[key] = tuple(a(v) for a, v in zip(args, value, strict=True))
+                except (TypeError, ValueError):
+                    raise UserError(f"{source}: '{key}' must be a list of numbers, got {value!r}") from None
+            elif hint is int:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise UserError(f"{source}: '{key}' must be an integer, got {value!r}")
+                kwargs[key] = value
+            elif hint is bool:
+                if not isinstance(value, bool):
+                    raise UserError(f"{source}: '{key}' must be true or false, got {value!r}")
+                kwargs[key] = value
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise UserError(f"{source}: '{key}' must be a number, got {value!r}")
+                kwargs[key] = float(value)
+        cfg = cls(**kwargs)
+        return cfg.validate(source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Random draws
+
+
+class _Rng:
+    """Draws from a ``torch.Generator`` (on its device) and moves results to ``device``."""
+
+    def __init__(self, generator: torch.Generator, device: torch.device) -> None:
+        self.g = generator
+        self.device = device
+        self._buf: list[float] = []
+        self._pos = 0
+
+    def rand(self, *shape: int) -> Tensor:
+        return torch.rand(shape, generator=self.g, device=self.g.device).to(self.device)
+
+    def randn(self, *shape: int) -> Tensor:
+        return torch.randn(shape, generator=self.g, device=self.g.device).to(self.device)
+
+    def _next(self) -> float:
+        """Next uniform [0, 1) scalar; scalars are drawn 64 at a time (one generator call instead of 64)."""
+        if self._pos >= len(self._buf):
+            self._buf = torch.rand(64, generator=self.g, device=self.g.device, dtype=torch.float64).tolist()
+            self._pos = 0
+        self._pos += 1
+        return self._buf[self._pos - 1]
+
+    def u(self, r: Range | tuple[int, int]) -> float:
+        return float(r[0]) + (float(r[1]) - float(r[0])) * self._next()
+
+    def chance(self, p: float) -> bool:
+        return self._next() < p
+
+    def int(self, lo: int, hi: int) -> int:
+        """Integer uniform in [lo, hi] inclusive."""
+        return min(int(lo) + int(self._next() * (int(hi) - int(lo) + 1)), int(hi))
+
+    def choice(self, weights: tuple[float, ...] | list[float]) -> int:
+        """Index drawn with probability proportional to ``weights``."""
+        total = float(sum(weights))
+        x = self._next() * total
+        acc = 0.0
+        for i, w in enumerate(weights):
+            acc += float(w)
+            if x < acc:
+                return i
+        return len(weights) - 1
+
+    def colour(self) -> Tensor:
+        """A random sRGB colour (3,) in [0, 1], from HSV with moderate saturation."""
+        h, s, v = self.u((0.0, 1.0)), self.u((0.05, 0.75)), self.u((0.15, 0.95))
+        return _hsv_to_rgb(h, s, v, self.device)
+
+
+def _hsv_to_rgb(h: float, s: float, v: float, device: torch.device) -> Tensor:
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - math.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return torch.tensor(rgb, dtype=torch.float32, device=device)
+
+
+_LUT_SIZE = 4096
+_LUTS: dict[tuple[str, str], Tensor] = {}
+_CONSTS: dict[tuple[Any, str], Tensor] = {}
+
+
+def _const(device: torch.device, *values: Any) -> Tensor:
+    """A cached float32 constant tensor (creating small tensors is slow next to the per-image work)."""
+    key = (values, str(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        t = torch.tensor(values[0] if len(values) == 1 else values, dtype=torch.float32, device=device)
+        _CONSTS[key] = t
+    return t
+
+
+def _lin(srgb: Tensor) -> Tensor:
+    """sRGB [0, 1] -> linear (gamma 2.2 approximation); for small (colour) tensors."""
+    return srgb.clamp(0, 1) ** 2.2
+
+
+def _srgb(lin: Tensor) -> Tensor:
+    """Linear -> sRGB (gamma 1/2.2) through a 4096-entry lookup table (a pow per pixel is slow on CPU)."""
+    key = ("srgb", str(lin.device))
+    lut = _LUTS.get(key)
+    if lut is None:
+        lut = (torch.linspace(0, 1, _LUT_SIZE, dtype=torch.float64) ** (1 / 2.2)).float().to(lin.device)
+        _LUTS[key] = lut
+    idx = (lin.clamp(0, 1) * (_LUT_SIZE - 1) + 0.5).long()
+    return lut[idx]
+
+
+def _palette(colours: tuple[tuple[int, int, int], ...], device: torch.device) -> Tensor:
+    return _const(device, colours) / 255.0
+
+
+def _smoothstep(e0: float | Tensor, e1: float | Tensor, x: Tensor) -> Tensor:
+    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Noise
+
+
+def _noise2(rng: _Rng, res: tuple[int, int], pts: Tensor, channels: int = 1) -> Tensor:
+    """Bilinear value noise in [-1, 1] at (N, 2) points (x, y) -> (N, channels); outside [-1, 1] it mirrors."""
+    grid = rng.rand(1, channels, res[0], res[1]) * 2 - 1
+    if pts.shape[0] == 0:
+        return pts.new_zeros(0, channels)
+    out = F.grid_sample(grid, pts.view(1, 1, -1, 2), mode="bilinear", padding_mode="reflection", align_corners=True)
+    return out.view(channels, -1).T
+
+
+def _field(rng: _Rng, res: int, H: int, W: int, channels: int = 1) -> Tensor:
+    """Smooth random field (channels, H, W) in about [-1, 1] (a res x res grid, bicubic then bilinear upsampling)."""
+    rh = max(2, round(res * H / max(H, W)))
+    rw = max(2, round(res * W / max(H, W)))
+    grid = rng.rand(1, channels, rh, rw) * 2 - 1
+    mh, mw = min(H, max(32, rh * 6)), min(W, max(32, rw * 6))
+    out = F.interpolate(grid, size=(mh, mw), mode="bicubic", align_corners=False)
+    if (mh, mw) != (H, W):
+        out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
+    return out[0]
+
+
+def _fractal(rng: _Rng, H: int, W: int, channels: int, base: int, octaves: int) -> Tensor:
+    out = torch.zeros(channels, H, W, device=rng.device)
+    amp, total = 1.0, 0.0
+    for o in range(octaves):
+        out += amp * _field(rng, base * 2**o, H, W, channels)
+        total += amp
+        amp *= 0.5
+    return out / total
+
+
+def _blur(img: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (C, H, W) (replicate padding)."""
+    if sigma <= 0:
+        return img
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).tolist()
+    C, H, W = img.shape
+    if r <= 4 or H * W <= 160 * 160:  # shifted sums beat depthwise convolutions for small kernels / images
+        y = F.pad(img[None], (r, r, 0, 0), mode="replicate")[0]
+        acc = y[:, :, 0:W] * k[0]
+        for i in range(1, 2 * r + 1):
+            acc = acc + y[:, :, i : i + W] * k[i]
+        y = F.pad(acc[None], (0, 0, r, r), mode="replicate")[0]
+        out = y[:, 0:H] * k[0]
+        for i in range(1, 2 * r + 1):
+            out = out + y[:, i : i + H] * k[i]
+        return out
+    kt = torch.tensor(k, dtype=img.dtype, device=img.device)
+    y = F.pad(img[None], (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, kt.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    y = F.conv2d(y, kt.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    return y[0]
+
+
+def _blur_lowres(img: Tensor, sigma: float, max_side: int = 96) -> Tensor:
+    """Approximate large Gaussian blur of (C, H, W) at reduced resolution (fast for big sigma)."""
+    H, W = img.shape[1:]
+    f = max(1, int(max(H, W) // max_side))
+    if f == 1 or sigma < 2 * f:
+        return _blur(img, sigma)
+    small = F.avg_pool2d(img[None], f, ceil_mode=True)[0]
+    small = _blur(small, sigma / f)
+    return F.interpolate(small[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+
+
+def _rays(K: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Camera-frame rays (..., 3) with z = 1 through pixel centres (x, y) (integer or float tensors)."""
+    x = x.to(torch.float32)
+    y = y.to(torch.float32)
+    ry = (y - K[1, 2]) / K[1, 1]
+    rx = (x - K[0, 2] - K[0, 1] * ry) / K[0, 0]
+    return torch.stack([rx, ry, torch.ones_like(rx)], -1)
+
+
+def _edges(mask: Tensor, depth: Tensor, jump: float) -> Tensor:
+    """(M,) flat ids of pixels on the silhouette or next to a depth jump larger than ``jump`` metres."""
+    H, W = mask.shape
+    e = torch.zeros_like(mask)
+    dh = mask[:, 1:] != mask[:, :-1]
+    dv = mask[1:] != mask[:-1]
+    both_h = mask[:, 1:] & mask[:, :-1]
+    both_v = mask[1:] & mask[:-1]
+    dh = dh | (both_h & ((depth[:, 1:] - depth[:, :-1]).abs() > jump))
+    dv = dv | (both_v & ((depth[1:] - depth[:-1]).abs() > jump))
+    e[:, 1:] |= dh
+    e[:, :-1] |= dh
+    e[1:] |= dv
+    e[:-1] |= dv
+    return e.reshape(-1).nonzero().squeeze(1)
+
+
+_TENT = (
+    (-1, -1, 1.0),
+    (-1, 0, 2.0),
+    (-1, 1, 1.0),
+    (0, -1, 2.0),
+    (0, 0, 4.0),
+    (0, 1, 2.0),
+    (1, -1, 1.0),
+    (1, 0, 2.0),
+    (1, 1, 1.0),
+)
+
+
+def _filter_at(img: Tensor, ids: Tensor, H: int, W: int) -> Tensor:
+    """Replace pixels ``ids`` of the (H*W, 3) image by its 3x3 tent-filtered value (edge anti-aliasing)."""
+    if ids.numel() == 0:
+        return img
+    y = torch.div(ids, W, rounding_mode="floor")
+    x = ids % W
+    acc = torch.zeros(len(ids), 3, dtype=img.dtype, device=img.device)
+    for dy, dx, w in _TENT:
+        acc += img[(y + dy).clamp(0, H - 1) * W + (x + dx).clamp(0, W - 1)] * (w / 16.0)
+    img[ids] = acc
+    return img
+
+
+def _masked_blur_at(m: Tensor, sigma: float, pix: Tensor) -> Tensor:
+    """Gaussian blur of the (H, W) bool mask ``m`` evaluated at flat pixel ids ``pix`` (computed on m's bbox)."""
+    H, W = m.shape
+    out = torch.zeros(len(pix), dtype=torch.float32, device=m.device)
+    nz = m.nonzero()
+    if len(nz) == 0:
+        return out
+    r = int(math.ceil(2.5 * sigma)) + 1
+    r0, c0 = max(0, int(nz[:, 0].min()) - r), max(0, int(nz[:, 1].min()) - r)
+    r1, c1 = min(H, int(nz[:, 0].max()) + r + 1), min(W, int(nz[:, 1].max()) + r + 1)
+    crop = _blur(m[r0:r1, c0:c1].float()[None], sigma)[0]
+    y = torch.div(pix, W, rounding_mode="floor")
+    x = pix % W
+    inside = (y >= r0) & (y < r1) & (x >= c0) & (x < c1)
+    out[inside] = crop[y[inside] - r0, x[inside] - c0]
+    return out
+
+
+def _dilate_at(m: Tensor, k: tuple[int, int], pix: Tensor) -> Tensor:
+    """Max-filter (k = (height, width), odd) of the (H, W) bool mask ``m`` at flat pixel ids ``pix``, as bool."""
+    H, W = m.shape
+    out = torch.zeros(len(pix), dtype=torch.bool, device=m.device)
+    nz = m.nonzero()
+    if len(nz) == 0:
+        return out
+    ry, rx = k[0] // 2, k[1] // 2
+    r0, c0 = max(0, int(nz[:, 0].min()) - ry), max(0, int(nz[:, 1].min()) - rx)
+    r1, c1 = min(H, int(nz[:, 0].max()) + ry + 1), min(W, int(nz[:, 1].max()) + rx + 1)
+    crop = F.max_pool2d(m[r0:r1, c0:c1].float()[None, None], k, stride=1, padding=(ry, rx))[0, 0] > 0
+    y = torch.div(pix, W, rounding_mode="floor")
+    x = pix % W
+    inside = (y >= r0) & (y < r1) & (x >= c0) & (x < c1)
+    out[inside] = crop[y[inside] - r0, x[inside] - c0]
+    return out
+
+
+class _ClassMasks:
+    """Lazy ``{class name: (N,) bool}`` over the per-pixel class ids (only the classes asked for are compared)."""
+
+    def __init__(self, cls: Tensor) -> None:
+        self.cls = cls
+        self._m: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        m = self._m.get(name)
+        if m is None:
+            m = self.cls == _C[name]
+            self._m[name] = m
+        return m
+
+
+def _crop_box(x0: float, y0: float, x1: float, y1: float, H: int, W: int) -> tuple[int, int, int, int] | None:
+    """Integer pixel box [r0, r1) x [c0, c1) covering the float box, clipped to the image; None when empty."""
+    c0, c1 = max(0, int(math.floor(x0))), min(W, int(math.ceil(x1)) + 1)
+    r0, r1 = max(0, int(math.floor(y0))), min(H, int(math.ceil(y1)) + 1)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return r0, r1, c0, c1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-model cache
+
+_NB = 6  # noise basis fields per frequency band
+
+
+@dataclass
+class _ModelData:
+    """Rest-pose data of one FlameModel, as tensors on one device."""
+
+    model: Any
+    device: torch.device
+    rest: Tensor  # (V, 3) template vertices normalised to about [-1, 1]^3 (centre of the bounding box, max half-extent)
+    scale: float  # metres per normalised unit
+    faces: Tensor  # (F, 3) int64
+    lmk: Tensor  # (68, 3) rest-pose landmarks, normalised (jaw contour rows from the frontal bin)
+    eye_centre: Tensor  # (2, 3) rest eyeball centres [right (class right_eyeball), left], normalised
+    eye_ok: Tensor  # (2,) bool: the model has that eyeball
+    basis: Tensor  # (V, 2 * _NB) fixed smooth noise fields on the rest surface (low then mid frequency), unit std
+    regions: Tensor  # (V, 4) fixed soft region weights: cheek/nose flush, under-eye, freckle area, beard area
+    s_io: float  # rest inter-ocular distance (outer eye corners), normalised units
+    brow_span: tuple[float, float]  # |x| of the inner and outer brow ends (rest, normalised)
+    brow_y: float  # rest height of the brow middles
+    eye_z: float  # rest depth of the outer eye corner
+
+
+def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
+    v = torch.as_tensor(np.asarray(model.v_template), dtype=torch.float32, device=device)
+    lo, hi = v.amin(0), v.amax(0)
+    centre = (lo + hi) / 2
+    scale = float((hi - lo).max() / 2)
+    rest = (v - centre) / scale
+    faces = faces.to(device=device, dtype=torch.long)
+
+    def bary_points(fidx: np.ndarray, bary: np.ndarray) -> Tensor:
+        fi = torch.as_tensor(np.asarray(fidx), dtype=torch.long, device=device)
+        b = torch.as_tensor(np.asarray(bary), dtype=torch.float32, device=device)
+        return (rest[faces[fi]] * b[..., None]).sum(-2)
+
+    static = bary_points(model.static_lmk_faces, model.static_lmk_bary)  # (51, 3)
+    contour = bary_points(np.asarray(model.dynamic_lmk_faces)[0], np.asarray(model.dynamic_lmk_bary)[0])  # (17, 3)
+    lmk = torch.cat([contour, static], 0)
+    centres = torch.zeros(2, 3, device=device)
+    ok = torch.zeros(2, dtype=torch.bool, device=device)
+    if model.face_labels is not None:
+        labels = torch.as_tensor(np.asarray(model.face_labels), dtype=torch.long, device=device)
+        for i, cls in enumerate((_C["right_eyeball"], _C["left_eyeball"])):
+            sel = labels == cls
+            if bool(sel.any()):
+                vid = torch.unique(faces[sel].reshape(-1))
+                pts = rest[vid]
+                # Sphere centre: the point equidistant from the eyeball vertices (least squares), robust to the
+                # eyeball being a partial sphere.
+                A = torch.cat([2 * pts, torch.ones(len(pts), 1, device=device)], 1)
+                b = (pts**2).sum(1, keepdim=True)
+                sol = torch.linalg.lstsq(A.double().cpu(), b.double().cpu()).solution.float().to(device)
+                c = sol[:3, 0]
+                if not bool(torch.isfinite(c).all()) or float((c - pts.mean(0)).norm()) > 0.2:
+                    c = pts.mean(0)
+                centres[i] = c
+                ok[i] = True
+    # fixed noise bases (a fixed seed: they belong to the model, not to a sample); each sample mixes them with
+    # random weights, which costs a matrix product per vertex instead of a 3D noise lookup per pixel
+    g = torch.Generator().manual_seed(20250101)
+    cols = []
+    for res in (5, 14):
+        grid = torch.rand(1, _NB, res, res, res, generator=g) * 2 - 1
+        val = (
+            F.grid_sample(grid, rest.cpu().clamp(-1, 1).view(1, 1, 1, -1, 3), align_corners=True, padding_mode="border")
+            .view(_NB, -1)
+            .T
+        )
+        cols.append((val - val.mean(0)) / val.std(0).clamp_min(1e-6))
+    basis = torch.cat(cols, 1).to(device)
+
+    # soft region weights anchored on the rest-pose landmarks (functions of the template only)
+    s_io = float((lmk[45] - lmk[36]).norm()) + 1e-6
+
+    def near(p: Tensor, radius: float) -> Tensor:
+        return torch.exp(-((rest - p) ** 2).sum(1) / (2 * (radius * s_io) ** 2))
+
+    side = torch.tensor([1.0, 0.0, 0.0], device=device) * s_io
+    down = torch.tensor([0.0, -0.08, 0.0], device=device) * s_io
+    flush = near(0.5 * (lmk[36] + lmk[48]) - 0.1 * side, 0.25) + near(0.5 * (lmk[45] + lmk[54]) + 0.1 * side, 0.25)
+    flush = flush + 0.7 * near(lmk[30], 0.12)
+    under = near(lmk[40] + down, 0.13) + near(lmk[47] + down, 0.13)
+    freckle = near(lmk[30], 0.6)
+    y = rest[:, 1]
+    below_nose = _smoothstep(0.0, 0.2 * s_io, lmk[33][1] - y - 0.05 * s_io)
+    above_chin = _smoothstep(-0.35 * s_io, -0.1 * s_io, y - lmk[8][1])
+    inner = 1 - _smoothstep(0.85, 1.0, rest[:, 0].abs() / lmk[0][0].abs().clamp_min(1e-3))
+    beard = below_nose * above_chin * inner
+    regions = torch.stack([flush, under, freckle, beard], 1)
+    return _ModelData(
+        model=model,
+        device=device,
+        rest=rest,
+        scale=scale,
+        faces=faces,
+        lmk=lmk,
+        eye_centre=centres,
+        eye_ok=ok,
+        basis=basis,
+        regions=regions,
+        s_io=s_io,
+        brow_span=(float(min(lmk[21][0].abs(), lmk[22][0].abs())), float(max(lmk[17][0].abs(), lmk[26][0].abs()))),
+        brow_y=float((lmk[19][1] + lmk[24][1]) / 2),
+        eye_z=float(lmk[36][2]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The renderer
+
+
+class ProceduralRenderer:
+    """Shaded, procedurally textured head over a random background (see the module docstring).
+
+    Example:
+        >>> r = ProceduralRenderer(ProceduralConfig())
+        >>> out = r.render(scene, torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> out.image.shape, out.image.dtype  # doctest: +SKIP
+        (torch.Size([256, 256, 3]), torch.uint8)
+    """
+
+    name = "procedural"
+    latent_dim = 0
+
+    def __init__(self, config: ProceduralConfig | None = None, model: Any = None) -> None:
+        """Args: config: options (defaults when None); model: the FlameModel that will be posed (optional; its
+        rest-pose data is prepared lazily on first render either way)."""
+        self.config = config if config is not None else ProceduralConfig()
+        self._cache: _ModelData | None = None
+
+    def _data(self, scene: Scene, device: torch.device) -> _ModelData:
+        c = self._cache
+        if c is None or c.model is not scene.model or c.device != device or c.faces.shape != scene.faces.shape:
+            c = _model_data(scene.model, torch.as_tensor(scene.faces), device)
+            self._cache = c
+        return c
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def render(self, scene: Scene, generator: torch.Generator) -> RenderOutput:
+        """Render ``scene``.
+
+        Args:
+            scene: the view (uses ``fragments``, ``annotations``, ``model``, ``faces``, ``K``, height, width).
+            generator: every random choice is drawn from it.
+
+        Returns:
+            :class:`RenderOutput` with ``image`` (H, W, 3) uint8 RGB, ``latent`` (0,) float32 and ``occluder_mask``
+            (H, W) bool (head pixels covered by hair fringe, sunglasses, glasses frames, hands or objects) or None.
+        """
+        cfg = self.config
+        ann, frag = scene.annotations, scene.fragments
+        H, W = int(scene.height), int(scene.width)
+        device = ann.seg.device
+        rng = _Rng(generator, device)
+        data = self._data(scene, device)
+
+        fi_img = frag.face_index[0].to(device)
+        mask = fi_img >= 0  # (H, W)
+        seg = ann.seg[0].to(device).long()
+        pix = mask.reshape(-1).nonzero().squeeze(1)  # (N,) foreground pixel ids
+        fi = fi_img.reshape(-1)[pix]
+        bary = frag.barycentric[0].reshape(-1, 3)[pix].to(device, torch.float32)
+        cls = seg.reshape(-1)[pix]
+        normal = ann.normal[0].reshape(-1, 3)[pix].to(torch.float32)
+        depth_img = ann.depth[0].to(torch.float32)
+        # rest position (normalised) and the sample's smooth noise fields, interpolated from the face's vertices
+        nb = data.basis.shape[1] // 2
+        mix_low = rng.randn(nb, 3)
+        mix_mid = rng.randn(nb, 1)
+        mix = torch.zeros(2 * nb, 4, device=device)
+        mix[:nb, :3] = mix_low / mix_low.norm(dim=0, keepdim=True)
+        mix[nb:, 3:] = mix_mid / mix_mid.norm(dim=0, keepdim=True)
+        vert_attr = torch.cat([data.rest, data.basis @ mix, data.regions], 1)  # (V, 11)
+        corners = data.faces[fi]  # (N, 3)
+        attr = vert_attr.index_select(0, corners[:, 0]) * bary[:, 0:1]
+        attr = torch.addcmul(attr, vert_attr.index_select(0, corners[:, 1]), bary[:, 1:2])
+        attr = torch.addcmul(attr, vert_attr.index_select(0, corners[:, 2]), bary[:, 2:3])
+        rest = attr[:, :3]  # (N, 3)
+        blotch = attr[:, 3:6]  # (N, 3) low-frequency: brightness, redness, yellowness; about unit std
+        mid = attr[:, 6:7]  # (N, 1) mid frequency
+        reg = attr[:, 7:11]  # (N, 4) fixed region weights (see _ModelData.regions)
+
+        K = torch.as_tensor(scene.K, dtype=torch.float32, device=device).reshape(3, 3)
+        ray = _rays(K, pix % W, torch.div(pix, W, rounding_mode="floor"))  # (N, 3) camera rays with z = 1
+        view = -F.normalize(ray, dim=-1)  # (N, 3) towards the camera
+
+        bbox = ann.bbox[0].to(torch.float32)
+        head_px = float(max(bbox[3] - bbox[1], bbox[2] - bbox[0], 1.0))
+
+        is_ = _ClassMasks(cls)
+
+        # ---------------- identity appearance ----------------
+        tones = _lin(_palette(SKIN_TONES, device))
+        t = rng.u(cfg.skin_tone_range) * (len(SKIN_TONES) - 1)
+        i0 = min(int(t), len(SKIN_TONES) - 2)
+        skin = tones[i0] * (1 - (t - i0)) + tones[i0 + 1] * (t - i0)
+        red, yel = rng.u(cfg.skin_redness_range), rng.u(cfg.skin_yellowness_range)
+        bri = rng.u(cfg.skin_brightness_range)
+        skin = skin * torch.tensor([1 + red + 0.5 * yel, 1 + 0.3 * yel - 0.2 * red, 1 - yel - 0.3 * red], device=device)
+        skin = (skin * bri).clamp(0.002, 0.95)
+
+        # multi-scale albedo variation on the rest surface (stable under pose)
+        pts = rest.clamp(-1, 1)
+        fine = rng.rand(len(pix), 1) * 2 - 1  # pore-scale: per pixel
+        albedo = skin.expand(len(pix), 3).clone()
+        bl = cfg.skin_blotch_strength
+        # channel 0: brightness, channel 1: redness (R up, G/B down), channel 2: yellowness (R/G up, B down)
+        tint = blotch[:, 1:2] * _const(device, (0.6, -0.3, -0.3))
+        tint = tint + blotch[:, 2:3] * _const(device, (0.2, 0.2, -0.5))
+        albedo = albedo * (1 + 0.6 * bl * blotch[:, :1]) * (1 + 0.3 * bl * tint)
+        ns = cfg.skin_noise_strength
+        albedo = albedo * (1 + ns * (0.5 * mid + 0.5 * fine))
+
+        s_io = data.s_io
+        ones3 = torch.ones(3, device=device)
+
+        # reddening: cheeks, nose tip, ears
+        flush = rng.u(cfg.cheek_flush_range)
+        redness = flush * reg[:, 0]
+        redness = redness + flush * 0.8 * (is_["right_ear"] | is_["left_ear"]).float()
+        albedo = albedo * (1 + redness[:, None] * _const(device, (0.25, -0.25, -0.25)))
+
+        # regional tones
+        jit = cfg.region_tone_jitter
+        tone_lut = [1.0] * 256
+        for names, base in (
+            (("right_ear", "left_ear"), 0.96),
+            (("neck", "neck_back"), 0.97),
+            (("right_eye_region", "left_eye_region"), 0.9),
+        ):
+            f = base + jit * (2 * rng.u((0, 1)) - 1)
+            for name in names:
+                tone_lut[_C[name]] = f
+        albedo = albedo * torch.tensor(tone_lut, dtype=torch.float32, device=device)[cls][:, None]
+        # slight purple-brown darkening under the eyes
+        albedo = albedo * (1 - 0.12 * reg[:, 1:2] * _const(device, (1.0, 1.1, 0.9)))
+
+        # freckles
+        if rng.chance(cfg.freckles_prob):
+            fr = _noise2(rng, (160, 160), pts[:, :2], 1)[:, 0]
+            area = reg[:, 2] * (is_["face"] | is_["nose"] | is_["forehead"]).float()
+            spots = _smoothstep(0.45, 0.75, fr) * area * rng.u((0.2, 0.5))
+            albedo = albedo * (1 - spots[:, None] * _const(device, (0.35, 0.5, 0.6)))
+        # stubble (lower face below the nose base, down to just under the chin)
+        if rng.chance(cfg.stubble_prob):
+            st = _noise2(rng, (150, 150), pts[:, :2], 1)[:, 0] * 0.5 + (rng.rand(len(pix)) - 0.5)
+            area = reg[:, 3] * (is_["face"] | is_["neck"]).float()
+            dens = rng.u((0.15, 0.45))
+            hair_dark = torch.minimum(_lin(_const(device, (0.12, 0.1, 0.09))), skin * 0.5)
+            amt = (area * dens * (0.7 + 0.5 * st)).clamp(0, 1)[:, None]
+            albedo = albedo * (1 - amt) + hair_dark * amt
+
+        # ---------------- hair colour (scalp and brows share it) ----------------
+        hair_col = _lin(_palette(HAIR_COLOURS, device)[rng.choice(cfg.hair_colour_weights)])
+        hair_col = (hair_col * rng.u((0.8, 1.2))).clamp(0, 1)
+        # darker brows for light hair, but never darker than black
+        brow_col = torch.minimum(hair_col, hair_col * 0.6 + 0.004)
+        brow_col = torch.minimum(brow_col, skin * 0.35)
+
+        def where_(m: Tensor) -> Tensor:
+            return m.nonzero().squeeze(1)
+
+        # ---------------- eyebrows ----------------
+        bi = where_(is_["right_eyebrow"] | is_["left_eyebrow"])
+        if len(bi):
+            # feathered interior (screen space) x stroke noise (rest space, strokes slanting outwards and up)
+            brow_img = (seg == _C["right_eyebrow"]) | (seg == _C["left_eyebrow"])
+            r_px = max(1.0, head_px / 110.0)
+            feather = _masked_blur_at(brow_img, 0.6 * r_px, pix[bi])
+            rb = rest[bi]
+            s = rb[:, 0].abs()
+            s_in, s_out = data.brow_span
+            u = ((s - s_in) / max(s_out - s_in, 1e-4)).clamp(0, 1)
+            theta = 1.2 - 0.95 * u
+            ct, st_ = torch.cos(theta), torch.sin(theta)
+            a = s * ct + rb[:, 1] * st_
+            b = -s * st_ + rb[:, 1] * ct
+            stroke_pitch = 0.0012 / data.scale  # ~1.2 mm between strokes
+            q = torch.stack([(b / (stroke_pitch * 96)), a / (stroke_pitch * 96 * 6)], 1)
+            strokes = _noise2(rng, (96, 96), q * 2 - 1, 1)[:, 0]
+            density = rng.u(cfg.brow_density_range) * (1.0 - 0.35 * u) * _smoothstep(0.25, 0.75, feather)
+            amt = (density * (0.8 + 0.3 * strokes)).clamp(0, 1)[:, None]
+            albedo[bi] = albedo[bi] * (1 - amt) + brow_col * amt
+
+        # ---------------- lips ----------------
+        li = where_(is_["upper_lip"] | is_["lower_lip"])
+        if len(li):
+            dark = rng.u(cfg.lip_darkness_range)
+            lr = rng.u(cfg.lip_redness_range)
+            lip_col = skin * dark * torch.tensor([1 + lr, 1 - 0.8 * lr, 1 - 0.4 * lr], device=device)
+            if rng.chance(cfg.lipstick_prob):
+                lc = _lin(_palette(LIPSTICK_COLOURS, device)[rng.int(0, len(LIPSTICK_COLOURS) - 1)])
+                lip_col = lip_col * 0.3 + lc * 0.7
+            rl = rest[li]
+            lines = _noise2(rng, (6, 160), torch.stack([rl[:, 1] * 4, rl[:, 0] * 2], 1).clamp(-1, 1), 1)
+            lower_boost = 1.0 + 0.08 * (cls[li] == _C["lower_lip"]).float()[:, None]
+            albedo[li] = (lip_col * (1 + 0.08 * lines) * lower_boost).clamp(0, 1)
+
+        # ---------------- inner mouth and teeth ----------------
+        mi = where_(is_["inner_mouth"])
+        ti = mi[:0]
+        if len(mi):
+            mouth_col = _lin(_const(device, (0.55, 0.26, 0.26))) * rng.u((0.6, 1.1))
+            # deeper = darker (relative to the lips' depth)
+            d_flat = depth_img.reshape(-1)
+            d_m = d_flat[pix[mi]]
+            lip_depth = d_flat[pix[li]].min() if len(li) else d_m.min()
+            deep = ((d_m - lip_depth) / 0.03).clamp(0, 1)[:, None]
+            albedo[mi] = mouth_col * (1 - 0.6 * deep)
+            if rng.chance(cfg.teeth_prob):
+                k = max(3, int(round(head_px / 30)) | 1)
+                near_upper = _dilate_at(seg == _C["upper_lip"], (k, 3), pix[mi])
+                tooth = _lin(_const(device, (0.9, 0.87, 0.78))) * rng.u((0.75, 1.0))
+                rm = rest[mi]
+                gaps = _noise2(rng, (4, 24), torch.stack([rm[:, 1], rm[:, 0] * 3], 1).clamp(-1, 1), 1)
+                tv = tooth * (0.9 + 0.1 * gaps) * (1 - 0.5 * deep)
+                ti = mi[near_upper]
+                albedo[ti] = tv[near_upper]
+
+        # ---------------- eyeballs ----------------
+        any_eye = False
+        iris_col = _lin(_palette(IRIS_COLOURS, device)[rng.choice(cfg.iris_colour_weights)])
+        iris_col = iris_col * rng.u((0.8, 1.2))
+        iris_ang = math.radians(rng.u(cfg.iris_angle_deg_range))
+        pupil_ang = iris_ang * rng.u(cfg.pupil_fraction_range)
+        sclera = _lin(_const(device, (0.93, 0.9, 0.86))) * rng.u((0.8, 1.0))
+        radial_grid = rng.rand(1, 1, 6, 72) * 2 - 1
+        vein = _const(device, (0.6, 1.0, 1.0))
+        for k_eye, name in enumerate(("right_eyeball", "left_eyeball")):
+            ei = where_(is_[name])
+            if not len(ei):
+                continue
+            any_eye = True
+            re_ = rest[ei]
+            c = data.eye_centre[k_eye] if bool(data.eye_ok[k_eye]) else re_.mean(0)
+            d = F.normalize(re_ - c, dim=-1)
+            ang = torch.acos(d[:, 2].clamp(-1, 1))  # angle from the rest gaze (+z)
+            phi = torch.atan2(d[:, 1], d[:, 0])
+            rr = ang / iris_ang
+            q = torch.stack([phi / math.pi, (rr * 2 - 1).clamp(-1, 1)], 1)
+            streaks = F.grid_sample(radial_grid, q.view(1, 1, -1, 2), align_corners=True, padding_mode="border").view(
+                -1
+            )
+            ic = iris_col * (1 + 0.35 * streaks[:, None]) * (1 + 0.4 * (1 - rr.clamp(0, 1))[:, None])
+            ic = ic * (1 - 0.55 * _smoothstep(0.75, 1.0, rr)[:, None])  # dark limbal ring
+            in_iris = (1 - _smoothstep(0.94, 1.04, rr))[:, None]
+            pf = pupil_ang / iris_ang
+            in_pupil = (1 - _smoothstep(pf - 0.06, pf + 0.04, rr))[:, None]
+            sc = sclera * (1 - 0.18 * _smoothstep(1.3, 2.6, rr)[:, None] * vein)
+            col = sc * (1 - in_iris) + ic * in_iris
+            albedo[ei] = col * (1 - in_pupil) + 0.01 * in_pupil
+        lash_f = rng.u((0.7, 1.0))
+        if any_eye:
+            # lash lines: eye-region pixels next to the eyeball; the upper lid (above the eyeball centre in the
+            # rest pose) gets the darker line
+            oi = where_(is_["right_eye_region"] | is_["left_eye_region"])
+            k = max(3, int(round(head_px / 60)) | 1)
+            near_eye = _dilate_at((seg == _C["right_eyeball"]) | (seg == _C["left_eyeball"]), (k, k), pix[oi])
+            lids = oi[near_eye]
+            if len(lids):
+                rl = rest[lids]
+                cy = torch.where(rl[:, 0] < 0, data.eye_centre[0, 1], data.eye_centre[1, 1])
+                lash = ((0.35 + 0.5 * (rl[:, 1] > cy).float()) * lash_f)[:, None]
+                lash_col = torch.minimum(hair_col, torch.full_like(hair_col, 0.01))
+                albedo[lids] = albedo[lids] * (1 - lash) + lash_col * lash
+
+        # ---------------- scalp / hair ----------------
+        occl = torch.zeros(H * W, dtype=torch.bool, device=device)
+        has_hair = rng.chance(cfg.hair_prob)
+        scalp = is_["scalp"]
+        hi = mi[:0]  # pixels painted with hair
+        hair_tex = torch.ones(0, device=device)
+        if has_hair:
+            hmask = scalp
+            if rng.chance(cfg.fringe_prob):
+                # fringe: hair continues down the forehead to a noisy edge between hairline and brows
+                reach = rng.u(cfg.fringe_length_range)
+                fore = is_["forehead"]
+                top = float(rest[scalp | fore, 1].max()) if bool((scalp | fore).any()) else 1.0
+                brow_y = data.brow_y
+                hairline = float(rest[fore, 1].max()) if bool(fore.any()) else top
+                edge_y = hairline - reach * (hairline - brow_y)
+                wav = _noise2(rng, (1, 12), torch.stack([rest[:, 0], torch.zeros_like(rest[:, 0])], 1), 1)[:, 0]
+                fr = (rest[:, 1] > edge_y + 0.06 * s_io * wav) & (
+                    fore | is_["brow_band"] | is_["glabella"] | is_["right_ear"] | is_["left_ear"]
+                )
+                fr = fr & (rest[:, 2] > data.eye_z - 1.0 * s_io)
+                occl[pix[fr]] = True
+                hmask = hmask | fr
+            hi = where_(hmask)
+            rh = rest[hi]
+            r = rh.norm(dim=1).clamp_min(1e-6)
+            azim = torch.atan2(rh[:, 0], rh[:, 2]) / math.pi
+            elev = torch.asin((rh[:, 1] / r).clamp(-1, 1)) / (math.pi / 2)
+            ae = torch.stack([azim, elev], 1)
+            strands = _noise2(rng, (24, 200), ae, 1)
+            clumps = _noise2(rng, (6, 30), ae, 1)
+            hair_tex = (1 + 0.25 * strands + 0.2 * clumps).clamp(0.3, 1.6)
+            albedo[hi] = hair_col * hair_tex
+        else:
+            # bare or shaved scalp: skin, optionally with a dark stubble shadow
+            if rng.chance(0.4) and bool(scalp.any()):
+                # shaved: a faint hair shadow fading in from the scalp boundary
+                si = where_(scalp)
+                r_px = max(1.0, head_px / 60.0)
+                fade = _smoothstep(0.5, 1.0, _masked_blur_at(seg == _C["scalp"], r_px, pix[si]))[:, None] * 0.12
+                albedo[si] = albedo[si] * (1 - fade) + hair_col * fade
+
+        # ---------------- lights ----------------
+        n_lights = rng.int(cfg.num_lights_range[0], cfg.num_lights_range[1])
+        L_dirs, L_cols = [], []
+        key = rng.u(cfg.key_intensity_range)
+        for li in range(n_lights):
+            az = math.radians(rng.u(cfg.light_azimuth_deg_range))
+            el = math.radians(rng.u(cfg.light_elevation_deg_range))
+            if li > 0 and rng.chance(0.25):  # occasional rim light from behind
+                az = az + math.pi * (0.6 if az > 0 else -0.6)
+            d = torch.tensor([math.sin(az) * math.cos(el), -math.sin(el), -math.cos(az) * math.cos(el)], device=device)
+            inten = key if li == 0 else key * rng.u(cfg.fill_ratio_range)
+            sat = rng.u(cfg.light_saturation_range)
+            warm = torch.tensor([1.0, 0.82, 0.62], device=device)
+            cool = torch.tensor([0.7, 0.83, 1.0], device=device)
+            tint = warm if rng.chance(0.5) else cool
+            col = (1 - sat) + sat * tint
+            L_dirs.append(d)
+            L_cols.append(col / col.mean() * inten)
+        amb = rng.u(cfg.ambient_range)
+        amb_tint = 1 + 0.15 * (rng.rand(3) * 2 - 1)
+        exposure = rng.u(cfg.exposure_range)
+        wrap = rng.u(cfg.wrap_range)
+        ks_skin = rng.u(cfg.specular_range)
+        shin_skin = rng.u(cfg.shininess_range)
+
+        # per-pixel material from per-class tables, then teeth and hair
+        ks_t = [ks_skin] * 256
+        shin_t = [shin_skin] * 256
+        wrap_t = [wrap] * 256
+        for name in ("forehead", "nose", "glabella"):  # oily T-zone
+            ks_t[_C[name]] = ks_skin * 1.6
+        for name in ("upper_lip", "lower_lip"):
+            ks_t[_C[name]] = ks_skin * 2.0
+            shin_t[_C[name]] = shin_skin * 1.5
+        for name in ("right_eyeball", "left_eyeball"):
+            ks_t[_C[name]], shin_t[_C[name]], wrap_t[_C[name]] = 0.6, 400.0, 0.0
+        ks_t[_C["inner_mouth"]] = ks_skin * 0.5
+        tables = torch.tensor([ks_t, shin_t, wrap_t], dtype=torch.float32, device=device)[:, cls]  # (3, N)
+        ks = tables[0] * (0.8 + 0.4 * fine[:, 0])
+        shin = tables[1]
+        wrap_px = tables[2]
+        if len(ti):
+            ks[ti] = 0.25
+            wrap_px[ti] = 0.0
+        if len(hi):
+            ks[hi] = 0.06 * hair_tex[:, 0]
+            shin[hi] = 25.0
+            wrap_px[hi] = 0.0
+
+        # shading, all lights at once: D (L, 3) directions towards the lights, Lc (L, 3) colours x intensities
+        n = normal
+        D = torch.stack(L_dirs)
+        Lc = torch.stack(L_cols)
+        ndl = n @ D.T  # (N, L)
+        w = wrap_px[:, None]
+        diff = ((ndl + w) / (1 + w)).clamp_min(0)
+        irr = (amb * (0.8 + 0.2 * (-n[:, 1:2]))) * amb_tint + diff @ Lc  # more ambient from above (y down)
+        # n . normalize(view + d) for unit view and d: (n.v + n.d) / sqrt(2 + 2 v.d), without (N, L, 3) temporaries
+        nv = (n * view) @ ones3
+        ndh = ((nv[:, None] + ndl) * torch.rsqrt((2 + 2 * (view @ D.T)).clamp_min(1e-6))).clamp_min(1e-6)
+        norm = ((shin + 8) / (8 * math.pi)).clamp(max=4.0) * ks
+        sp = torch.exp(shin[:, None] * torch.log(ndh)) * (ndl > 0) * norm[:, None]
+        spec = sp @ Lc
+        # cavity darkening: inner mouth and hidden-ish areas get less light
+        rad = albedo * irr + spec
+        if len(mi):
+            rad[mi] = rad[mi] * 0.55
+        rad = rad * exposure
+        head_rgb = _srgb(rad)  # (N, 3) sRGB
+
+        # ---------------- background layer (low resolution, then upsampled; behind the head) ----------------
+        f_bg = max(1, math.ceil(max(H, W) / cfg.background_max_side))
+        bh, bw = math.ceil(H / f_bg), math.ceil(W / f_bg)
+        bg = self._background(rng, bh, bw, device)
+        lm2 = ann.landmarks_2d[0].to(device, torch.float32)
+        if rng.chance(cfg.shoulders_prob):
+            bg = self._shoulders(rng, bg, seg, lm2, head_px, skin, f_bg)
+        if has_hair and rng.chance(cfg.hair_volume_prob):
+            hair_img = torch.zeros(H * W, device=device)
+            hair_img[pix[hi]] = 1.0
+            bg = self._hair_volume(rng, bg, hair_img.view(H, W), head_px, hair_col, key, amb, f_bg)
+        bg = bg[None].contiguous(memory_format=torch.channels_last)
+        if (bh, bw) != (H, W):
+            bg = F.interpolate(bg, size=(H, W), mode="bilinear", align_corners=False)
+
+        # ---------------- compose: head over the background, anti-aliased at edges ----------------
+        img = bg.permute(0, 2, 3, 1).reshape(-1, 3)  # (H*W, 3); a view when the layout is channels-last
+        if img.data_ptr() == bg.data_ptr() and (bh, bw) == (H, W):
+            img = img.clone()
+        img[pix] = head_rgb
+        if cfg.antialias and len(pix):
+            edge = _edges(mask, depth_img, 0.01)
+            img = _filter_at(img, edge, H, W)
+
+        # ---------------- occluders in front ----------------
+        if rng.chance(cfg.glasses_prob):
+            g_occ = self._glasses(rng, img, ann, depth_img, mask, K, L_cols, amb)
+            occl |= g_occ.reshape(-1)
+        for kind, p in (("hand", cfg.hand_prob), ("object", cfg.object_prob)):
+            if rng.chance(p):
+                o_occ = self._blob_occluder(rng, img, H, W, bbox, kind, skin)
+                occl |= o_occ.reshape(-1)
+
+        # ---------------- camera effects ----------------
+        if rng.chance(cfg.blur_prob):
+            img = _blur(img.T.reshape(3, H, W), rng.u(cfg.blur_sigma_range)).reshape(3, -1).T
+        sigma = rng.u(cfg.noise_sigma_range)
+        if sigma > 0:
+            img = img + (rng.rand(H * W, 1) - 0.5) * (sigma * math.sqrt(12.0))  # luminance grain
+        image = img.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).reshape(H, W, 3).contiguous()
+        occluder = occl.view(H, W) & mask
+        return RenderOutput(
+            image=image,
+            latent=torch.zeros(0, dtype=torch.float32, device=device),
+            occluder_mask=occluder if bool(occluder.any()) else None,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def _background(self, rng: _Rng, H: int, W: int, device: torch.device) -> Tensor:
+        """(3, H, W) sRGB background in [0, 1]."""
+        cfg = self.config
+        kind = rng.choice(cfg.background_weights)
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, H, device=device), torch.linspace(-1, 1, W, device=device), indexing="ij"
+        )
+        c1, c2, c3 = rng.colour(), rng.colour(), rng.colour()
+        if kind == 0:  # linear gradient, 2-3 stops
+            ang = rng.u((0, 2 * math.pi))
+            t = ((xs * math.cos(ang) + ys * math.sin(ang)) * 0.5 + 0.5).clamp(0, 1)[None]
+            mid = rng.u((0.3, 0.7))
+            bg = torch.where(
+                t < mid,
+                c1[:, None, None] * (1 - t / mid) + c2[:, None, None] * (t / mid),
+                c2[:, None, None] * (1 - (t - mid) / (1 - mid)) + c3[:, None, None] * ((t - mid) / (1 - mid)),
+            )
+            bg = bg + 0.03 * _field(rng, 6, H, W, 1)
+        elif kind == 1:  # radial
+            cx, cy = rng.u((-0.8, 0.8)), rng.u((-0.8, 0.8))
+            r = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt()[None] / rng.u((0.8, 2.0))
+            t = r.clamp(0, 1)
+            bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t + 0.03 * _field(rng, 5, H, W, 1)
+        elif kind == 2:  # fractal noise mapped to a 3-colour palette
+            nz = _fractal(rng, H, W, 1, rng.int(2, 5), 4)
+            t = (nz * rng.u((1.0, 2.0)) * 0.5 + 0.5).clamp(0, 1)
+            bg = torch.where(
+                t < 0.5,
+                c1[:, None, None] * (1 - 2 * t) + c2[:, None, None] * (2 * t),
+                c2[:, None, None] * (2 - 2 * t) + c3[:, None, None] * (2 * t - 1),
+            )
+        elif kind == 3:  # colour field (like a defocused scene)
+            res = rng.int(2, 6)
+            # colours around a random mean colour, saturation limited (a blurred room, not a rainbow)
+            spread = rng.u((0.15, 0.45))
+            grid = c1.view(1, 3, 1, 1) + spread * (rng.rand(1, 3, res, res) - 0.5)
+            grey = grid.mean(1, keepdim=True)
+            grid = grey + (grid - grey) * rng.u((0.3, 0.9))
+            bg = F.interpolate(grid, size=(H, W), mode="bicubic", align_corners=False)[0]
+            bg = bg + 0.04 * _fractal(rng, H, W, 3, 8, 3)
+        else:  # random shapes on a flat/gradient base
+            t = (ys * 0.5 + 0.5)[None]
+            bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t
+            n_shapes = rng.int(3, 9)
+            for _ in range(n_shapes):
+                col = rng.colour()
+                cx, cy = rng.u((-1.2, 1.2)), rng.u((-1.2, 1.2))
+                sx, sy = rng.u((0.05, 0.6)), rng.u((0.05, 0.6))
+                rot = rng.u((0, math.pi))
+                dx, dy = xs - cx, ys - cy
+                u = dx * math.cos(rot) + dy * math.sin(rot)
+                v = -dx * math.sin(rot) + dy * math.cos(rot)
+                px = 2.0 / max(H, W)
+                if rng.chance(0.5):  # ellipse (approximate signed distance)
+                    sd = (((u / sx) ** 2 + (v / sy) ** 2).sqrt() - 1) * min(sx, sy)
+                else:  # rectangle / stripe
+                    sd = torch.maximum(u.abs() - sx, v.abs() - sy * (0.15 if rng.chance(0.3) else 1.0))
+                a = (0.5 - sd / px).clamp(0, 1)[None] * rng.u((0.5, 1.0))
+                bg = bg * (1 - a) + col[:, None, None] * a
+            bg = bg + 0.02 * _field(rng, 8, H, W, 1)
+        if rng.chance(cfg.background_blur_prob):
+            bg = _blur_lowres(bg, rng.u((1.0, 4.0)) * max(H, W) / 256, max_side=64)
+        # a soft vignette / lighting falloff
+        vig = rng.u((0.0, 0.3))
+        bg = bg * (1 - vig * (xs**2 + ys**2)[None] / 2)
+        return bg.clamp(0, 1)
+
+    def _shoulders(
+        self, rng: _Rng, bg: Tensor, seg: Tensor, lm2: Tensor, head_px: float, skin: Tensor, f: int
+    ) -> Tensor:
+        """Draw a clothed torso below the neck on the (3, h, w) background drawn at 1/``f`` of the image size."""
+        device = bg.device
+        _, bh, bw = bg.shape
+        neck = (seg == _C["neck"]) | (seg == _C["neck_back"])
+        chin = lm2[8]
+        eyes_mid = 0.5 * (lm2[36:42].mean(0) + lm2[42:48].mean(0))
+        down = F.normalize(chin - eyes_mid, dim=0)
+        if not bool(torch.isfinite(down).all()):
+            return bg
+        if bool(neck.any()):
+            yy, xx = neck.nonzero(as_tuple=True)
+            proj = (xx.float() - chin[0]) * down[0] + (yy.float() - chin[1]) * down[1]
+            base = chin + down * float(proj.max()) * 0.85
+            neck_w = float(((xx.float() - base[0]) * down[1] - (yy.float() - base[1]) * down[0]).abs().max())
+        else:
+            base = chin + down * 0.25 * head_px
+            neck_w = 0.2 * head_px
+        neck_w = min(max(neck_w, 0.12 * head_px), 0.3 * head_px)
+        # low-resolution grid in full-resolution pixel coordinates
+        xs = (torch.arange(bw, dtype=torch.float32, device=device) + 0.5) * f - 0.5
+        ys = (torch.arange(bh, dtype=torch.float32, device=device) + 0.5) * f - 0.5
+        dx, dy = xs[None, :] - base[0], ys[:, None] - base[1]
+        along = dx * down[0] + dy * down[1]  # pixels below the neck base
+        across = dx * down[1] - dy * down[0]
+        a = across.abs()
+        shoulder_w = head_px * rng.u((0.6, 0.85))  # half width of the shoulders
+        drop = head_px * rng.u((0.05, 0.2))  # how far the shoulder line falls from the neck to the shoulder
+        # top of the torso: rises to the neck (trapezius), falls at the shoulders, then down the arms
+        top = drop * _smoothstep(neck_w * 0.8, neck_w * 3.0, a) - head_px * 0.04
+        top = top + 12.0 * (a - shoulder_w).clamp_min(0) ** 2 / head_px
+        alpha = (0.5 + (along - top) / f).clamp(0, 1)
+        cloth = rng.colour()
+        open_depth = head_px * rng.u((0.05, 0.3))
+        open_w = neck_w * rng.u((1.0, 1.8))
+        neckline = (along < open_depth * (1 - (a / open_w).clamp(0, 1) ** rng.u((1.0, 2.5)))) & (a < open_w)
+        skin_s = _srgb(skin * 0.8)
+        shade = 0.75 + 0.25 * torch.cos((across / (shoulder_w * 1.2)).clamp(-1.5, 1.5))
+        texture = 1 + 0.05 * _field(rng, 20, bh, bw, 1)[0]
+        col = torch.where(neckline[None], skin_s[:, None, None], cloth[:, None, None]) * (shade * texture)[None]
+        col = col * (1 - 0.3 * (along / (bh * f)).clamp(0, 1))[None]
+        return bg * (1 - alpha[None]) + col * alpha[None]
+
+    def _hair_volume(
+        self,
+        rng: _Rng,
+        bg: Tensor,
+        hair_img: Tensor,
+        head_px: float,
+        hair_col: Tensor,
+        key: float,
+        amb: float,
+        f: int,
+    ) -> Tensor:
+        """Hair around the scalp silhouette, drawn on the low-resolution background layer (behind the head)."""
+        _, bh, bw = bg.shape
+        if not bool((hair_img > 0.5).any()):
+            return bg
+        small = F.avg_pool2d(hair_img[None, None], f, ceil_mode=True)[0] if f > 1 else hair_img[None]
+        small = small[:, :bh, :bw]
+        thick = rng.u(self.config.hair_volume_range) * head_px / f
+        spread = _blur_lowres(small, max(0.7, thick / 2), max_side=64)[0]
+        wav = _field(rng, 24, bh, bw, 1)[0]
+        peak = spread.max().clamp_min(1e-6)
+        region = _smoothstep(0.16, 0.3, spread / peak + 0.1 * wav)
+        strands = 1 + 0.2 * _field(rng, 60, bh, bw, 1)[0]
+        shade = (0.5 + 0.5 * (spread / peak).clamp(0, 1)) * strands
+        col = _srgb(hair_col[:, None, None] * shade[None] * (amb + 0.6 * key))
+        return bg * (1 - region[None]) + col * region[None]
+
+    def _glasses(
+        self, rng: _Rng, img: Tensor, ann: Any, depth: Tensor, mask: Tensor, K: Tensor, lights: list, amb: float
+    ) -> Tensor:
+        """Glasses ray-cast in 3D, drawn into the (H*W, 3) image in place; returns the (H, W) bool head pixels the
+        frame (or dark lenses) covers.
+
+        The frame is built from the posed 3D landmarks: a lens plane just in front of the nose bridge carries two
+        superellipse rims; the bridge and the temple arms are capsules; everything is depth-tested against the head.
+        """
+        H, W = depth.shape
+        device = img.device
+        covered = torch.zeros(H, W, dtype=torch.bool, device=device)
+        L = ann.landmarks_3d[0].to(device, torch.float32)
+        c_r, c_l = L[36:42].mean(0), L[42:48].mean(0)
+        x = F.normalize(c_l - c_r, dim=0)
+        mouth = L[48:68].mean(0)
+        mid = 0.5 * (c_r + c_l)
+        ydn = F.normalize((mouth - mid) - ((mouth - mid) @ x) * x, dim=0)
+        front = -torch.linalg.cross(x, ydn, dim=0)  # out of the face
+        ipd = float((c_l - c_r).norm())
+        fwd = max(float((L[27] - mid) @ front), 0.0) + ipd * rng.u((0.06, 0.16))
+        origin = mid + front * fwd + ydn * (ipd * rng.u((-0.06, 0.03)))
+        a = ipd * rng.u((0.36, 0.46))  # lens half width
+        b = a * rng.u((0.55, 0.85))  # lens half height
+        p_exp = rng.u((2.0, 5.0))
+        rim = ipd * rng.u((0.025, 0.07))
+        dark = rng.chance(self.config.sunglasses_prob)
+        frames = ((0.02, 0.02, 0.02), (0.25, 0.13, 0.06), (0.7, 0.7, 0.72), (0.75, 0.6, 0.3))
+        frame_col = _const(device, frames[rng.int(0, 3)])
+        if rng.chance(0.2):
+            frame_col = _lin(rng.colour())
+        if float(frame_col.mean()) > 0.5:  # metal: thin
+            rim *= 0.5
+        arm_len = ipd * rng.u((1.3, 1.6))
+        tint = _lin(rng.colour()) * 0.08
+        if not bool(torch.isfinite(origin).all()) or float(origin[2]) <= 0.01:
+            return covered
+
+        # 3D control points -> crop box on the image
+        ends = []
+        for side in (-1.0, 1.0):
+            p0 = origin + x * side * (ipd / 2 + a) - ydn * b * 0.4
+            ends.append((p0, p0 - front * arm_len + x * side * ipd * 0.08 + ydn * b * 0.3))
+        corners = torch.stack(
+            [origin + x * sx * (ipd / 2 + a) + ydn * sy * b for sx in (-1.0, 1.0) for sy in (-1.0, 1.0)]
+            + [e for pair in ends for e in pair]
+        )
+        corners = corners[corners[:, 2] > 0.01]
+        if len(corners) == 0:
+            return covered
+        uvp = corners[:, :2] / corners[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+        pad = rim / float(corners[:, 2].min()) * float(K[0, 0]) + 3
+        box = _crop_box(
+            float(uvp[:, 0].min()) - pad,
+            float(uvp[:, 1].min()) - pad,
+            float(uvp[:, 0].max()) + pad,
+            float(uvp[:, 1].max()) + pad,
+            H,
+            W,
+        )
+        if box is None:
+            return covered
+        r0, r1, c0, c1 = box
+        yy, xx = torch.meshgrid(torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device), indexing="ij")
+        ids = (yy * W + xx).reshape(-1)
+        rays = _rays(K, xx.reshape(-1), yy.reshape(-1))
+        head_d = torch.where(mask.reshape(-1)[ids], depth.reshape(-1)[ids], torch.full_like(rays[:, 0], 1e9))
+        fK = float(K[0, 0])
+
+        # rims on the lens plane
+        denom = rays @ front
+        tpl = (origin @ front) / torch.where(denom.abs() < 1e-6, torch.full_like(denom, 1e-6), denom)
+        hit = rays * tpl[:, None]
+        rel = hit - origin
+        u = rel @ x
+        v = rel @ ydn
+        zpl = hit[:, 2]
+        m_per_px = zpl.clamp_min(1e-3) / fK  # metres per pixel on the lens plane
+        cover = torch.zeros_like(zpl)
+        lens = torch.zeros_like(zpl)
+        for side in (-1.0, 1.0):
+            du, dv = (u - side * ipd / 2).abs() / a, v.abs() / b
+            r = (du**p_exp + dv**p_exp).pow(1 / p_exp)  # 1 on the rim centre line
+            sd = (r - 1).abs() * min(a, b) - rim / 2  # approximate distance to the rim band, metres
+            cover = torch.maximum(cover, (0.5 - sd / m_per_px).clamp(0, 1))
+            lens = torch.maximum(lens, (0.5 - (r - 1) * min(a, b) / m_per_px).clamp(0, 1))
+        ok = ((zpl > 0) & (zpl < head_d + 0.002)).float()
+        cover = cover * ok
+        lens = lens * ok
+
+        rr = F.normalize(rays, dim=-1)
+
+        def capsule(p0: Tensor, p1: Tensor, radius: float) -> Tensor:
+            """Coverage of a 3D capsule seen through each pixel ray, zero where the head is in front."""
+            d = p1 - p0
+            a11 = d @ d
+            b12 = rr @ d
+            c1_ = rr @ p0
+            e = d @ p0
+            den = (a11 - b12**2).clamp_min(1e-12)
+            s = ((b12 * c1_ - e) / den).clamp(0, 1)
+            q = p0 + s[:, None] * d
+            tt = (rr * q).sum(1)
+            dist = (tt.clamp_min(0)[:, None] * rr - q).norm(dim=1)
+            mpp = q[:, 2].clamp_min(1e-3) / fK
+            cov = (0.5 + (radius - dist) / mpp).clamp(0, 1)
+            return cov * (q[:, 2] < head_d + 0.002).float() * (q[:, 2] > 0).float()
+
+        bp0 = origin + x * (-ipd / 2 + a * 0.95) - ydn * b * 0.3
+        bp1 = origin + x * (ipd / 2 - a * 0.95) - ydn * b * 0.3
+        cover = torch.maximum(cover, capsule(bp0, bp1, rim / 2))
+        for p0, p1 in ends:
+            cover = torch.maximum(cover, capsule(p0, p1, rim / 2))
+
+        base = img[ids]
+        if dark:
+            refl = 0.15 * (1 - (v / (2 * b)).clamp(-1, 1)) * (0.5 + 0.5 * ((u + v) / (2 * a)).clamp(-1, 1))
+            lens_col = _srgb(tint + refl[:, None] * 0.3)
+            base = base * (1 - lens[:, None] * 0.92) + lens_col * lens[:, None] * 0.92
+        else:
+            refl = 0.06 * _smoothstep(-0.2, 0.6, (u * 0.7 - v) / a)
+            base = base + (lens * refl)[:, None]
+        shade = amb + 0.8 * float(sum(float(c.mean()) for c in lights)) / max(len(lights), 1)
+        fc = _srgb(frame_col * shade * (1.0 + 0.3 * _smoothstep(0.0, 1.0, -v / b))[:, None])
+        img[ids] = (base * (1 - cover[:, None]) + fc * cover[:, None]).clamp(0, 1)
+        cov = (cover > 0.5) | ((lens > 0.5) if dark else torch.zeros_like(cover, dtype=torch.bool))
+        covered.view(-1)[ids] = cov
+        return covered & mask
+
+    def _blob_occluder(self, rng: _Rng, img: Tensor, H: int, W: int, bbox: Tensor, kind: str, skin: Tensor) -> Tensor:
+        """A hand (palm, fingers, thumb, arm) or a random object entering over the head bounding box, drawn into
+        the (H*W, 3) image in place; returns the (H, W) bool pixels it covers (> 50 %)."""
+        device = img.device
+        covered = torch.zeros(H, W, dtype=torch.bool, device=device)
+        x0, y0, x1, y1 = (float(v) for v in bbox)
+        if x1 <= x0:
+            return covered
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        size = max(x1 - x0, y1 - y0)
+        ang = rng.u((0, 2 * math.pi))
+        dirv = (math.cos(ang), math.sin(ang))
+        cover_frac = rng.u(self.config.occluder_cover_range)
+        if kind == "hand":
+            palm_r = size * rng.u((0.18, 0.26))
+            dist = size * (0.5 - cover_frac) + palm_r * 1.6
+            px, py = cx + dirv[0] * dist, cy + dirv[1] * dist
+            reach = 2.6 * palm_r
+            far = (px + dirv[0] * 2 * (H + W), py + dirv[1] * 2 * (H + W))
+            bx0, bx1 = min(px - reach, far[0]), max(px + reach, far[0])
+            by0, by1 = min(py - reach, far[1]), max(py + reach, far[1])
+        else:
+            r = size * rng.u((0.15, 0.4))
+            dist = size * (0.5 - cover_frac) + r
+            px, py = cx + dirv[0] * dist, cy + dirv[1] * dist
+            bx0, bx1, by0, by1 = px - r - 2, px + r + 2, py - r - 2, py + r + 2
+        box = _crop_box(bx0, by0, bx1, by1, H, W)
+        # draw every random number whether or not the shape is visible (keeps the stream layout simple)
+        spread = rng.u((0.0, 0.25))
+        flen_f = rng.u((1.1, 1.6))
+        thumb_side = 1.0 if rng.chance(0.5) else -1.0
+        gloved = rng.chance(0.3)
+        tone_f = rng.u((0.7, 1.3))
+        c = rng.colour()
+        rot = rng.u((0, math.pi))
+        asp = rng.u((0.3, 1.0))
+        ellipse = rng.chance(0.5)
+        corner = rng.u((0.0, 0.5))
+        g_ang = rng.u((0, 6.3))
+        if box is None:
+            return covered
+        r0, r1, c0, c1 = box
+        h, w = r1 - r0, c1 - c0
+        ys, xs = torch.meshgrid(
+            torch.arange(r0, r1, dtype=torch.float32, device=device),
+            torch.arange(c0, c1, dtype=torch.float32, device=device),
+            indexing="ij",
+        )
+        if kind == "hand":
+            u = (xs - px) * dirv[0] + (ys - py) * dirv[1]
+            v = -(xs - px) * dirv[1] + (ys - py) * dirv[0]
+            sd = ((u / (palm_r * 1.1)) ** 2 + (v / palm_r) ** 2).sqrt() * palm_r - palm_r
+            flen = palm_r * flen_f
+            fr = palm_r * 0.2
+            for k in range(4):
+                off = (k - 1.5) * palm_r * 0.45
+                a_f = (k - 1.5) * spread
+                ddx, ddy = -math.cos(a_f), math.sin(a_f)
+                q0u, q0v = -palm_r * 0.6, off
+                q1u, q1v = q0u + ddx * flen * (0.85 + 0.15 * (k in (1, 2))), q0v + ddy * flen
+                du, dv = q1u - q0u, q1v - q0v
+                ll = du * du + dv * dv
+                s = (((u - q0u) * du + (v - q0v) * dv) / ll).clamp(0, 1)
+                sd = torch.minimum(sd, ((u - q0u - s * du) ** 2 + (v - q0v - s * dv) ** 2).sqrt() - fr)
+            tu0, tv0 = 0.0, palm_r * 0.9 * thumb_side
+            tu1, tv1 = -palm_r * 1.1, tv0 * 1.5
+            du, dv = tu1 - tu0, tv1 - tv0
+            s = (((u - tu0) * du + (v - tv0) * dv) / (du * du + dv * dv)).clamp(0, 1)
+            sd = torch.minimum(sd, ((u - tu0 - s * du) ** 2 + (v - tv0 - s * dv) ** 2).sqrt() - fr * 1.15)
+            sd = torch.minimum(sd, torch.maximum(v.abs() - palm_r * 0.75, -u))  # the arm, away from the face
+            tone = _lin(c) * 0.5 if gloved else skin * tone_f
+            base = _srgb(tone.clamp(0, 1))
+            shade = 0.65 + 0.35 * _smoothstep(-palm_r * 0.5, 0.0, -sd)  # darker towards the edges (roundness)
+            col = base[:, None, None] * shade[None] * (1 + 0.04 * _field(rng, 16, h, w, 1))
+        else:
+            u = (xs - px) * math.cos(rot) + (ys - py) * math.sin(rot)
+            v = -(xs - px) * math.sin(rot) + (ys - py) * math.cos(rot)
+            if ellipse:
+                sd = ((u / r) ** 2 + (v / (r * asp)) ** 2).sqrt() * r * asp - r * asp
+            else:
+                rr = r * asp * corner
+                qu, qv = u.abs() - (r - rr), v.abs() - (r * asp - rr)
+                sd = (qu.clamp_min(0) ** 2 + qv.clamp_min(0) ** 2).sqrt() + torch.maximum(qu, qv).clamp_max(0) - rr
+            g = 0.7 + 0.3 * _smoothstep(-r, r, u * math.cos(g_ang) + v)
+            col = c[:, None, None] * g[None] * (1 + 0.08 * _fractal(rng, h, w, 1, 6, 3))
+        alpha = (0.5 - sd).clamp(0, 1).reshape(-1, 1)
+        ids = (ys.long() * W + xs.long()).reshape(-1)
+        img[ids] = img[ids] * (1 - alpha) + col.clamp(0, 1).reshape(3, -1).T * alpha
+        covered.view(-1)[ids] = alpha[:, 0] > 0.5
+        return covered
