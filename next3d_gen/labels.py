@@ -316,3 +316,52 @@ LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
 
 INTER_OCULAR = (36, 45)
 """Outer eye corners: the inter-ocular NME normaliser for 68-point data."""
+
+
+PaperColumns = tuple[tuple[str, tuple[str, ...]], ...]
+"""A paper's F1 table layout: (column header, class names whose union forms the column) per column."""
+
+PAPER_F1_COLUMNS: dict[str, PaperColumns] = {
+    # LaPa: the 10 classes of the face-parsing papers' LaPa table (background left out, hair included).
+    "lapa": (
+        ("skin", ("skin",)),
+        ("hair", ("hair",)),
+        ("l-eye", ("left_eye",)),
+        ("r-eye", ("right_eye",)),
+        ("u-lip", ("upper_lip",)),
+        ("i-mouth", ("inner_mouth",)),
+        ("l-lip", ("lower_lip",)),
+        ("nose", ("nose",)),
+        ("l-brow", ("left_eyebrow",)),
+        ("r-brow", ("right_eyebrow",)),
+    ),
+    # LaPa with upper lip + inner mouth + lower lip merged into one "mouth" class (the variant some papers report).
+    "lapa_mouth": (
+        ("skin", ("skin",)),
+        ("hair", ("hair",)),
+        ("l-eye", ("left_eye",)),
+        ("r-eye", ("right_eye",)),
+        ("mouth", ("upper_lip", "inner_mouth", "lower_lip")),
+        ("nose", ("nose",)),
+        ("l-brow", ("left_eyebrow",)),
+        ("r-brow", ("right_eyebrow",)),
+    ),
+    # CelebAMask-HQ: the 14 columns of the paper's table (no hat, earring, necklace, cloth, background).
+    "celebamask_hq": (
+        ("face", ("skin",)),
+        ("nose", ("nose",)),
+        ("glasses", ("eye_g",)),
+        ("l-eye", ("l_eye",)),
+        ("r-eye", ("r_eye",)),
+        ("l-brow", ("l_brow",)),
+        ("r-brow", ("r_brow",)),
+        ("l-ear", ("l_ear",)),
+        ("r-ear", ("r_ear",)),
+        ("i-mouth", ("mouth",)),
+        ("u-lip", ("u_lip",)),
+        ("l-lip", ("l_lip",)),
+        ("hair", ("hair",)),
+        ("neck", ("neck",)),
+    ),
+}
+"""Per-benchmark F1 columns of the papers' tables (class names refer to :data:`LAPA` / :data:`CELEBAMASK_HQ`)."""

@@ -1,0 +1,65 @@
+"""``synthforge finetune``: stage C label fine-tuning (LightningCLI ``fit`` of FinetuneSystem on a benchmark).
+
+Example::
+
+    synthforge finetune --config configs/finetune/lapa.yaml --data.root /data/LaPa --model.backbone stage1.ckpt
+
+``--data.dataset`` and ``--data.resolution`` are passed on to the model (``model.dataset``, ``model.resolution``).
+The best checkpoint path is printed at the end (use it as ``synthforge evaluate --ckpt``); ``--ckpt_path`` resumes
+an interrupted run. The fine-tune checkpoint holds the frozen stage-I network and its config, so evaluation does not
+need the stage-I file any more.
+"""
+
+from __future__ import annotations
+
+import warnings
+from argparse import ArgumentError
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from label_finetune.datasets.datamodule import FinetuneDataModule
+from label_finetune.system import FinetuneSystem
+from next3d_gen.errors import UserError
+
+
+class FinetuneCLI(LightningCLI):
+    """LightningCLI with the data -> model links of stage C."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="fine-tune checkpoint to resume from")
+        parser.link_arguments("data.dataset", "model.dataset")
+        parser.link_arguments("data.resolution", "model.resolution")
+
+
+def main(argv: list[str]) -> int:
+    # expected here: the frozen stage-I network is in eval mode, and argv comes from the synthforge dispatcher
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    try:
+        cli = FinetuneCLI(
+            FinetuneSystem,
+            FinetuneDataModule,
+            run=False,
+            args=argv or ["--help"],
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "synthforge finetune", "exit_on_error": False},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+        )
+    except ArgumentError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise UserError(" | ".join(lines[:3])[:400]) from None
+    except SystemExit as err:
+        if err.code in (0, None):
+            return 0
+        raise UserError("invalid arguments (see the message above)") from None
+    resume = cli.config.get("ckpt_path")
+    if resume and not Path(resume).is_file():
+        raise UserError(f"--ckpt_path: no such checkpoint file: {resume}")
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=resume)
+    ckpt = cli.trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
+    if best:
+        print(f"checkpoint: {best}")
+    return 0
