@@ -92,7 +92,7 @@ class SamplePipeline:
             ("expression", config.expression.count, self.model.num_expression),
         ):
             if want > have:
-                log.warning("%s.count = %d but the model has %d columns; drawing %d", what, want, have, have)
+                log.info("%s.count = %d but the model has %d columns; drawing %d", what, want, have, have)
         self.label_space: LabelSpace = SYNTH
         size = config.image_size
         self.shapes = h5.sample_shapes(size, size, self.num_shape, self.num_expression, int(renderer.latent_dim))
@@ -208,6 +208,20 @@ def generator_config(config: GenerateConfig, num_samples: int, num_shards: int) 
     return {"config": config.to_dict(), "num_samples": int(num_samples), "num_shards": int(num_shards)}
 
 
+_WORKER_PIPELINE: SamplePipeline | None = None
+
+
+def _init_worker(config: GenerateConfig) -> None:
+    global _WORKER_PIPELINE
+    torch.set_num_threads(1)
+    _WORKER_PIPELINE = SamplePipeline(config)
+
+
+def _generate_in_worker(index: int) -> dict[str, np.ndarray]:
+    assert _WORKER_PIPELINE is not None
+    return _WORKER_PIPELINE.generate(index)
+
+
 def generate_shard(
     pipeline: SamplePipeline,
     out: str,
@@ -216,6 +230,7 @@ def generate_shard(
     shard_index: int = 0,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> h5.ShardWriter:
     """Generate (or resume) one shard of a dataset of ``num_samples`` samples.
 
@@ -227,6 +242,8 @@ def generate_shard(
         num_shards, shard_index: which contiguous range of sample indices this call writes.
         progress: called with the number of rows just written (for a progress bar).
         on_start: called once, before generating, with the number of rows already complete (resumed run).
+        workers: processes that generate samples (each with one torch thread, each rebuilding the pipeline from
+            ``pipeline.config``); this process writes them in order. Samples are the same bytes for any value.
 
     Returns:
         The (finalized) writer.
@@ -273,10 +290,21 @@ def generate_shard(
         pending = writer.pending_rows()
         if on_start is not None:
             on_start(stop - start - len(pending))
-        for row in pending:
-            writer.write(row, pipeline.generate(start + row))
-            if progress is not None:
-                progress(1)
+        if workers > 1 and len(pending) > 1:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process whose thread pools are running
+            with ctx.Pool(min(workers, len(pending)), _init_worker, (pipeline.config,)) as pool:
+                samples = pool.imap(_generate_in_worker, [start + row for row in pending], chunksize=2)
+                for row, sample in zip(pending, samples, strict=True):
+                    writer.write(row, sample)
+                    if progress is not None:
+                        progress(1)
+        else:
+            for row in pending:
+                writer.write(row, pipeline.generate(start + row))
+                if progress is not None:
+                    progress(1)
         writer.finalize()
     finally:
         writer.close()

@@ -428,6 +428,7 @@ def test_generate_and_preview_commands_end_to_end(tiny_cli, tmp_path, capsys):
     cfg = write_tiny_yaml(tmp_path)
     out = tmp_path / "data"
     argv = ["generate", "--config", str(cfg), "--num", "5", "--out", str(out), "--seed", "4", "--no-progress"]
+    argv += ["--workers", "1"]  # the tiny model is patched into this process only
     assert cli.main(argv + ["--num-shards", "2", "--shard-index", "0"]) == 0
     assert cli.main(argv + ["--num-shards", "2", "--shard-index", "1", "--camera.yaw_deg", "[-30, 30]"]) == 2
     assert "different generator config" in capsys.readouterr().err
@@ -496,14 +497,21 @@ def test_unknown_renderer_option_exits_2(tiny_cli, tmp_path, capsys):
 
 
 def test_builtin_head_and_procedural_renderer_end_to_end(tmp_path):
-    """The shipped tiny config with the real default components: generate 2 samples, then preview them."""
+    """The shipped tiny config with the real default components: generate 3 samples in 2 worker processes, compare
+    with an in-process run (same bytes), then preview them."""
     pytest.importorskip("next3d_gen.head_model")
     pytest.importorskip("next3d_gen.render.procedural")
     out = tmp_path / "real"
-    argv = ["generate", "--config", str(REPO / "configs/generate/tiny.yaml"), "--num", "2", "--out", str(out)]
-    assert cli.main([*argv, "--image-size", "48", "--no-progress"]) == 0
+    argv = ["generate", "--config", str(REPO / "configs/generate/tiny.yaml"), "--num", "3", "--image-size", "48"]
+    assert cli.main([*argv, "--out", str(out), "--no-progress", "--workers", "2"]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "inproc.h5"), "--no-progress", "--workers", "1"]) == 0
+    with h5.SampleReader(out) as a, h5.SampleReader(tmp_path / "inproc.h5") as b:
+        assert len(a) == len(b) == 3
+        for i in range(3):
+            for key, value in a[i].items():
+                assert np.array_equal(value, b[i][key]), (i, key)
     with h5.SampleReader(out) as r:
-        assert len(r) == 2 and r.image_size == 48
+        assert len(r) == 3 and r.image_size == 48
         s = r[1]
         assert s["image"].shape == (48, 48, 3) and s["image"].std() > 5
         assert (s["seg"] > 0).any() and s["flame_shape"].shape[0] <= 20

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from next3d_gen.errors import UserError
@@ -38,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renderer", help="renderer name (overrides renderer.name): procedural | next3d")
     p.add_argument("--num-shards", type=int, default=1, help="split the sample indices into K contiguous shards")
     p.add_argument("--shard-index", type=int, default=0, help="which shard this process writes (0-based)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="generating processes, one torch thread each (default: the number of CPU cores; 1 = this process)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process when --workers 1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -85,8 +92,11 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--num-shards must be >= 1, got {args.num_shards}")
     if not 0 <= args.shard_index < args.num_shards:
         raise UserError(f"--shard-index must be in [0, {args.num_shards}), got {args.shard_index}")
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    workers = args.workers if args.workers is not None else max(1, len(os.sched_getaffinity(0)))
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
 
     from next3d_gen.sampling import load_config
 
@@ -99,8 +109,7 @@ def main(argv: list[str]) -> int:
     from next3d_gen import h5
     from next3d_gen.pipeline import SamplePipeline, generate_shard
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     start, stop = h5.shard_range(args.num, args.num_shards, args.shard_index)
     pipeline = SamplePipeline(config)
     bars: list[tqdm] = []
@@ -120,7 +129,8 @@ def main(argv: list[str]) -> int:
 
     try:
         writer = generate_shard(
-            pipeline, args.out, args.num, args.num_shards, args.shard_index, lambda n: bars[0].update(n), on_start
+            pipeline, args.out, args.num, args.num_shards, args.shard_index, lambda n: bars[0].update(n), on_start,
+            workers=workers,
         )
     finally:
         for bar in bars:

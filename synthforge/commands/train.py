@@ -1,0 +1,92 @@
+"""``synthforge train --config configs/stage1/<name>.yaml [--dotted.key value ...] [--ckpt_path CKPT]``.
+
+LightningCLI (``fit``) over :class:`~synthforge.system.MultiTaskSystem` and
+:class:`~synthforge.data.datamodule.SynthDataModule`. Config sections: ``trainer``, ``model`` (with ``model.net``
+as class_path / init_args), ``data``, ``seed_everything``, ``ckpt_path`` (resume). When ``trainer.logger`` is not
+set, a CSV logger is used, plus TensorBoard when it is installed. Parser errors (unknown key, bad value, missing
+file) become a one-line :class:`UserError` (exit status 2).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from argparse import ArgumentError
+
+from next3d_gen.errors import UserError
+
+LOG_ROOT = "runs/stage1"
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    # jsonargparse nests the reason under a header ("Problem with given args: ..." / "Parser key ..."); keep both.
+    msg = " | ".join(lines[:3])
+    return msg[:400]
+
+
+def _build_cli_class():  # noqa: ANN202 - returns a LightningCLI subclass (imported lazily)
+    from jsonargparse import Namespace
+    from lightning.pytorch.cli import LightningCLI
+
+    class TrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+            parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume from")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config
+            trainer = cfg["trainer"]
+            if trainer.get("logger") in (None, True):
+                root = trainer.get("default_root_dir") or LOG_ROOT
+                loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root}}]
+                if importlib.util.find_spec("tensorboard") is not None:
+                    loggers.append(
+                        {
+                            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                            "init_args": {"save_dir": root, "name": "tensorboard", "default_hp_metric": False},
+                        }
+                    )
+                cfg["trainer"]["logger"] = [
+                    Namespace(class_path=lg["class_path"], init_args=Namespace(**lg["init_args"])) for lg in loggers
+                ]
+            ckpt = cfg.get("ckpt_path")
+            if ckpt and not os.path.isfile(ckpt):
+                raise UserError(f"--ckpt_path: no such checkpoint file: {ckpt}")
+
+    return TrainCLI
+
+
+def main(argv: list[str]) -> int:
+    """Parse, instantiate and fit; returns the exit status (UserError for bad input)."""
+    from synthforge.data.datamodule import SynthDataModule
+    from synthforge.system import MultiTaskSystem
+
+    cli_class = _build_cli_class()
+    if not argv:
+        argv = ["--help"]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended")
+            cli = cli_class(
+                MultiTaskSystem,
+                SynthDataModule,
+                run=False,
+                args=argv,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False, "prog": "synthforge train"},
+                auto_configure_optimizers=False,
+            )
+    except ArgumentError as err:
+        raise UserError(_one_line(str(err))) from None
+    except SystemExit as err:
+        if err.code in (0, None):
+            return 0
+        raise UserError("invalid arguments (see the message above)") from None
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise UserError(f"{err.filename}: {err.strerror}") from None
+    ckpt = cli.config.get("ckpt_path")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    sys.stdout.flush()
+    return 0

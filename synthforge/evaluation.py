@@ -1,0 +1,128 @@
+"""Stage-B evaluation on a held-out synthetic set, with trivial baselines on the same crops.
+
+Metrics (same definitions as the validation metrics of :mod:`synthforge.system`):
+
+* ``nme``: landmark NME, % of the outer-eye-corner distance (36 / 45), mean over images, crop pixels.
+* ``seg_f1_mean``: mean F1 over the foreground classes present, from the dataset-level confusion matrix.
+* ``depth_rmse_mm``: RMSE of relative depth over ground-truth foreground pixels (pooled), mm, after aligning each
+  predicted map's median over the GT foreground to the GT median.
+
+Baselines (computed from the held-out ground truth itself, i.e. as favourable to the baseline as possible):
+
+* ``baseline_nme``: every image predicted as the set's mean landmark shape in the crop.
+* ``baseline_seg_f1_mean``: every image predicted as the per-pixel majority class of the set.
+* ``baseline_depth_rmse_mm``: every image predicted as the per-pixel mean relative depth map of the set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from next3d_gen.errors import UserError
+from synthforge import metrics
+from synthforge.data.dataset import SynthFaceDataset
+
+
+def load_system(checkpoint: str | Path):  # noqa: ANN201 - MultiTaskSystem
+    """The trained :class:`~synthforge.system.MultiTaskSystem` of a ``synthforge train`` checkpoint (CPU, eval)."""
+    from synthforge.system import MultiTaskSystem
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    system = MultiTaskSystem.load_from_checkpoint(path, map_location="cpu")
+    return system.eval()
+
+
+@torch.no_grad()
+def evaluate_synthetic(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    png_path: str | Path | None = None,
+    png_rows: int = 6,
+) -> dict[str, float | int | dict[str, float]]:
+    """Evaluate a stage-B checkpoint and the trivial baselines on a held-out HDF5 set.
+
+    Args:
+        checkpoint: ``.ckpt`` written by ``synthforge train``.
+        dataset: held-out set (file, shard folder or index.json); cropped like the training validation set
+            (crop size and scale taken from the checkpoint).
+        batch_size: evaluation batch size.
+        max_samples: evaluate only the first N samples.
+        png_path: if given, write a prediction-vs-ground-truth grid of the first samples there.
+        png_rows: samples in that grid.
+
+    Returns:
+        ``{"nme", "seg_f1_mean", "depth_rmse_mm", "baseline_nme", "baseline_seg_f1_mean",
+        "baseline_depth_rmse_mm", "num_samples", "seg_f1" (per class), "seg_f1_merged"}``.
+    """
+    system = load_system(checkpoint)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    dm_hp = ckpt.get("datamodule_hyper_parameters", {}) or {}
+    crop_size = int(system.crop_size or dm_hp.get("crop_size", 128))
+    ds = SynthFaceDataset(dataset, crop_size=crop_size, crop_scale=float(dm_hp.get("crop_scale", 1.6)))
+    if ds.label_space.classes != system.label_space.classes:
+        raise UserError(f"{dataset}: label space differs from the checkpoint's ({system.label_space.name})")
+    if max_samples is not None:
+        ds = torch.utils.data.Subset(ds, range(min(max_samples, len(ds))))
+    label_space = system.label_space
+    c = label_space.num_classes
+    cm = torch.zeros(c, c, dtype=torch.int64)
+    nme_vals, gt_lm, gt_seg, gt_depth, gt_mask = [], [], [], [], []
+    d_sq, d_n = 0.0, 0
+    png = None
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
+        out = system.net(batch["image"])
+        seg_pred = out.seg.argmax(1)
+        cm += metrics.confusion_matrix(seg_pred, batch["seg"], c)
+        nme_vals.append(metrics.nme(out.landmarks.float(), batch["landmarks"].float()))
+        mask = batch["depth_mask"].bool()
+        aligned = metrics.align_median(out.depth.float(), batch["depth"].float(), mask)
+        err = metrics.depth_errors(aligned, batch["depth"].float(), mask)
+        d_sq += float(err.sq_sum.sum())
+        d_n += int(err.count.sum())
+        gt_lm.append(batch["landmarks"].float())
+        gt_seg.append(batch["seg"].to(torch.uint8))
+        gt_depth.append(batch["depth"].float())
+        gt_mask.append(mask)
+        if png is None and png_path is not None:
+            png = (batch, seg_pred, out.depth.float(), out.landmarks.float())
+    lm = torch.cat(gt_lm)
+    seg = torch.cat(gt_seg).long()
+    depth = torch.cat(gt_depth)
+    mask = torch.cat(gt_mask)
+    f1 = metrics.f1_scores(cm)
+    result: dict = {
+        "num_samples": int(lm.shape[0]),
+        "nme": float(100 * torch.cat(nme_vals).mean()),
+        "seg_f1_mean": metrics.foreground_mean_f1(f1, label_space.background),
+        "depth_rmse_mm": float(1000 * np.sqrt(d_sq / max(d_n, 1))),
+    }
+    # baselines
+    mean_shape = lm.mean(0, keepdim=True).expand_as(lm)
+    result["baseline_nme"] = float(100 * metrics.nme(mean_shape, lm).mean())
+    onehot_counts = torch.zeros(c, *seg.shape[1:], dtype=torch.int64)
+    valid = seg != 255
+    for k in range(c):
+        onehot_counts[k] = ((seg == k) & valid).sum(0)
+    majority = onehot_counts.argmax(0).expand_as(seg)
+    f1_base = metrics.f1_scores(metrics.confusion_matrix(majority, seg, c))
+    result["baseline_seg_f1_mean"] = metrics.foreground_mean_f1(f1_base, label_space.background)
+    fg = mask.float()
+    mean_depth = (depth * fg).sum(0, keepdim=True) / fg.sum(0, keepdim=True).clamp_min(1)
+    base_depth = metrics.align_median(mean_depth.expand_as(depth).clone(), depth, mask)
+    err = metrics.depth_errors(base_depth, depth, mask)
+    result["baseline_depth_rmse_mm"] = float(1000 * np.sqrt(float(err.sq_sum.sum()) / max(int(err.count.sum()), 1)))
+    result["seg_f1"] = {n: float(v) for n, v in zip(label_space.classes, f1.tolist(), strict=True) if v == v}
+    result["seg_f1_merged"] = {k: v for k, v in metrics.merged_f1_scores(cm, label_space.merges).items() if v == v}
+    if png is not None:
+        from synthforge.visualize import prediction_grid, save_png
+
+        save_png(str(png_path), prediction_grid(*png, label_space=label_space, max_rows=png_rows))
+    return result

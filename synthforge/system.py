@@ -1,0 +1,286 @@
+"""Stage-B LightningModule: losses, validation metrics, optimiser and schedule around an injected network.
+
+Validation metrics (accumulated over the whole validation set, summed across DDP ranks):
+
+* ``val/nme``: landmark NME in % of the inter-ocular distance (outer eye corners 36 / 45), crop pixels, mean over
+  images.
+* ``val/seg_f1_mean``: mean per-class F1 over the foreground classes present, from the dataset-level confusion
+  matrix; ``val/seg_f1/<class>`` per class and ``val/seg_f1_merged/<group>`` for the label space's merge table.
+* ``val/depth_rmse_mm``: RMSE of relative depth over ground-truth foreground pixels (all pixels of the set pooled),
+  millimetres, after shifting each predicted map so that its median over the GT foreground equals the GT median
+  (relative depth is defined up to that offset).
+* ``val/loss`` and ``val/loss_<term>`` (without the SSL term).
+
+A PNG of predictions vs ground truth for the first validation batch is written at every validation into
+``<log_dir>/predictions/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from next3d_gen.errors import UserError
+from next3d_gen.labels import SYNTH, LabelSpace
+from synthforge import losses as L
+from synthforge import metrics
+from synthforge.models.multitask import TaskOutputs
+
+log = logging.getLogger(__name__)
+
+
+def _given_hparams() -> bool:
+    """True when LightningCLI provides the hyper-parameters (the network's class_path / init_args config)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+class MultiTaskSystem(pl.LightningModule):
+    """Trains a :class:`~synthforge.models.MultiTaskNet`-like network (injected, any ``nn.Module`` returning
+    :class:`~synthforge.models.TaskOutputs`) on SynthForge batches.
+
+    Args:
+        net: the network (configs give it as class_path / init_args).
+        loss: loss weights and SSL warp ranges.
+        lr: head learning rate (AdamW).
+        trunk_lr: trunk learning rate (default: ``lr``).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up optimiser steps.
+        lr_floor: the cosine schedule ends at ``lr_floor`` x the initial rate of each group.
+        schedule_steps: length of the cosine schedule in optimiser steps (default: the trainer's estimate).
+        png_rows: samples drawn in the validation PNG (0 = no PNG).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: L.LossConfig | None = None,
+        lr: float = 1e-3,
+        trunk_lr: float | None = None,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_floor: float = 0.01,
+        schedule_steps: int | None = None,
+        png_rows: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if _given_hparams() else ["net"])
+        self.net = net
+        self.loss_config = loss or L.LossConfig()
+        self.lr = lr
+        self.trunk_lr = lr if trunk_lr is None else trunk_lr
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.lr_floor = lr_floor
+        self.schedule_steps = schedule_steps
+        self.png_rows = png_rows
+        self.label_space: LabelSpace = SYNTH
+        self.crop_size: int | None = None
+        self._val: dict[str, torch.Tensor] = {}
+        self._val_png_batch: tuple | None = None
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "label_space"):
+            self.label_space = dm.label_space
+            self.crop_size = getattr(dm, "crop_size", None)
+        c = getattr(self.net, "num_classes", None)
+        if c is not None and c != self.label_space.num_classes:
+            raise UserError(
+                f"model.net seg_head has {c} classes but the dataset's label space "
+                f"'{self.label_space.name}' has {self.label_space.num_classes}"
+            )
+        div = getattr(self.net, "size_divisor", None)
+        if div and self.crop_size and self.crop_size % div:
+            raise UserError(f"data.crop_size {self.crop_size} must be a multiple of {div} for this network")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["synthforge"] = {"label_space": self.label_space.to_json(), "crop_size": self.crop_size}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("synthforge", {})
+        if "label_space" in meta:
+            self.label_space = LabelSpace.from_json(meta["label_space"])
+        self.crop_size = meta.get("crop_size", self.crop_size)
+
+    def forward(self, image: torch.Tensor) -> TaskOutputs:
+        return self.net(image)
+
+    # -- losses ------------------------------------------------------------------------------------------------
+    def _task_losses(self, out: TaskOutputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg = self.loss_config
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.seg:
+            terms["seg"] = L.segmentation_loss(out.seg, batch["seg"])
+        if cfg.depth:
+            terms["depth"] = L.masked_l1(out.depth, batch["depth"], batch["depth_mask"])
+        if cfg.heatmap or cfg.coord:
+            stride = getattr(getattr(self.net, "landmark_head", None), "stride", 4)
+            hm, co = L.landmark_losses(
+                out.heatmaps,
+                out.landmark_stacks,
+                batch["landmarks"],
+                batch["landmarks_in_crop"],
+                stride,
+                cfg.heatmap_sigma,
+            )
+            if cfg.heatmap:
+                terms["heatmap"] = hm
+            if cfg.coord:
+                terms["coord"] = co
+        if cfg.normal and out.normal is not None and "normal" in batch:
+            terms["normal"] = L.normal_loss(out.normal, batch["normal"], batch["depth_mask"])
+        if cfg.uv and out.uv is not None and "uv" in batch:
+            terms["uv"] = L.masked_l1(out.uv, batch["uv"], batch["depth_mask"])
+        return terms
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.loss_config
+        return sum(getattr(cfg, k) * v for k, v in terms.items())
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.net(batch["image"])
+        terms = self._task_losses(out, batch)
+        cfg = self.loss_config
+        if cfg.ssl:
+            terms["ssl"] = L.affine_consistency_loss(
+                self.net.trunk, batch["image"], out.features, cfg.ssl_rotation_deg, cfg.ssl_scale, cfg.ssl_shift
+            )
+        total = self._weighted(terms)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for k, v in terms.items():
+            self.log(f"train/loss_{k}", v, batch_size=bs)
+        return total
+
+    # -- validation --------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        c = self.label_space.num_classes
+        self._val = {
+            "cm": torch.zeros(c, c, dtype=torch.int64, device=self.device),
+            "nme_sum": torch.zeros((), dtype=torch.float64, device=self.device),
+            "n_img": torch.zeros((), dtype=torch.float64, device=self.device),
+            "d_sq": torch.zeros((), dtype=torch.float64, device=self.device),
+            "d_n": torch.zeros((), dtype=torch.float64, device=self.device),
+        }
+        self._val_png_batch = None
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.net(batch["image"])
+        terms = self._task_losses(out, batch)
+        bs = batch["image"].shape[0]
+        self.log("val/loss", self._weighted(terms), batch_size=bs, sync_dist=True)
+        for k, v in terms.items():
+            self.log(f"val/loss_{k}", v, batch_size=bs, sync_dist=True)
+        seg_pred = out.seg.argmax(1)
+        acc = self._val
+        acc["cm"] += metrics.confusion_matrix(seg_pred, batch["seg"], self.label_space.num_classes)
+        e = metrics.nme(out.landmarks.float(), batch["landmarks"].float(), "inter_ocular")
+        acc["nme_sum"] += e.double().sum()
+        acc["n_img"] += e.numel()
+        mask = batch["depth_mask"].bool()
+        aligned = metrics.align_median(out.depth.float(), batch["depth"].float(), mask)
+        err = metrics.depth_errors(aligned, batch["depth"].float(), mask)
+        acc["d_sq"] += err.sq_sum.sum()
+        acc["d_n"] += err.count.sum().double()
+        if batch_idx == 0 and self._val_png_batch is None and self.png_rows > 0:
+            k = min(self.png_rows, bs)
+            keep = ("image", "seg", "depth", "depth_mask", "landmarks")
+            self._val_png_batch = (
+                {key: batch[key][:k].detach().cpu() for key in keep},
+                seg_pred[:k].cpu(),
+                out.depth[:k].detach().float().cpu(),
+                out.landmarks[:k].detach().float().cpu(),
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        reduce = self.trainer.strategy.reduce
+        acc = {
+            k: reduce(v.clone(), reduce_op="sum") if self.trainer.world_size > 1 else v for k, v in self._val.items()
+        }
+        f1 = metrics.f1_scores(acc["cm"])
+        names = self.label_space.classes
+        log_kw = {"sync_dist": False, "rank_zero_only": False}
+        self.log("val/seg_f1_mean", metrics.foreground_mean_f1(f1, self.label_space.background), **log_kw)
+        for i, name in enumerate(names):
+            if not math.isnan(float(f1[i])):
+                self.log(f"val/seg_f1/{name}", float(f1[i]), **log_kw)
+        for name, value in metrics.merged_f1_scores(acc["cm"], self.label_space.merges).items():
+            if not math.isnan(value):
+                self.log(f"val/seg_f1_merged/{name}", value, **log_kw)
+        if acc["n_img"] > 0:
+            self.log("val/nme", float(100.0 * acc["nme_sum"] / acc["n_img"]), prog_bar=True, **log_kw)
+        if acc["d_n"] > 0:
+            self.log("val/depth_rmse_mm", float(1000.0 * (acc["d_sq"] / acc["d_n"]).sqrt()), **log_kw)
+        self._save_png()
+
+    def _save_png(self) -> None:
+        if self._val_png_batch is None or self.trainer.sanity_checking:
+            return
+        root = self.trainer.log_dir or self.trainer.default_root_dir  # collective under DDP: call on every rank
+        if not self.trainer.is_global_zero:
+            return
+        from synthforge.visualize import prediction_grid, save_png
+
+        folder = Path(root) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        grid = prediction_grid(*self._val_png_batch, label_space=self.label_space, max_rows=self.png_rows)
+        save_png(str(folder / f"val_epoch{self.current_epoch:03d}_step{self.global_step:07d}.png"), grid)
+
+    # -- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        trunk = getattr(self.net, "trunk", None)
+        trunk_ids = {id(p) for p in trunk.parameters()} if trunk is not None else set()
+        trunk_params = [p for p in self.net.parameters() if id(p) in trunk_ids and p.requires_grad]
+        head_params = [p for p in self.net.parameters() if id(p) not in trunk_ids and p.requires_grad]
+        groups = [{"params": trunk_params, "lr": self.trunk_lr, "name": "trunk"}]
+        groups.append({"params": head_params, "lr": self.lr, "name": "heads"})
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        total = self.schedule_steps or int(self.trainer.estimated_stepping_batches)
+        warmup, floor = self.warmup_steps, self.lr_floor
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class FinalCheckpoint(pl.Callback):
+    """Write ``<checkpoint dir>/final.ckpt`` when training ends, however it ends (max_steps, max_time, ...).
+
+    ``ModelCheckpoint(save_last=True)`` only refreshes ``last.ckpt`` when it saves on its own schedule, so a run
+    stopped by ``max_time`` between two scheduled saves would lose its last steps. Every rank calls
+    ``trainer.save_checkpoint`` (collective under DDP); rank 0 writes.
+
+    Args:
+        filename: file name inside the ModelCheckpoint folder (or ``<default_root_dir>/checkpoints``).
+    """
+
+    def __init__(self, filename: str = "final.ckpt") -> None:
+        self.filename = filename
+        self.path: Path | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ckpt_cb = trainer.checkpoint_callback
+        folder = getattr(ckpt_cb, "dirpath", None) or str(Path(trainer.default_root_dir) / "checkpoints")
+        self.path = Path(folder) / self.filename
+        trainer.save_checkpoint(self.path)

@@ -1,0 +1,130 @@
+"""Stage-B network modules: shapes, gradients, soft-argmax decoding, coordinate conventions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthforge import losses
+from synthforge.models import DenseHead, HourglassLandmarkHead, MultiTaskNet, UNetTrunk, soft_argmax
+from synthforge.models.heads import heatmap_to_image, image_to_heatmap
+
+
+def _tiny_net(normal: bool = False) -> MultiTaskNet:
+    torch.manual_seed(0)
+    f = 8
+    return MultiTaskNet(
+        UNetTrunk("resnet18", 3, (16, 8, 8), f),
+        DenseHead(f, 20, 8, 1),
+        DenseHead(f, 1, 8, 1, output_scale=0.1),
+        HourglassLandmarkHead(f, 68, width=16, num_stacks=2, hourglass_depth=2),
+        normal_head=DenseHead(f, 3, 8, 0, activation="normalize") if normal else None,
+    )
+
+
+def test_output_shapes() -> None:
+    net = _tiny_net(normal=True)
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.seg.shape == (2, 20, 64, 64)
+    assert out.depth.shape == (2, 1, 64, 64)
+    assert out.features.shape == (2, 8, 64, 64)
+    assert len(out.heatmaps) == 2 and all(h.shape == (2, 68, 16, 16) for h in out.heatmaps)
+    assert len(out.landmark_stacks) == 2
+    assert out.landmarks.shape == (2, 68, 2)
+    assert torch.equal(out.landmarks, out.landmark_stacks[-1])
+    assert out.normal is not None and torch.allclose(out.normal.norm(dim=1), torch.ones(2, 64, 64), atol=1e-4)
+    assert out.uv is None
+    # landmarks lie inside the crop: soft-argmax is a convex combination of heatmap-cell centres
+    assert out.landmarks.min() >= 1.5 - 1e-4 and out.landmarks.max() <= 64 - 2.5 + 1e-4
+
+
+def test_every_parameter_gets_a_gradient() -> None:
+    net = _tiny_net(normal=True)
+    image = torch.rand(2, 3, 64, 64)
+    out = net(image)
+    target = torch.rand(2, 68, 2) * 60
+    hm, co = losses.landmark_losses(out.heatmaps, out.landmark_stacks, target, torch.ones(2, 68, dtype=torch.bool))
+    loss = (
+        losses.segmentation_loss(out.seg, torch.randint(0, 20, (2, 64, 64)))
+        + losses.masked_l1(out.depth, torch.zeros_like(out.depth), torch.ones_like(out.depth, dtype=torch.bool))
+        + hm
+        + co
+        + losses.normal_loss(
+            out.normal,
+            torch.tensor([0.0, 0.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 64, 64),
+            torch.ones(2, 1, 64, 64, dtype=torch.bool),
+        )
+        + losses.affine_consistency_loss(net.trunk, image, out.features)
+    )
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_trunk_prunes_unused_encoder_stages() -> None:
+    trunk = UNetTrunk("resnet18", 3, (16, 8, 8), 8)
+    names = {n.split(".")[2] for n, _ in trunk.named_parameters() if n.startswith("unet.encoder.")}
+    assert "layer3" not in names and "layer4" not in names and "layer2" in names
+
+
+def test_head_channel_mismatch_is_reported() -> None:
+    with pytest.raises(ValueError, match="seg_head"):
+        MultiTaskNet(
+            UNetTrunk("resnet18", 3, (16, 8, 8), 8),
+            DenseHead(4, 20),
+            DenseHead(8, 1),
+            HourglassLandmarkHead(8, width=8, hourglass_depth=1),
+        )
+
+
+@pytest.mark.parametrize("x0,y0", [(5.3, 7.8), (10.0, 3.25), (2.6, 12.4)])
+def test_soft_argmax_recovers_gaussian_peak(x0: float, y0: float) -> None:
+    h, w, sigma = 16, 16, 1.0
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    logits = -((xs - x0) ** 2 + (ys - y0) ** 2) / (2 * sigma**2)
+    coords, prob = soft_argmax(logits.view(1, 1, h, w))
+    assert prob.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert abs(coords[0, 0, 0].item() - x0) < 0.5 and abs(coords[0, 0, 1].item() - y0) < 0.5
+    # Gaussian *probability* targets decoded through their log give the same point.
+    target = losses.gaussian_targets(torch.tensor([[[x0, y0]]]), h, w, sigma)
+    coords2, _ = soft_argmax(target.clamp_min(1e-30).log())
+    assert torch.allclose(coords2, coords, atol=1e-3)
+
+
+def test_heatmap_pixel_convention() -> None:
+    # heatmap cell 0 at stride 4 covers input pixels 0..3, whose centre is 1.5; cell 3 covers 12..15 -> 13.5
+    c = torch.tensor([[0.0, 3.0]])
+    assert torch.allclose(heatmap_to_image(c, 4), torch.tensor([[1.5, 13.5]]))
+    assert torch.allclose(image_to_heatmap(heatmap_to_image(c, 4), 4), c)
+
+
+def test_landmark_loss_is_minimal_at_the_target() -> None:
+    target = torch.tensor([[[21.5, 30.0]]])
+    th = image_to_heatmap(target, 4)
+    good = losses.gaussian_targets(th, 16, 16, 1.0).log()
+    bad = losses.gaussian_targets(th + 3, 16, 16, 1.0).log()
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    kl_good, co_good = losses.landmark_losses([good], [heatmap_to_image(soft_argmax(good)[0], 4)], target, valid)
+    kl_bad, co_bad = losses.landmark_losses([bad], [heatmap_to_image(soft_argmax(bad)[0], 4)], target, valid)
+    assert kl_good.item() == pytest.approx(0.0, abs=1e-4) and co_good.item() < 0.05
+    assert kl_bad.item() > 1.0 and co_bad.item() == pytest.approx(6.0, abs=0.3)
+
+
+def test_affine_consistency_is_zero_for_an_equivariant_trunk() -> None:
+    class Identity(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    image = torch.rand(2, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    # identity "trunk" is exactly equivariant: loss ~ 0 (bilinear warps of the same map)
+    loss = losses.affine_consistency_loss(Identity(), image, image, generator=g)
+    assert loss.item() < 1e-5
+
+    class Shifted(torch.nn.Module):  # not equivariant: a fixed spatial pattern added
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.linspace(0, 1, x.shape[-1]).view(1, 1, 1, -1)
+
+    t = Shifted()
+    assert losses.affine_consistency_loss(t, image, t(image), generator=torch.Generator().manual_seed(0)).item() > 0.01

@@ -1,0 +1,217 @@
+"""End-to-end ``synthforge train`` on a toy HDF5 dataset: metrics, checkpoints, resume, bad input, inference, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthforge.cli import main as cli_main
+from synthforge.data.toy import write_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "stage1" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("toy")
+    shards = d / "train"
+    shards.mkdir()
+    write_toy_dataset(shards / "shard-00000-of-00002.h5", 8, 64, seed=0)
+    write_toy_dataset(shards / "shard-00001-of-00002.h5", 8, 64, seed=1, incomplete=(3,))
+    val = write_toy_dataset(d / "val.h5", 6, 64, seed=2)
+    return {"train": shards, "val": val, "root": d}
+
+
+def _train(args: list[str]) -> int:
+    return cli_main(["train", "--config", str(TINY), *args])
+
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(toy_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    code = _train(
+        [
+            f"--data.train={toy_data['train']}",
+            f"--data.val={toy_data['val']}",
+            f"--trainer.default_root_dir={root}",
+            "--trainer.max_steps=4",
+        ]
+    )
+    assert code == 0
+    return root
+
+
+def test_train_logs_metrics_checkpoints_and_png(trained: Path) -> None:
+    run = trained / "lightning_logs" / "version_0"
+    rows = _metrics(run)
+    val = [r for r in rows if r.get("val/nme")]
+    assert val, "no validation row"
+    last = val[-1]
+    for key in ("val/nme", "val/seg_f1_mean", "val/depth_rmse_mm", "val/seg_f1/face", "val/loss"):
+        assert key in last and last[key] != "", key
+        assert np.isfinite(float(last[key]))
+    assert 0 <= float(last["val/seg_f1_mean"]) <= 1
+    train_losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(train_losses) == 4 and all(np.isfinite(train_losses))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    final = torch.load(run / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 4
+    assert list((run / "predictions").glob("*.png"))
+    assert (run / "config.yaml").is_file()
+
+
+def test_resume_from_checkpoint(trained: Path, toy_data: dict[str, Path]) -> None:
+    ckpt = trained / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    code = _train(
+        [
+            f"--data.train={toy_data['train']}",
+            f"--data.val={toy_data['val']}",
+            f"--trainer.default_root_dir={trained}",
+            "--trainer.max_steps=6",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
+    assert code == 0
+    new = trained / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    resumed = torch.load(new, map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 6
+    # the optimiser state continued (AdamW step counter counts all 6 steps, not 2)
+    steps = [s["step"] for s in resumed["optimizer_states"][0]["state"].values()]
+    assert float(steps[0]) == 6.0
+
+
+def test_inference_from_checkpoint_maps_back_to_input_pixels(trained: Path) -> None:
+    from synthforge.inference import Predictor
+
+    ckpt = trained / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.crop_size == 64 and predictor.label_space.num_classes == 20
+    img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    [pred] = predictor.predict(img)
+    assert pred.seg.shape == (50, 70) and pred.depth.shape == (50, 70) and pred.landmarks.shape == (68, 2)
+    assert np.allclose(pred.seg_probs.sum(0), 1, atol=1e-4)
+    # tensors and batches give the same answer as numpy
+    [pred_t] = predictor.predict(torch.from_numpy(img).permute(2, 0, 1))
+    assert np.allclose(pred_t.landmarks, pred.landmarks, atol=1e-4)
+
+
+def test_inference_coordinate_mapping_with_a_fake_net() -> None:
+    from synthforge.inference import Predictor
+    from synthforge.models import TaskOutputs
+
+    class Fake(torch.nn.Module):
+        """Landmark 0 at the crop centre, landmark 1 at crop pixel (0, 0); seg = 1 on the crop's left half."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> TaskOutputs:
+            b, _, h, w = x.shape
+            lm = torch.zeros(b, 68, 2)
+            lm[:, 0] = (w - 1) / 2
+            seg = torch.zeros(b, 3, h, w)
+            seg[:, 1, :, : w // 2] = 10
+            seg[:, 2, :, w // 2 :] = 10
+            z = torch.zeros(b, 1, h, w)
+            return TaskOutputs(seg, z, [], [lm], lm, z)
+
+    p = Predictor(Fake(), crop_size=32)
+    [a, b] = p.predict([np.zeros((40, 40, 3), np.uint8), np.zeros((20, 40, 3), np.uint8)])
+    # square 40 px input, scale 40/32: crop centre 15.5 -> input centre 19.5; crop pixel 0 -> (0.5 * 1.25) - 0.5
+    assert np.allclose(a.landmarks[0], [19.5, 19.5]) and np.allclose(a.landmarks[1], [0.125, 0.125])
+    assert (a.seg[:, :20] == 1).all() and (a.seg[:, 20:] == 2).all()
+    # 20 x 40 input is padded by 10 rows on top: the centre maps to the input centre (19.5, 9.5)
+    assert np.allclose(b.landmarks[0], [19.5, 9.5]) and b.seg.shape == (20, 40)
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--data.train=/nonexistent/data.h5"], "/nonexistent/data.h5"),
+        (["--model.bogus_option=1"], "bogus_option"),
+        (["--data.crop_size=60"], "crop_size"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    extra: list[str], needle: str, toy_data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = [f"--data.train={toy_data['train']}", f"--trainer.default_root_dir={tmp_path}", *extra]
+    assert _train(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_corrupt_file_and_unknown_yaml_key_exit_2(toy_data: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    bad = tmp_path / "broken.h5"
+    bad.write_bytes(b"this is not an HDF5 file" * 10)
+    assert _train([f"--data.train={bad}", f"--trainer.default_root_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.h5" in err[0], err
+    cfg = tmp_path / "extra.yaml"
+    cfg.write_text("data:\n  not_a_key: 3\n")
+    assert _train([f"--data.train={toy_data['train']}", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not_a_key" in err[0], err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(toy_data: dict[str, Path], tmp_path: Path) -> None:
+    ddp = tmp_path / "ddp.yaml"
+    ddp.write_text(
+        "trainer:\n"
+        "  accelerator: cpu\n"
+        "  devices: 2\n"
+        "  strategy:\n"
+        "    class_path: lightning.pytorch.strategies.DDPStrategy\n"
+        "    init_args: {process_group_backend: gloo}\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [
+        sys.executable, "-m", "synthforge.cli", "train", "--config", str(TINY), "--config", str(ddp),
+        f"--data.train={toy_data['train']}", f"--data.val={toy_data['val']}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_steps=2",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert "world_size=2" in res.stderr or "distributed_backend=gloo" in res.stderr
+    rows = _metrics(run)
+    assert any(r.get("val/nme") for r in rows)
+
+
+def test_evaluate_synthetic_reports_model_and_baselines(trained: Path, toy_data: dict[str, Path], tmp_path) -> None:  # noqa: ANN001
+    from synthforge.evaluation import evaluate_synthetic
+
+    ckpt = trained / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    png = tmp_path / "report.png"
+    res = evaluate_synthetic(ckpt, toy_data["val"], batch_size=4, png_path=png)
+    assert res["num_samples"] == 6 and png.is_file()
+    for key in (
+        "nme",
+        "seg_f1_mean",
+        "depth_rmse_mm",
+        "baseline_nme",
+        "baseline_seg_f1_mean",
+        "baseline_depth_rmse_mm",
+    ):
+        assert np.isfinite(res[key]), key
+    # the majority-class baseline predicts background and face at least: both get an F1 > 0
+    assert 0 < res["baseline_seg_f1_mean"] <= 1 and res["baseline_nme"] > 0 and res["baseline_depth_rmse_mm"] > 0
