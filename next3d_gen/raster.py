@@ -15,11 +15,12 @@ Algorithm (default ``backend="torch"``, pure PyTorch, runs on the device of the 
    clipped edge get bit-identical clip points (no cracks).
 2. Projection of all vertices with ``K``; per-primitive screen bounding box of pixel centres
    ``[ceil(min x), floor(max x)] x [ceil(min y), floor(max y)]`` clipped to the image.
-3. Candidate enumeration, fully vectorised. Primitives whose box fits in ``s x s`` pixels with ``s <= 16`` are
-   grouped by ``s``; each group is evaluated on a dense (s*s, primitives) window grid by broadcasting per-primitive
-   coefficients against the window offsets (no per-pixel gathers); the window is shifted inside the image where the
-   box touches the border, so every lane is a real pixel. Larger boxes enumerate exactly their box pixels with
-   ``repeat_interleave``. Both paths work in chunks of about ``2**18`` candidates to bound memory.
+3. Candidate enumeration along exact row spans, fully vectorised. Each primitive's box is split into pixel rows;
+   for every (primitive, row) the interval of pixel centres that can pass the edge test (step 4) is computed from
+   the edge coefficients, widened by a bound on the rounding error of the edge formula (relative ``64 eps`` of the
+   edge terms), so it contains every centre the test accepts and rarely more. Only these candidates are enumerated
+   (segment ids by a count of segment starts and a cumulative sum) and tested exactly, so elongated or thin
+   triangles cost no more than their covered pixels. The work runs in chunks of about ``2**19`` box pixels.
 4. Coverage by three 2D edge functions ``e_k(q) = (dx_k * qy - dy_k * qx) + c_k``. Each edge's coefficients are
    computed from its endpoints in a canonical order (lexicographic on the projected ``(x, y)``) and then
    sign-flipped, an exact operation, so the two triangles that share an edge compute exactly opposite values at
@@ -27,7 +28,12 @@ Algorithm (default ``backend="torch"``, pure PyTorch, runs on the device of the 
 5. Depth ``z`` from the screen-space barycentrics ``s_k`` and ``1/z`` interpolation (``1/z = sum_k s_k / z_k``), then
    a z-buffer as one ``scatter_reduce(..., "amin")`` over int64 keys ``(float32 bits of z) << 32 | primitive id``.
    Positive float32 bit patterns order like the floats, so the minimum key is the nearest primitive; equal depths go
-   to the lower primitive id (lower face index for unclipped faces).
+   to the lower primitive id (lower face index for unclipped faces). Front-facing primitives are scanned first; a
+   back-facing primitive is then skipped when a hierarchical z test proves it hidden: its nearest vertex depth
+   (minus a margin far above rounding) exceeds the largest buffered depth over its whole box, read from 2 x 2-tile
+   maxima of 8- and 32-pixel tiles (background counts as infinitely deep). Its depth at any covered centre is a
+   weighted mean of its vertex depths, so it could never win: the result is identical, only faster (for a closed
+   mesh most back faces are skipped).
 6. For the winning primitive of each covered pixel the perspective-correct barycentrics
    ``b_k = (s_k / z_k) / sum_j (s_j / z_j)`` are computed (then mapped to the parent face for clipped primitives),
    and depth is ``1 / sum_k (s_k / z_k)``, which equals ``sum_k b_k z_k``, so ``sum_k b_k X_k`` is the 3D point on
@@ -45,11 +51,12 @@ outside, the head-model convention) points towards the camera. In the OpenCV ima
 not front facing (including edge-on faces); otherwise both sides are rasterized. Zero-area projections are always
 dropped.
 
-Complexity: ``O(B*V + B*F + N_c + B*H*W)`` time, where ``N_c`` is the number of (primitive, pixel) candidates: the
-sum over primitives of their pixel-box area, rounded up to the bucket's square for boxes of side <= 16. For a fixed
-mesh ``N_c`` grows with the image area (about 4x from 256 to 512 pixels). Memory ``O(B*H*W + P + 2**18 + largest
-box)``, P = number of primitives. Everything is tensor code (about 40 kernel launches per box-size bucket), so it
-runs unchanged on CUDA tensors.
+Complexity: ``O(B*V + B*F + R + N_c + B*H*W)`` time, where ``R`` is the number of scanned (primitive, row) pairs (the
+sum of the box heights) and ``N_c`` the number of candidates, about the number of covered (primitive, pixel) pairs
+(plus at most a pixel per row where a span bound falls within rounding of a pixel centre). For a fixed mesh ``N_c``
+grows with the image area and ``R`` with its height. Memory ``O(B*H*W + P + 2**19 + largest box)``, P = number of
+primitives. Everything is tensor code (about 60 kernel launches per chunk, all on contiguous 1D tensors), so it runs
+unchanged on CUDA tensors. The results are bit-identical to the earlier dense-window implementation.
 
 Limits: outputs are not differentiable (computed under ``torch.no_grad``); one face per pixel (no layering, no
 anti-aliasing, no blur); very large projected coordinates (triangles just in front of a tiny ``near``) lose float32
@@ -80,8 +87,8 @@ __all__ = ["Fragments", "rasterize", "DEFAULT_NEAR", "pytorch3d_available"]
 DEFAULT_NEAR = 1e-3
 """Default near-plane distance in metres."""
 
-_CHUNK = 1 << 18
-_DENSE_MAX_SIDE = 16
+_CHUNK = 1 << 19  # box pixels (an upper bound of the candidates) scanned per chunk
+_DENSE_MAX_SIDE = 16  # unused since the span scan replaced the dense windows; kept for code that tunes it
 _INT64_MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
 
@@ -265,10 +272,8 @@ def _clip_near(verts: Tensor, faces: Tensor, near: float, n_in: Tensor):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-# (P, 15) primitive table columns
-_C_EDGE = 0  # 9 columns: (c_k, dx_k, dy_k) for k = 0..2; e_k(q) = (dx_k * qy - dy_k * qx) + c_k
-_C_W = 9  # 3 columns: 1 / z_k
-_C_X0, _C_Y0, _C_NX = 12, 13, 14  # pixel box origin and width
+# Per-primitive data are kept as rows of (k, P) tensors: ``coef`` (9, P) = (c_k, dx_k, dy_k) for k = 0..2 with
+# e_k(q) = (dx_k * qy - dy_k * qx) + c_k, and ``pw`` (3, P) = 1 / z_k.
 
 
 def _edge_rows(x: Tensor, y: Tensor, area2: Tensor) -> Tensor:
@@ -360,142 +365,241 @@ def _rasterize_torch(verts: Tensor, faces: Tensor, K: Tensor, H: int, W: int, ne
     bx1 = torch.floor(px.amax(0)).clamp_(-1, W - 1)
     by0 = torch.ceil(py.amin(0)).clamp_(0, H)
     by1 = torch.floor(py.amax(0)).clamp_(-1, H - 1)
-    nx = (bx1 - bx0 + 1).clamp_(min=0)
     ny = (by1 - by0 + 1).clamp_(min=0)
-    nx = torch.where(keep & (ny > 0), nx, torch.zeros_like(nx))
-    side = torch.where(nx > 0, torch.maximum(nx, ny), torch.zeros_like(nx)).long()  # 0 = nothing to scan
+    live = keep & (bx1 >= bx0) & (ny > 0)
 
-    tabT = torch.cat([_edge_rows(px, py, area2), pw, torch.stack([bx0, by0, nx])])  # (15, P)
-    tab = tabT.T.contiguous()  # (P, 15)
+    coef = _edge_rows(px, py, area2)  # (9, P)
     pixbase = pb * HW
     zbuf = torch.full((B * HW,), _INT64_MAX, dtype=torch.long, device=dev)
-
-    # small boxes: dense evaluation in square buckets of equal side (no per-candidate gathers)
-    dense_max = min(_DENSE_MAX_SIDE, H, W)
-    present = torch.bincount(side, minlength=dense_max + 1)[1 : dense_max + 1].nonzero().squeeze(1) + 1
-    for s in present.tolist():
-        group = (side == s).nonzero().squeeze(1)
-        step = max(1, _CHUNK // (s * s))
-        for g0 in range(0, group.numel(), step):
-            _scan_dense(group[g0 : g0 + step], s, tabT, pixbase, H, W, zbuf)
-    # large boxes: exact enumeration of the box pixels, chunked by candidate count
-    big = (side > dense_max).nonzero().squeeze(1)
-    if big.numel():
-        bcounts = (nx * ny).long().index_select(0, big)
-        ends = bcounts.cumsum(0)
-        total = int(ends[-1])
-        cuts = [0, big.numel()]
-        if total > _CHUNK:
-            more = torch.searchsorted(ends, torch.arange(_CHUNK, total, _CHUNK, device=dev), right=True)
-            cuts = sorted(set(cuts + more.tolist()))
-        for s0, s1 in zip(cuts[:-1], cuts[1:], strict=True):
-            _scan_sparse(big[s0:s1], bcounts[s0:s1], tabT, pixbase, W, zbuf)
-
+    scan = _Scan(coef, pw, bx0, bx1, by0, ny, pixbase, H, W, zbuf)
+    # front-facing primitives first; then the back-facing ones that the z-buffer cannot already prove hidden
+    scan.run((live & (area2 < 0)).nonzero().squeeze(1))
+    if not cull:
+        back = (live & (area2 > 0)).nonzero().squeeze(1)
+        if back.numel():
+            scan.run(_occlusion_cull(back, pw, bx0, bx1, by0, by1, pb, zbuf, B, H, W))
     # ---- winners: perspective-correct barycentrics and depth -------------------------------------------------
     pix = (zbuf != _INT64_MAX).nonzero().squeeze(1)
     if pix.numel() == 0:
         return _pack(face_index, bary_out, depth_out, B, H, W)
     prim = zbuf.index_select(0, pix) & _LOW32
-    local = pix % HW
-    qy = torch.div(local, W, rounding_mode="floor")
+    local = (pix if B == 1 else pix % HW).double()
+    qy = ((local + 0.5) * (1.0 / W)).floor_()  # exact row (the fraction is >= 0.5 / W away from an integer)
     qx = (local - qy * W).to(dt)
     qy = qy.to(dt)
-    t = tab.index_select(0, prim)
-    e = torch.stack([_edge(t[:, 3 * k], t[:, 3 * k + 1], t[:, 3 * k + 2], qx, qy) for k in range(3)], dim=1)
-    s = e * t[:, _C_W : _C_W + 3]  # s_k / z_k up to a common factor
-    s_sum = s.sum(1, keepdim=True)
-    bary = s / s_sum
-    depth = e.sum(1) / s_sum[:, 0]  # = sum_k bary_k z_k (1/z is affine in screen space)
+    e = [
+        _edge(coef[3 * k].index_select(0, prim), coef[3 * k + 1].index_select(0, prim),
+              coef[3 * k + 2].index_select(0, prim), qx, qy)
+        for k in range(3)
+    ]  # fmt: skip
+    s = [e[k] * pw[k].index_select(0, prim) for k in range(3)]  # s_k / z_k up to a common factor
+    s_sum = s[0] + s[1] + s[2]
+    bary = torch.stack([s[0] / s_sum, s[1] / s_sum, s[2] / s_sum], dim=1)
+    depth = (e[0] + e[1] + e[2]) / s_sum  # = sum_k bary_k z_k (1/z is affine in screen space)
     if n_full < P:
         clipped = prim >= n_full
         if bool(clipped.any()):
             ci = clipped.nonzero().squeeze(1)
             bary[ci] = torch.einsum("nk,nkj->nj", bary[ci], cM[prim[ci] - n_full])
-    face_index.index_copy_(0, pix, pf.index_select(0, prim))
+    face_index.scatter_(0, pix, pf.index_select(0, prim))
     bary_out.index_copy_(0, pix, bary)
-    depth_out.index_copy_(0, pix, depth)
+    depth_out.scatter_(0, pix, depth)
     return _pack(face_index, bary_out, depth_out, B, H, W)
 
 
-def _scan_dense(prims: Tensor, s: int, tabT: Tensor, pixbase: Tensor, H: int, W: int, zbuf: Tensor) -> None:
-    """Coverage + depth test of primitives whose pixel box fits in ``s x s`` (``s <= min(H, W)``); updates ``zbuf``.
+class _Scan:
+    """Coverage + depth test of primitives along exact per-row pixel spans; updates the z-buffer in place.
 
-    Evaluates the edge functions on a dense (s*s, G) grid (window lane x primitive) by broadcasting per-primitive
-    rows against the window offsets, then compacts the covered lanes. Primitives are the inner, contiguous dimension
-    so every elementwise kernel runs long vectorised loops. The window starts at the box origin, shifted back where
-    needed so that it lies inside the image: every lane is a real pixel, tested exactly like any other.
+    For every (primitive, pixel row) the range of pixel centres that can pass the edge test is computed from the
+    edge coefficients with a small safety margin (``_span_margin``), so it is a superset of the covered centres,
+    almost always exactly them. Only these candidates are enumerated and each is tested with the canonical edge
+    formula of :func:`_edge` (bit-identical edge values on every path). The covered candidates' depths enter the
+    z-buffer as int64 keys ``(float32 bits of z) << 32 | primitive id`` through one ``scatter_reduce(..., "amin")``
+    per chunk. All per-element work is on contiguous 1D tensors (gathers with ``index_select``).
+
+    Span bounds: a centre (qx, qy) of row qy can pass edge k only if ``dy_k * qx <= T_k(qy)`` with
+    ``T_k(y) = (dx_k + m1_k) * y + (c_k + m0_k)``, which adds to ``dx_k * y + c_k`` a bound on the rounding error of
+    the float edge formula (``0 <= qx < W``, ``0 <= qy``). That is an upper bound ``alpha_k * y + beta_k`` on qx for
+    ``dy_k > 0`` and a lower bound for ``dy_k < 0``. A triangle has one edge on one side and two on the other (or
+    one each and a horizontal edge); per primitive the bounds are stored as slot 0 = the single side's edge, slots
+    1, 2 = the other side's edges multiplied by ``sigma = +-1`` (the side), so that row bound = ``sigma *
+    min(slot 1, slot 2)``. Missing or unusable edges (horizontal, or a bound too large to evaluate) are replaced by
+    the pixel box's edge one pixel out, so spans always stay within the box (widened by one pixel).
     """
-    dev, dt = tabT.device, tabT.dtype
-    t = tabT.index_select(1, prims)  # (15, G)
-    G = prims.numel()
-    x0 = torch.clamp(t[_C_X0], max=float(W - s))  # (G,) window origin
-    y0 = torch.clamp(t[_C_Y0], max=float(H - s))
-    off = torch.arange(s * s, device=dev)
-    oy_l = torch.div(off, s, rounding_mode="floor")
-    ox_l = off - oy_l * s
-    qx = x0 + ox_l.to(dt)[:, None]  # (s*s, G) exact integers
-    qy = y0 + oy_l.to(dt)[:, None]
-    e = [_edge(t[3 * k], t[3 * k + 1], t[3 * k + 2], qx, qy) for k in range(3)]
-    cov = torch.minimum(torch.minimum(e[0], e[1]), e[2]) >= 0
-    idx = cov.view(-1).nonzero().squeeze(1)
-    if idx.numel() == 0:
-        return
-    lane = torch.div(idx, G, rounding_mode="floor")
-    g = idx - lane * G
-    e0, e1, e2 = (ek.view(-1).index_select(0, idx) for ek in e)
-    w0, w1, w2 = (t[_C_W + k].index_select(0, g) for k in range(3))
-    z = (e0 + e1 + e2) / (e0 * w0 + e1 * w1 + e2 * w2)
-    pid = prims.index_select(0, g)
-    rowbase = pixbase.index_select(0, prims) + (y0 * W + x0).long()  # (G,)
-    pix = rowbase.index_select(0, g) + (oy_l * W + ox_l).index_select(0, lane)
-    key = (z.float().view(torch.int32).long() << 32) | pid
-    ok = z > 0  # excludes 0/0 at (numerically) degenerate corners
-    if not bool(ok.all()):
-        key, pix = key[ok], pix[ok]
-    zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+
+    def __init__(
+        self, coef: Tensor, pw: Tensor, bx0: Tensor, bx1: Tensor, by0: Tensor, ny: Tensor, pixbase: Tensor,
+        H: int, W: int, zbuf: Tensor,
+    ) -> None:  # fmt: skip
+        dt = coef.dtype
+        self.c, self.dx, self.dy = coef[0::3], coef[1::3], coef[2::3]  # (3, P) each
+        self.w = pw
+        c, dx, dy = self.c, self.dx, self.dy
+        rel, tiny = _span_margin(dt)
+        limit = torch.finfo(dt).max / (8.0 * (H + W + 1))  # |alpha| * y + |beta| stays finite
+        alpha = (dx + dx.abs() * rel) / dy
+        beta = (c + ((c.abs() + dy.abs() * W) * rel + tiny)) / dy
+        usable = (alpha.abs() <= limit) & (beta.abs() <= limit)
+        up = (usable & (dy > 0)).to(dt)
+        lo = (usable & (dy < 0)).to(dt)
+        use = up + lo
+        alpha = torch.nan_to_num(alpha) * use  # exact zeros where unusable
+        beta = torch.nan_to_num(beta) * use
+        sig = 1.0 - 2.0 * (lo.sum(0) > up.sum(0)).to(dt)  # (P,) side of the edge pair: +1 upper, -1 lower
+        kind = up - lo  # (3, P) +1 upper bound, -1 lower bound, 0 none
+        single = (kind == -sig).to(dt)  # at most one per primitive
+        pair = (kind == sig).to(dt)  # at most two
+        first = pair * (pair.cumsum(0) == 1).to(dt)
+        second = pair - first
+        has_s, has_1, has_2 = single.sum(0), first.sum(0), second.sum(0)
+        # box edge one pixel out, as a bound of the single side (-sig) and (sigma-multiplied) of the pair side
+        out_s = torch.where(sig > 0, bx0 - 1, bx1 + 1)
+        out_p = torch.where(sig > 0, bx1 + 1, 1 - bx0)
+        self.span = torch.stack(
+            [
+                (alpha * single).sum(0),
+                (beta * single).sum(0) + (1 - has_s) * out_s,
+                (alpha * first).sum(0) * sig,
+                (beta * first).sum(0) * sig + (1 - has_1) * out_p,
+                (alpha * second).sum(0) * sig,
+                (beta * second).sum(0) * sig + (1 - has_2) * out_p,
+                sig,
+            ]
+        )  # (7, P)
+        self.ny = ny.long()
+        self.area = ((bx1 - bx0 + 1).clamp(min=0) * ny).long()
+        self.by0 = by0.long()
+        self.rowpix = pixbase + self.by0 * W  # (P,) pixel index of the box's first row, column 0
+        self.W = W
+        self.zbuf = zbuf
+
+    def run(self, prims: Tensor) -> None:
+        """Scan ``prims`` ((G,) int64 primitive ids with a non-empty box), in chunks of about ``_CHUNK`` box pixels."""
+        n = prims.numel()
+        if n == 0:
+            return
+        ends = self.area.index_select(0, prims).cumsum(0)
+        total = int(ends[-1])
+        cuts = [0, n]
+        if total > _CHUNK:
+            more = torch.searchsorted(ends, torch.arange(_CHUNK, total, _CHUNK, device=prims.device), right=True)
+            cuts = sorted(set(cuts + more.tolist()))
+        for s0, s1 in zip(cuts[:-1], cuts[1:], strict=True):
+            self._chunk(prims[s0:s1])
+
+    def _chunk(self, prims: Tensor) -> None:
+        dev, W = prims.device, self.W
+        dt = self.dx.dtype
+        # rows: (primitive, y) pairs, primitive-major
+        nyc = self.ny.index_select(0, prims)
+        rend = nyc.cumsum(0)
+        R = int(rend[-1])
+        rstart = rend - nyc
+        rp = _segment_ids(rstart, R)  # (R,) local primitive of each row
+        prow = prims.index_select(0, rp)
+        roff = torch.arange(R, device=dev) - rstart.index_select(0, rp)  # row within the box
+        y = self.by0.index_select(0, prow) + roff
+        yf = y.to(dt)  # exact integers
+        sp = [self.span[i].index_select(0, prow) for i in range(7)]
+        t0 = torch.addcmul(sp[1], sp[0], yf)
+        tp = torch.minimum(torch.addcmul(sp[3], sp[2], yf), torch.addcmul(sp[5], sp[4], yf)).mul_(sp[6])
+        xl = torch.minimum(t0, tp).ceil_().clamp_(min=0)
+        cnt = (torch.maximum(t0, tp).floor_().clamp_(max=W - 1) - xl + 1).clamp_(min=0).long()
+        cend = cnt.cumsum(0)
+        N = int(cend[-1])
+        if N == 0:
+            return
+        cq = cend - cnt - xl.long()  # qx = n - cq[row]
+        cpix = self.rowpix.index_select(0, prow) + roff * W - cq  # pixel = n + cpix[row]
+        # candidates: the pixels of the spans
+        cr = _segment_ids(cend - cnt, N)
+        n = torch.arange(N, device=dev)
+        pix = n + cpix.index_select(0, cr)
+        qx = (n - cq.index_select(0, cr)).to(dt)
+        qy = yf.index_select(0, cr)
+        cp = prow.index_select(0, cr)
+        e = [
+            _edge(self.c[k].index_select(0, cp), self.dx[k].index_select(0, cp), self.dy[k].index_select(0, cp), qx, qy)
+            for k in range(3)
+        ]
+        w0, w1, w2 = (self.w[k].index_select(0, cp) for k in range(3))
+        z = (e[0] + e[1] + e[2]) / (e[0] * w0 + e[1] * w1 + e[2] * w2)
+        # covered (all edge values >= 0) with a positive depth (excludes 0/0 at numerically degenerate corners)
+        bad = (torch.minimum(torch.minimum(e[0], e[1]), e[2]) < 0) | ~(z > 0)
+        key = (z.float().view(torch.int32).long() << 32) | cp | (bad.long() * _INT64_MAX)
+        self.zbuf.scatter_reduce_(0, pix, key, reduce="amin")
 
 
-def _scan_sparse(prims: Tensor, counts: Tensor, tabT: Tensor, pixbase: Tensor, W: int, zbuf: Tensor) -> None:
-    """Coverage + depth test of every pixel in the boxes of ``prims`` (exact enumeration); updates ``zbuf``.
+def _segment_ids(starts: Tensor, total: int) -> Tensor:
+    """(total,) int64 segment index of each position for segments beginning at ``starts`` (sorted, (S,) int64).
 
-    Boxes are expanded into rows, rows into pixels (two ``repeat_interleave``), so no integer division is needed.
+    Equivalent to ``repeat_interleave(arange(S), lengths)`` (empty segments allowed), via a count of segment starts
+    and a cumulative sum, which is cheaper on CPU.
     """
-    dev, dt = tabT.device, tabT.dtype
-    G = prims.numel()
-    t = tabT.index_select(1, prims)  # (15, G)
-    nx = t[_C_NX].long()
-    ny = torch.div(counts, nx, rounding_mode="floor")
-    rp = torch.repeat_interleave(torch.arange(G, device=dev), ny)  # box of each row
-    R = rp.numel()
-    row_y = t[_C_Y0].index_select(0, rp) + (torch.arange(R, device=dev) - (ny.cumsum(0) - ny).index_select(0, rp)).to(
-        dt
-    )
-    nxr = nx.index_select(0, rp)
-    n = int(counts.sum())
-    cr = torch.repeat_interleave(torch.arange(R, device=dev), nxr, output_size=n)  # row of each candidate
-    ox = torch.arange(n, device=dev) - (nxr.cumsum(0) - nxr).index_select(0, cr)
-    g = rp.index_select(0, cr)
-    qx = t[_C_X0].index_select(0, g) + ox.to(dt)
-    qy = row_y.index_select(0, cr)
-    e = [
-        _edge(t[3 * k].index_select(0, g), t[3 * k + 1].index_select(0, g), t[3 * k + 2].index_select(0, g), qx, qy)
-        for k in range(3)
-    ]
-    cov = torch.minimum(torch.minimum(e[0], e[1]), e[2]) >= 0
-    idx = cov.nonzero().squeeze(1)
-    if idx.numel() == 0:
-        return
-    e0, e1, e2 = (ek.index_select(0, idx) for ek in e)
-    gi = g.index_select(0, idx)
-    w0, w1, w2 = (t[_C_W + k].index_select(0, gi) for k in range(3))
-    z = (e0 + e1 + e2) / (e0 * w0 + e1 * w1 + e2 * w2)
-    pid = prims.index_select(0, gi)
-    pix = pixbase.index_select(0, pid) + (qy.index_select(0, idx) * W + qx.index_select(0, idx)).long()
-    key = (z.float().view(torch.int32).long() << 32) | pid
-    ok = z > 0
-    if not bool(ok.all()):
-        key, pix = key[ok], pix[ok]
-    zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+    marks = torch.zeros(total + 1, dtype=torch.long, device=starts.device)
+    marks.scatter_add_(0, starts, torch.ones_like(starts))
+    return marks[:total].cumsum(0) - 1
+
+
+def _span_margin(dt: torch.dtype) -> tuple[float, float]:
+    """(relative, absolute) error margin of the span bounds for edge coefficients of dtype ``dt``.
+
+    The float edge formula ``(dx * qy - dy * qx) + c`` differs from its exact value by at most ``3.01 eps / 2``
+    times ``|dx qy| + |dy qx| + |c|`` (three roundings) plus underflow; evaluating the bound ``alpha * y + beta``
+    adds a few roundings more of the same scale. ``64 eps`` covers both with a wide safety factor.
+    """
+    fi = torch.finfo(dt)
+    return 64.0 * fi.eps, 64.0 * fi.tiny
+
+
+def _occlusion_cull(
+    prims: Tensor,
+    pw: Tensor,
+    bx0: Tensor,
+    bx1: Tensor,
+    by0: Tensor,
+    by1: Tensor,
+    pb: Tensor,
+    zbuf: Tensor,
+    B: int,
+    H: int,
+    W: int,
+) -> Tensor:
+    """Drop the primitives that the current z-buffer proves hidden (hierarchical z test); exact.
+
+    A primitive's depth at any covered pixel centre is a weighted mean of its vertex depths (weights = edge values
+    >= 0), so it is at least its nearest vertex depth up to a few roundings. If that nearest depth (minus a margin
+    much larger than the rounding) exceeds the largest key depth over every pixel of its box, none of its pixels
+    can win the z-test, now or later (the buffer only decreases). The largest depth over a box comes from a tile
+    pyramid: tiles of ``t x t`` pixels (t = 8, 32); a box that spans at most 2 x 2 tiles of some level reads one
+    precomputed 2 x 2-tile maximum. Background pixels hold the largest key, so boxes touching them are kept.
+
+    Returns:
+        (G',) int64 the primitives of ``prims`` that may be visible, in order.
+    """
+    eps = max(64.0 * torch.finfo(pw.dtype).eps, 1e-5)
+    wmax = pw.index_select(1, prims).amax(0)
+    zlow = ((1.0 - eps) / wmax).float().view(torch.int32).long()  # (G,) float32 bits, order like the depths
+    hz = zbuf.view(B, H, W) >> 32  # (B, H, W) float32 bits of the depth; background: 0x7FFFFFFF (largest)
+    x0 = bx0.index_select(0, prims).long()
+    x1 = bx1.index_select(0, prims).long()
+    y0 = by0.index_select(0, prims).long()
+    y1 = by1.index_select(0, prims).long()
+    b = pb.index_select(0, prims)
+    bound = torch.full_like(zlow, int(_LOW32 >> 1))
+    for t in (32, 8):
+        Ht, Wt = -(-H // t), -(-W // t)
+        pad = hz.new_full((B, Ht * t + t, Wt * t + t), int(_LOW32 >> 1))
+        pad[:, :H, :W] = hz
+        tm = pad.view(B, Ht + 1, t, Wt + 1, t).amax(dim=(2, 4))  # (B, Ht + 1, Wt + 1) tile maxima, padded
+        tm2 = torch.maximum(tm[:, :-1, :-1], tm[:, 1:, :-1])  # maxima over 2 x 2 tiles
+        tm2 = torch.maximum(tm2, torch.maximum(tm[:, :-1, 1:], tm[:, 1:, 1:]))
+        tx0, ty0 = torch.div(x0, t, rounding_mode="floor"), torch.div(y0, t, rounding_mode="floor")
+        fits = torch.div(x1, t, rounding_mode="floor") - tx0 <= 1
+        fits &= torch.div(y1, t, rounding_mode="floor") - ty0 <= 1
+        val = tm2.reshape(-1).index_select(0, (b * Ht + ty0) * Wt + tx0)
+        bound = torch.where(fits, val, bound)
+    return prims[zlow <= bound]
 
 
 def _pack(face_index: Tensor, bary: Tensor, depth: Tensor, B: int, H: int, W: int) -> Fragments:
