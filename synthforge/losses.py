@@ -4,6 +4,8 @@ optional normal / UV terms, and the self-supervised affine-consistency loss on t
 Every term is a mean (never a sum over pixels), so the weights in :class:`LossConfig` are comparable:
 
 * ``seg``: cross-entropy, mean over non-ignored pixels.
+* ``seg_dice``: soft Dice loss, mean over the classes present in the batch (small classes count as much as large
+  ones, which CE alone learns slowly).
 * ``depth``: L1 of relative depth on ground-truth foreground pixels, in metres (the default weight 100 makes it
   an L1 in centimetres).
 * ``heatmap``: KL divergence between the Gaussian target distribution (sigma ``heatmap_sigma`` heatmap pixels) and
@@ -30,7 +32,7 @@ class LossConfig:
     """Weights and settings of the stage-B losses (0 disables a term).
 
     Attributes:
-        seg, depth, heatmap, coord, normal, uv, ssl: weights of the terms (see the module docstring).
+        seg, seg_dice, depth, heatmap, coord, normal, uv, ssl: weights of the terms (see the module docstring).
         heatmap_sigma: std of the Gaussian heatmap targets, heatmap pixels.
         ssl_rotation_deg: max |rotation| of the SSL warp, degrees.
         ssl_scale: max relative scale change of the SSL warp (scale in [1 - s, 1 + s]).
@@ -38,6 +40,7 @@ class LossConfig:
     """
 
     seg: float = 1.0
+    seg_dice: float = 0.0
     depth: float = 100.0
     heatmap: float = 1.0
     coord: float = 0.1
@@ -55,6 +58,25 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: 
     if (target != ignore_index).any():
         return tnf.cross_entropy(logits.float(), target, ignore_index=ignore_index)
     return logits.sum() * 0.0
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """1 - soft Dice, averaged over the classes present in ``target``.
+
+    Args:
+        logits: (B, C, H, W) float. target: (B, H, W) int64 ids; ``ignore_index`` pixels are left out.
+    """
+    C = logits.shape[1]
+    valid = (target != ignore_index)[:, None].to(torch.float32)  # (B, 1, H, W)
+    probs = torch.softmax(logits.float(), dim=1) * valid
+    onehot = tnf.one_hot(torch.where(target == ignore_index, 0, target), C).permute(0, 3, 1, 2).float() * valid
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    gt = onehot.sum(dim=(0, 2, 3))
+    dice = (2 * inter + 1.0) / (probs.sum(dim=(0, 2, 3)) + gt + 1.0)
+    present = gt > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    return (1.0 - dice[present]).mean()
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,8 @@ class MultiTaskSystem(pl.LightningModule):
         terms: dict[str, torch.Tensor] = {}
         if cfg.seg:
             terms["seg"] = L.segmentation_loss(out.seg, batch["seg"])
+        if cfg.seg_dice:
+            terms["seg_dice"] = L.dice_loss(out.seg, batch["seg"])
         if cfg.depth:
             terms["depth"] = L.masked_l1(out.depth, batch["depth"], batch["depth_mask"])
         if cfg.heatmap or cfg.coord:

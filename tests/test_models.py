@@ -128,3 +128,16 @@ def test_affine_consistency_is_zero_for_an_equivariant_trunk() -> None:
 
     t = Shifted()
     assert losses.affine_consistency_loss(t, image, t(image), generator=torch.Generator().manual_seed(0)).item() > 0.01
+
+
+def test_dice_loss_hand_computed_and_ignore() -> None:
+    from synthforge.losses import dice_loss
+
+    target = torch.zeros(1, 2, 3, dtype=torch.long)
+    target[0, 1, 2] = 255  # ignored pixel: 5 valid pixels of class 0
+    logits = torch.zeros(1, 2, 2, 3)
+    # probs 0.5 everywhere: class 0 present only; inter = 2.5, sum probs = 2.5, gt = 5 -> dice = 6 / 8.5
+    assert torch.isclose(dice_loss(logits, target), torch.tensor(1 - 6 / 8.5))
+    perfect = torch.zeros(1, 2, 2, 3)
+    perfect[:, 0] = 50.0
+    assert dice_loss(perfect, target) < 1e-6

@@ -209,7 +209,7 @@ class Next3DRenderer:
         if model.num_vertices != config.expected_vertices:
             raise UserError(
                 f"the next3d renderer needs the FLAME model ({config.expected_vertices} vertices, e.g. FLAME 2020 "
-                f"generic_model.pkl set as model.flame_path); got {model.name!r} with {model.num_vertices} vertices"
+                f"generic_model.pkl given as model.path); got {model.name!r} with {model.num_vertices} vertices"
             )
         if config.conditioning not in ("frontal", "render"):
             raise UserError(f"renderer.next3d.conditioning must be 'frontal' or 'render', got {config.conditioning!r}")
