@@ -10,12 +10,13 @@ Run::
 Figures (all printed as ``name: value`` lines):
 
 * ``generate``: complete samples/s of the full pipeline (sample -> FLAME -> labels -> render -> HDF5 write, all
-  modalities) per image size, wall-clock and per CPU-second, with the share of each stage. A reference workload
-  (a fixed float32 matmul) is timed in the same process before and after, so a figure can be compared across
-  machine loads as a ratio (``samples per reference unit``).
+  modalities) per image size, wall-clock and per CPU-second, with the share of each stage; then the same through
+  ``synthforge generate``'s multi-process path (``--workers``, default one per CPU), steady state and with
+  start-up. A reference workload (a fixed float32 matmul) is timed in the same process before and after, so a
+  figure can be compared across machine loads as a ratio (``samples per reference unit``).
 * ``memory``: peak RSS (``VmHWM`` of fresh child processes) for the storage path writing N_small vs
   N_large rows of real 256x256 samples (generated once, written in rotation), and for the full pipeline at a small
-  image size for a few vs five times as many samples.
+  image size for 200 vs 2,000 samples.
 * ``read``: random-access reads of 256x256 samples from one process (all fields).
 """
 
@@ -127,6 +128,36 @@ def bench_generate(size: int, num: int, workdir: Path) -> dict[str, float]:
     for label, sec in sorted(timer.seconds.items(), key=lambda kv: -kv[1]):
         print(f"generate {size}px stage {label:16s}: {sec / num * 1e3:8.1f} ms/sample ({100 * sec / total:5.1f}%)")
     return result
+
+
+def bench_generate_workers(size: int, num: int, workers: int, workdir: Path) -> float:
+    """Samples/s of ``synthforge generate``'s multi-process path (``workers`` generator processes, this process
+    writing), steady state: from the first written sample to the last, so the one-off start-up of the worker
+    processes (spawn, imports, building the head model) is reported separately."""
+    cfg = load_config(CONFIG, {"image_size": size})
+    pipe = SamplePipeline(cfg)
+    stamps: list[tuple[float, int]] = []
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        stamps.append((time.perf_counter(), done))
+
+    ref0 = reference_seconds()
+    t0 = time.perf_counter()
+    generate_shard(pipe, str(workdir / f"gen{size}_w{workers}.h5"), num, progress=progress, workers=workers)
+    total = time.perf_counter() - t0
+    ref1 = reference_seconds()
+    (t_first, n_first), (t_last, n_last) = stamps[0], stamps[-1]
+    rate = (n_last - n_first) / max(t_last - t_first, 1e-9)
+    ref = (ref0 + ref1) / 2
+    print(f"generate {size}px with {workers} worker processes: {num} samples in {total:.1f} s "
+          f"(start-up {t_first - t0:.1f} s)")
+    print(f"generate {size}px with {workers} worker processes, steady samples/s (wall): {rate:.2f}")
+    print(f"generate {size}px with {workers} worker processes, samples/s incl. start-up: {num / total:.2f}")
+    print(f"generate {size}px with {workers} worker processes, samples/s x reference seconds: {rate * ref:.5f}")
+    return rate
 
 
 PEAK_RSS = """
@@ -245,11 +276,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=("generate", "memory", "read"), action="append")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--num", type=int, default=20, help="samples per generation run")
+    p.add_argument("--num", type=int, default=20, help="samples per single-process generation run")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes of the multi-process run")
+    p.add_argument("--workers-num", type=int, default=200, help="samples per multi-process run (0: skip it)")
     p.add_argument("--mem-small", type=int, default=200)
     p.add_argument("--mem-large", type=int, default=2000)
-    p.add_argument("--pipe-small", type=int, default=40)
-    p.add_argument("--pipe-large", type=int, default=200)
+    p.add_argument("--pipe-small", type=int, default=200)
+    p.add_argument("--pipe-large", type=int, default=2000)
     p.add_argument("--pipe-size", type=int, default=64)
     p.add_argument("--read-rows", type=int, default=500)
     p.add_argument("--reads", type=int, default=2000)
@@ -262,6 +295,9 @@ def main() -> None:
         if "generate" in only:
             for size in args.sizes:
                 bench_generate(size, args.num, work)
+            if args.workers_num > 0:
+                for size in args.sizes:
+                    bench_generate_workers(size, args.workers_num, args.workers, work)
         if "memory" in only:
             bench_memory(args.mem_small, args.mem_large, args.pipe_small, args.pipe_large, args.pipe_size, work)
         if "read" in only:

@@ -53,7 +53,8 @@ def prediction_grid(
     upscale: int = 2,
 ) -> np.ndarray:
     """One row per sample: input | GT seg + GT landmarks (green) | predicted seg + predicted landmarks (red) |
-    GT relative depth | predicted relative depth (aligned to the GT median, GT foreground only).
+    GT relative depth | predicted relative depth (aligned to the GT median, GT foreground only), under a title
+    strip naming the columns and above a legend of the classes drawn.
 
     Args:
         batch: a stage-B batch (``image``, ``seg``, ``depth``, ``depth_mask``, ``landmarks``).
@@ -65,9 +66,10 @@ def prediction_grid(
         upscale: nearest-neighbour enlargement of every tile.
 
     Returns:
-        (rows * H * upscale, 5 * W * upscale, 3) uint8 RGB.
+        (title + rows * H * upscale + legend, 5 * W * upscale, 3) uint8 RGB.
     """
     rows = []
+    present: set[int] = set()
     n = min(max_rows, batch["image"].shape[0])
     for i in range(n):
         img = _rgb(batch["image"][i])
@@ -79,6 +81,7 @@ def prediction_grid(
             vmin, vmax = float(gt_d[mask].min()), float(gt_d[mask].max())
         else:
             vmin, vmax = -0.1, 0.1
+        present.update(int(c) for c in torch.unique(batch["seg"][i]).tolist() + torch.unique(seg_pred[i]).tolist())
         gt_seg = _up(_seg_overlay(img, batch["seg"][i], label_space), upscale)
         pred_seg = _up(_seg_overlay(img, seg_pred[i], label_space), upscale)
         tiles = [
@@ -89,7 +92,29 @@ def prediction_grid(
             _up(_depth(pd, mask, vmin, vmax), upscale),
         ]
         rows.append(np.concatenate(tiles, 1))
-    return np.concatenate(rows, 0)
+    grid = np.concatenate(rows, 0)
+    tile_w = grid.shape[1] // len(COLUMNS)
+    titles = np.full((18, grid.shape[1], 3), 255, np.uint8)
+    for j, title in enumerate(COLUMNS):
+        _text(titles, title, (j * tile_w + 3, 13))
+    shown = [c for c in sorted(present) if 0 <= c < label_space.num_classes and c != label_space.background]
+    per_row = max(1, grid.shape[1] // 110)
+    legend = np.full((16 * ((len(shown) + per_row - 1) // per_row) + 4, grid.shape[1], 3), 255, np.uint8)
+    for m, c in enumerate(shown):
+        x, y = (m % per_row) * 110 + 3, (m // per_row) * 16 + 3
+        colour = tuple(int(v) for v in label_space.palette[c])
+        cv2.rectangle(legend, (x, y + 2), (x + 10, y + 12), colour, -1)
+        cv2.rectangle(legend, (x, y + 2), (x + 10, y + 12), (0, 0, 0), 1)
+        _text(legend, label_space.classes[c], (x + 14, y + 11))
+    return np.concatenate([titles, grid, legend], 0)
+
+
+COLUMNS = ("input", "GT seg + landmarks", "predicted", "GT rel. depth", "predicted depth")
+"""Column titles of :func:`prediction_grid`."""
+
+
+def _text(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def save_png(path: str, image: np.ndarray) -> None:

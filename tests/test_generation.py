@@ -428,8 +428,14 @@ def test_generate_and_preview_commands_end_to_end(tiny_cli, tmp_path, capsys):
     cfg = write_tiny_yaml(tmp_path)
     out = tmp_path / "data"
     argv = ["generate", "--config", str(cfg), "--num", "5", "--out", str(out), "--seed", "4", "--no-progress"]
-    argv += ["--workers", "1"]  # the tiny model is patched into this process only
-    assert cli.main(argv + ["--num-shards", "2", "--shard-index", "0"]) == 0
+    argv += ["--workers", "1", "--threads", "1"]  # the tiny model is patched into this process only
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert cli.main(argv + ["--num-shards", "2", "--shard-index", "0"]) == 0
+        assert torch.get_num_threads() == 2  # restored: the demo trains in the same process afterwards
+    finally:
+        torch.set_num_threads(threads)
     assert cli.main(argv + ["--num-shards", "2", "--shard-index", "1", "--camera.yaw_deg", "[-30, 30]"]) == 2
     assert "different generator config" in capsys.readouterr().err
     assert cli.main(argv + ["--num-shards", "2", "--shard-index", "1"]) == 0

@@ -90,7 +90,12 @@ class TriPlaneGenerator(torch.nn.Module):
 
 @pytest.fixture()
 def next3d_checkout(tmp_path: Path) -> tuple[Path, Path]:
-    """Write a fake Next3D checkout and a checkpoint pickled from its stub generator class."""
+    """A fake Next3D checkout and a checkpoint pickled from its stub generator class (``NUM_VERTS`` vertices)."""
+    return write_next3d_checkout(tmp_path, NUM_VERTS)
+
+
+def write_next3d_checkout(tmp_path: Path, num_verts: int) -> tuple[Path, Path]:
+    """Write a fake Next3D checkout and a checkpoint of its stub generator for meshes of ``num_verts`` vertices."""
     root = tmp_path / "Next3D"
     (root / "dnnlib").mkdir(parents=True)
     (root / "training_avatar_texture").mkdir()
@@ -103,7 +108,7 @@ def next3d_checkout(tmp_path: Path) -> tuple[Path, Path]:
     try:
         from training_avatar_texture.triplane_next3d import TriPlaneGenerator  # type: ignore[import-not-found]
 
-        G = TriPlaneGenerator(NUM_VERTS, depth_res=24)
+        G = TriPlaneGenerator(num_verts, depth_res=24)
         ckpt = tmp_path / "next3d_stub.pkl"
         with open(ckpt, "wb") as f:
             pickle.dump({"G_ema": G, "G": None, "D": None}, f)
@@ -215,3 +220,37 @@ def test_refuses_builtin_head_and_bad_paths(next3d_checkout, tmp_path):
             _model(),
         )
     assert math.isfinite(FLAME_TO_WORLD_SCALE)
+
+
+def test_generate_command_with_fake_flame_and_stub_next3d(tmp_path, capsys):
+    """``synthforge generate`` end to end on the Next3D path: FLAME-format files -> stub Next3D -> HDF5 shard."""
+    from flame_fixtures import write_fake_flame
+
+    from next3d_gen import h5
+    from next3d_gen.flame import load_flame_model
+    from synthforge import cli
+
+    flame_paths = write_fake_flame(tmp_path / "flame")
+    num_verts = load_flame_model(flame_paths["model"]).num_vertices
+    root, ckpt = write_next3d_checkout(tmp_path, num_verts)
+    config = Path(__file__).resolve().parents[1] / "configs" / "generate" / "next3d.yaml"
+    out = tmp_path / "data"
+    argv = [
+        "generate", "--config", str(config), "--num", "3", "--out", str(out), "--workers", "1", "--no-progress",
+        "--model.path", str(flame_paths["model"]), "--renderer.next3d.checkout", str(root),
+        "--renderer.next3d.checkpoint", str(ckpt), "--renderer.next3d.expected_vertices", str(num_verts),
+    ]
+    assert cli.main(argv[:-2] + ["--renderer.next3d.expected_vertices", "5023"]) == 2  # a wrong FLAME is refused
+    assert "5023" in capsys.readouterr().err
+    assert cli.main(argv) == 0
+    with h5.SampleReader(out) as reader:
+        assert len(reader) == 3 and reader.image_size == 512
+        for i in range(3):
+            s = reader[i]
+            assert s["latent"].shape == (8,) and s["image"].shape == (512, 512, 3)
+            assert (s["seg"] != 0).sum() > 1000 and s["depth"].max() > 0
+            # the stub marked where *it* projects the landmarks; our stored 2D landmarks must be there
+            ours = np.rint(s["landmarks_2d"]).astype(int)
+            inside = (ours >= 0).all(1) & (ours < 512).all(1)
+            assert inside.sum() > 40
+            assert (s["image"][ours[inside, 1], ours[inside, 0]].mean(1) > 250).mean() > 0.95

@@ -109,7 +109,6 @@ def main(argv: list[str]) -> int:
     from next3d_gen import h5
     from next3d_gen.pipeline import SamplePipeline, generate_shard
 
-    torch.set_num_threads(args.threads)
     start, stop = h5.shard_range(args.num, args.num_shards, args.shard_index)
     pipeline = SamplePipeline(config)
     bars: list[tqdm] = []
@@ -127,6 +126,8 @@ def main(argv: list[str]) -> int:
             )
         )
 
+    threads_before = torch.get_num_threads()  # restored on return: callers (the demo) train in this process next
+    torch.set_num_threads(args.threads)
     try:
         writer = generate_shard(
             pipeline, args.out, args.num, args.num_shards, args.shard_index, lambda n: bars[0].update(n), on_start,
@@ -135,6 +136,7 @@ def main(argv: list[str]) -> int:
     finally:
         for bar in bars:
             bar.close()
+        torch.set_num_threads(threads_before)
     logging.getLogger(__name__).info("wrote %s", writer.path)
     return 0
 
