@@ -8,6 +8,8 @@ Every term is a mean (never a sum over pixels), so the weights in :class:`LossCo
   ones, which CE alone learns slowly).
 * ``depth``: L1 of relative depth on ground-truth foreground pixels, in metres (the default weight 100 makes it
   an L1 in centimetres).
+* ``depth_l2``: mean squared error of the same (metres squared): weighs the large errors (neck, silhouette edges) that
+  dominate an RMSE more than L1 does.
 * ``heatmap``: KL divergence between the Gaussian target distribution (sigma ``heatmap_sigma`` heatmap pixels) and
   the spatial softmax of each stack's heatmap, mean over in-crop landmarks and stacks.
 * ``coord``: L1 between each stack's soft-argmax coordinates and the target, in heatmap pixels (crop px / 4).
@@ -32,7 +34,8 @@ class LossConfig:
     """Weights and settings of the stage-B losses (0 disables a term).
 
     Attributes:
-        seg, seg_dice, depth, heatmap, coord, normal, uv, ssl: weights of the terms (see the module docstring).
+        seg, seg_dice, depth, depth_l2, heatmap, coord, normal, uv, ssl: weights of the terms (see the module
+            docstring).
         heatmap_sigma: std of the Gaussian heatmap targets, heatmap pixels.
         ssl_rotation_deg: max |rotation| of the SSL warp, degrees.
         ssl_scale: max relative scale change of the SSL warp (scale in [1 - s, 1 + s]).
@@ -42,6 +45,7 @@ class LossConfig:
     seg: float = 1.0
     seg_dice: float = 0.0
     depth: float = 100.0
+    depth_l2: float = 0.0
     heatmap: float = 1.0
     coord: float = 0.1
     normal: float = 0.0
@@ -83,6 +87,12 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     """Mean |pred - target| over ``mask`` pixels (all (B, c, H, W); mask broadcast over channels). 0 if empty."""
     m = mask.to(pred.dtype).expand_as(pred)
     return ((pred.float() - target.float()).abs() * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean (pred - target)^2 over ``mask`` pixels (all (B, c, H, W); mask broadcast over channels). 0 if empty."""
+    m = mask.to(pred.dtype).expand_as(pred)
+    return ((pred.float() - target.float()).square() * m).sum() / m.sum().clamp_min(1.0)
 
 
 def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

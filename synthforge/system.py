@@ -128,6 +128,8 @@ class MultiTaskSystem(pl.LightningModule):
             terms["seg_dice"] = L.dice_loss(out.seg, batch["seg"])
         if cfg.depth:
             terms["depth"] = L.masked_l1(out.depth, batch["depth"], batch["depth_mask"])
+        if cfg.depth_l2:
+            terms["depth_l2"] = L.masked_mse(out.depth, batch["depth"], batch["depth_mask"])
         if cfg.heatmap or cfg.coord:
             stride = getattr(getattr(self.net, "landmark_head", None), "stride", 4)
             hm, co = L.landmark_losses(

@@ -38,6 +38,27 @@ def test_output_shapes() -> None:
     assert out.landmarks.min() >= 1.5 - 1e-4 and out.landmarks.max() <= 64 - 2.5 + 1e-4
 
 
+def test_channels_last_gives_the_same_outputs_and_gradients() -> None:
+    # float64, so that the comparison sees layout mistakes, not float32 summation order amplified by BatchNorm
+    ref, cl = _tiny_net(normal=True).double(), _tiny_net(normal=True).double()
+    cl.load_state_dict(ref.state_dict())
+    cl.channels_last = True
+    cl.to(memory_format=torch.channels_last)
+    assert cl.trunk.unet.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    image = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    outs = []
+    for net in (ref, cl):
+        out = net(image)
+        assert out.seg.is_contiguous() and out.features.is_contiguous()
+        (out.seg.square().mean() + out.depth.mean() + out.heatmaps[-1].logsumexp((2, 3)).mean()).backward()
+        outs.append(out)
+    for name in ("seg", "depth", "landmarks"):
+        a, b = getattr(outs[0], name), getattr(outs[1], name)
+        assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+    grads = zip(ref.parameters(), cl.parameters(), strict=True)
+    assert all(torch.allclose(p.grad, q.grad, atol=1e-9, rtol=1e-7) for p, q in grads if p.grad is not None)
+
+
 def test_every_parameter_gets_a_gradient() -> None:
     net = _tiny_net(normal=True)
     image = torch.rand(2, 3, 64, 64)
@@ -141,3 +162,12 @@ def test_dice_loss_hand_computed_and_ignore() -> None:
     perfect = torch.zeros(1, 2, 2, 3)
     perfect[:, 0] = 50.0
     assert dice_loss(perfect, target) < 1e-6
+
+
+def test_masked_depth_losses_hand_computed() -> None:
+    pred = torch.tensor([[[[0.0, 0.1], [0.3, 5.0]]]])
+    target = torch.zeros_like(pred)
+    mask = torch.tensor([[[[True, True], [True, False]]]])
+    assert torch.isclose(losses.masked_l1(pred, target, mask), torch.tensor(0.4 / 3))
+    assert torch.isclose(losses.masked_mse(pred, target, mask), torch.tensor(0.1 / 3))
+    assert losses.masked_mse(pred, target, torch.zeros_like(mask)) == 0

@@ -46,6 +46,9 @@ class MultiTaskNet(nn.Module):
         landmark_head: features -> dict with ``heatmaps``, ``coords``, ``landmarks`` (see HourglassLandmarkHead).
         normal_head: optional features -> (B, 3, H, W).
         uv_head: optional features -> (B, 2, H, W).
+        channels_last: run the convolutions in the channels-last memory format (parameters and activations;
+            ~1.3x faster training on CPU through oneDNN, and the format tensor cores prefer under mixed precision).
+            The outputs are returned in the standard contiguous format either way.
 
     Raises:
         ValueError: when a head's ``in_channels`` differs from the trunk's ``out_channels``.
@@ -59,8 +62,10 @@ class MultiTaskNet(nn.Module):
         landmark_head: nn.Module,
         normal_head: nn.Module | None = None,
         uv_head: nn.Module | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.trunk = trunk
         self.seg_head = seg_head
         self.depth_head = depth_head
@@ -73,6 +78,8 @@ class MultiTaskNet(nn.Module):
             cin = getattr(head, "in_channels", None)
             if head is not None and f is not None and cin is not None and cin != f:
                 raise ValueError(f"{name}.in_channels = {cin} but the trunk gives {f} feature channels")
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def num_classes(self) -> int | None:
@@ -91,17 +98,19 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> TaskOutputs:
         """(B, 3, H, W) RGB in [0, 1] -> :class:`TaskOutputs`."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         features = self.trunk(image)
         lm = self.landmark_head(features)
-        return TaskOutputs(
-            seg=self.seg_head(features),
-            depth=self.depth_head(features),
-            heatmaps=lm["heatmaps"],
+        return TaskOutputs(  # .contiguous(): standard layout out, whatever the layout inside
+            seg=self.seg_head(features).contiguous(),
+            depth=self.depth_head(features).contiguous(),
+            heatmaps=[hm.contiguous() for hm in lm["heatmaps"]],
             landmark_stacks=lm["coords"],
             landmarks=lm["landmarks"],
-            features=features,
-            normal=self.normal_head(features) if self.normal_head is not None else None,
-            uv=self.uv_head(features) if self.uv_head is not None else None,
+            features=features.contiguous(),
+            normal=self.normal_head(features).contiguous() if self.normal_head is not None else None,
+            uv=self.uv_head(features).contiguous() if self.uv_head is not None else None,
         )
 
 
