@@ -83,23 +83,26 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IG
     return (1.0 - dice[present]).mean()
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, c, H, W) ``values`` over ``mask`` pixels (broadcast over channels); 0 if the mask is empty."""
+    m = mask.to(values.dtype).expand_as(values)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |pred - target| over ``mask`` pixels (all (B, c, H, W); mask broadcast over channels). 0 if empty."""
-    m = mask.to(pred.dtype).expand_as(pred)
-    return ((pred.float() - target.float()).abs() * m).sum() / m.sum().clamp_min(1.0)
+    return _masked_mean((pred.float() - target.float()).abs(), mask)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean (pred - target)^2 over ``mask`` pixels (all (B, c, H, W); mask broadcast over channels). 0 if empty."""
-    m = mask.to(pred.dtype).expand_as(pred)
-    return ((pred.float() - target.float()).square() * m).sum() / m.sum().clamp_min(1.0)
+    return _masked_mean((pred.float() - target.float()).square(), mask)
 
 
 def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean (1 - cosine) between (B, 3, H, W) normals over the (B, 1, H, W) mask."""
     cos = (tnf.normalize(pred.float(), dim=1) * target.float()).sum(1, keepdim=True)
-    m = mask.to(cos.dtype)
-    return ((1 - cos) * m).sum() / m.sum().clamp_min(1.0)
+    return _masked_mean(1 - cos, mask)
 
 
 def gaussian_targets(coords_hm: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
