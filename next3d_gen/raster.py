@@ -526,7 +526,8 @@ class _Scan:
         z = (e[0] + e[1] + e[2]) / (e[0] * w0 + e[1] * w1 + e[2] * w2)
         # covered (all edge values >= 0) with a positive depth (excludes 0/0 at numerically degenerate corners)
         bad = (torch.minimum(torch.minimum(e[0], e[1]), e[2]) < 0) | ~(z > 0)
-        key = (z.float().view(torch.int32).long() << 32) | cp | (bad.long() * _INT64_MAX)
+        # rejected candidates get the empty key (an OR with it would turn a negative z's key into -1, a winner)
+        key = torch.where(bad, _INT64_MAX, (z.float().view(torch.int32).long() << 32) | cp)
         self.zbuf.scatter_reduce_(0, pix, key, reduce="amin")
 
 
