@@ -1,14 +1,22 @@
 """Stage-B training throughput: ``synthforge train`` (Lightning) vs a bare PyTorch loop, and the data-pipeline cost.
 
 Both runs use the same config (default ``configs/stage1/demo.yaml``), the same initial weights, the same batches
-(pre-loaded into memory, so data loading does not enter either figure), the same losses and the same AdamW + cosine
-schedule. The Lightning run is the object graph ``synthforge train`` builds (LightningCLI, run=False), with a
-timing callback; the bare loop calls the network, the loss functions, backward and the optimiser directly.
+(pre-loaded into memory, so data loading does not enter either figure), the same loss terms and weights (the
+system's own loss functions), the config's precision (bf16 autocast around forward + losses for ``bf16-mixed``, as
+Lightning does) and AdamW with the same parameter groups. The Lightning run is the object graph ``synthforge train``
+builds (LightningCLI, run=False), with a timing callback; the bare loop calls the network, the loss functions,
+backward and the optimiser directly.
 
-Data pipeline: time to read + crop + augment + collate one batch in the main process (the work one DataLoader worker
-does per batch), as a fraction of one bare training step.
+Data pipeline, two figures:
 
-    python benchmarks/bench_train.py [--config configs/stage1/demo.yaml] [--data DATASET] [--steps 12]
+* one process, one thread: time to read + crop + augment + collate one batch in the main process with one torch
+  thread (the work one DataLoader worker does per batch, in a worker's setting), as a fraction of one bare training
+  step;
+* end to end: the Lightning run fed by the real DataLoader (the config's ``data.num_workers``) against the same run
+  on cached batches; ``1 - rate ratio`` is what reading and augmenting cost training on this machine (workers and
+  training threads share the cores).
+
+    python benchmarks/bench_train.py [--config configs/stage1/demo.yaml] [--data DATASET] [--steps 12] [--repeats 6]
 
 Without ``--data`` a toy dataset (``synthforge.data.toy``) at 192 px is written to a temporary folder. Timings are
 wall-clock on a shared machine: runs alternate (Lightning, bare, bare, Lightning, ...), each run's rate is 1 / its
@@ -61,8 +69,11 @@ class _ListModule(torch.utils.data.Dataset):
         return self.batches[i]
 
 
-def lightning_rate(system, batches: list[dict], warmup: int, precision: str = "32-true") -> float:  # noqa: ANN001
-    """Steps per second of Trainer.fit over the cached batches (steps after ``warmup``)."""
+def lightning_rate(
+    system, batches, warmup: int, precision: str = "32-true", steps: int | None = None  # noqa: ANN001
+) -> float:
+    """Steps per second of Trainer.fit (steps after ``warmup``) over ``batches``: a list of cached batches, or a
+    DataLoader (then ``steps`` bounds the run)."""
     import lightning.pytorch as pl
 
     times: list[float] = []
@@ -71,9 +82,13 @@ def lightning_rate(system, batches: list[dict], warmup: int, precision: str = "3
         def on_train_batch_end(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
             times.append(time.perf_counter())
 
-    loader = torch.utils.data.DataLoader(_ListModule(batches), batch_size=None, shuffle=False)
+    if isinstance(batches, list):
+        loader = torch.utils.data.DataLoader(_ListModule(batches), batch_size=None, shuffle=False)
+        steps = len(batches)
+    else:
+        loader = batches
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
+        accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()], num_sanity_val_steps=0,
         limit_val_batches=0, precision=precision,
     )  # fmt: skip
@@ -89,8 +104,9 @@ def _median_rate(times: list[float], warmup: int) -> float:
     return 1.0 / statistics.median(steps)
 
 
-def bare_rate(system, batches: list[dict], warmup: int) -> float:  # noqa: ANN001
-    """Steps per second of a plain loop: forward, losses, backward, AdamW + schedule step."""
+def bare_rate(system, batches: list[dict], warmup: int, precision: str = "32-true") -> float:  # noqa: ANN001
+    """Steps per second of a plain loop: forward (under bf16 autocast for a bf16-mixed config, as Lightning does),
+    the same loss terms and weights (the system's own loss functions), backward, AdamW + schedule step."""
     from synthforge import losses as L
 
     net = system.net
@@ -103,23 +119,17 @@ def bare_rate(system, batches: list[dict], warmup: int) -> float:  # noqa: ANN00
     ]
     opt = torch.optim.AdamW(groups, weight_decay=system.weight_decay, betas=system.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    autocast = precision.startswith("bf16")
     times = []
     for batch in batches:
-        out = net(batch["image"])
-        hm, co = L.landmark_losses(
-            out.heatmaps, out.landmark_stacks, batch["landmarks"], batch["landmarks_in_crop"], 4, cfg.heatmap_sigma
-        )
-        loss = (
-            cfg.seg * L.segmentation_loss(out.seg, batch["seg"])
-            + cfg.depth * L.masked_l1(out.depth, batch["depth"], batch["depth_mask"])
-            + cfg.heatmap * hm
-            + cfg.coord * co
-        )
-        if cfg.ssl:
-            ssl = L.affine_consistency_loss(
-                net.trunk, batch["image"], out.features, cfg.ssl_rotation_deg, cfg.ssl_scale, cfg.ssl_shift
-            )
-            loss = loss + cfg.ssl * ssl
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(batch["image"])
+            loss = system._weighted(system._task_losses(out, batch))
+            if cfg.ssl:
+                ssl = L.affine_consistency_loss(
+                    net.trunk, batch["image"], out.features, cfg.ssl_rotation_deg, cfg.ssl_scale, cfg.ssl_shift
+                )
+                loss = loss + cfg.ssl * ssl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -134,7 +144,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="dataset (default: a temporary toy set)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per run (after 2 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
 
     tmp = None
@@ -152,12 +162,16 @@ def main() -> None:
     warmup = 2
     n = warmup + args.steps + 1
 
-    # data pipeline: read + crop + augment + collate, main process
-    t0 = time.perf_counter()
-    batches = []
-    for b in range(n):
-        batches.append(default_collate([ds[(b * bs + j) % len(ds)] for j in range(bs)]))
-    data_per_batch = (time.perf_counter() - t0) / n
+    # data pipeline: read + crop + augment + collate in the main process with one torch thread, as in a DataLoader
+    # worker (PyTorch sets one thread there); best of three passes over the same samples
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    data_per_batch = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        batches = [default_collate([ds[(b * bs + j) % len(ds)] for j in range(bs)]) for b in range(n)]
+        data_per_batch = min(data_per_batch, (time.perf_counter() - t0) / n)
+    torch.set_num_threads(threads)
     print(f"  data pipeline: {data_per_batch * 1000:.1f} ms per batch of {bs}", flush=True)
 
     init = copy.deepcopy(system.net.state_dict())
@@ -168,18 +182,34 @@ def main() -> None:
             system.net.load_state_dict(init)
             if kind == "lightning":
                 rates_l.append(lightning_rate(system, batches, warmup, precision))
-                print(f"  lightning run: {rates_l[-1]:.3f} steps/s", flush=True)
             else:
-                rates_b.append(bare_rate(system, batches, warmup))
-                print(f"  bare run:      {rates_b[-1]:.3f} steps/s", flush=True)
-    rl, rb = max(rates_l), max(rates_b)
-    print(f"config: {args.config}  batch: {bs}  crop: {dm.crop_size}  threads: {torch.get_num_threads()}")
-    print(f"lightning (synthforge train) steps/s: {rl:.3f}   runs: {', '.join(f'{r:.3f}' for r in rates_l)}")
-    print(f"bare PyTorch loop steps/s:            {rb:.3f}   runs: {', '.join(f'{r:.3f}' for r in rates_b)}")
-    print(f"RATIO lightning / bare step rate: {rl / rb:.3f}   (target >= 0.9)")
+                rates_b.append(bare_rate(system, batches, warmup, precision))
+            print(f"  {kind} run: {(rates_l if kind == 'lightning' else rates_b)[-1]:.3f} steps/s", flush=True)
+    # end to end: the same Lightning run fed by the real DataLoader (the config's worker count) instead of cached
+    # batches; the step-rate difference is what reading + augmenting costs training on this machine
+    import yaml
+
+    workers = int((yaml.safe_load(Path(args.config).read_text()).get("data") or {}).get("num_workers", 0))
+    dm.num_workers = workers
+    rates_p = []
+    for _ in range(max(args.repeats - 1, 1)):
+        system.net.load_state_dict(init)
+        rates_p.append(lightning_rate(system, dm.train_dataloader(), warmup + 3, precision, steps=n + 3))
+        print(f"  lightning run, real DataLoader ({workers} workers): {rates_p[-1]:.3f} steps/s", flush=True)
+    rl, rb, rp = max(rates_l), max(rates_b), max(rates_p)
+
+    def runs(rates: list[float]) -> str:
+        return ", ".join(f"{r:.3f}" for r in rates)
+
+    print(f"config: {args.config}  batch: {bs}  crop: {dm.crop_size}  precision: {precision}  threads: {threads}")
+    print(f"lightning (synthforge train) steps/s: {rl:.3f}   runs: {runs(rates_l)}")
+    print(f"bare PyTorch loop steps/s:            {rb:.3f}   runs: {runs(rates_b)}")
+    print(f"RATIO lightning / bare step rate (best runs): {rl / rb:.3f}   (target >= 0.9)")
     print(f"data pipeline (read + augment + collate) per batch: {data_per_batch * 1000:.1f} ms")
     print(f"bare training step: {1000 / rb:.1f} ms")
-    print(f"DATA FRACTION of a training step: {data_per_batch * rb:.3f}   (target < 0.10)")
+    print(f"DATA FRACTION of a training step: {data_per_batch * rb:.3f}   (target < 0.10; one process, one thread)")
+    print(f"lightning with the real DataLoader steps/s: {rp:.3f}   runs: {runs(rates_p)}")
+    print(f"END-TO-END DATA COST (1 - real loader / cached batches step rate, best runs): {1 - rp / rl:.3f}")
     if tmp is not None:
         tmp.cleanup()
 

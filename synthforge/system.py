@@ -57,6 +57,10 @@ class MultiTaskSystem(pl.LightningModule):
         warmup_steps: linear warm-up optimiser steps.
         lr_floor: the cosine schedule ends at ``lr_floor`` x the initial rate of each group.
         schedule_steps: length of the cosine schedule in optimiser steps (default: the trainer's estimate).
+        schedule_by_time: when the trainer has a ``max_time``, the cosine also advances with the fraction of that
+            time used, and the schedule position is whichever of the step and time fractions is further along, so
+            the rate reaches its floor when training stops, whichever limit stops it (a time-capped run on a slow
+            machine still ends annealed).
         png_rows: samples drawn in the validation PNG (0 = no PNG).
     """
 
@@ -71,6 +75,7 @@ class MultiTaskSystem(pl.LightningModule):
         warmup_steps: int = 0,
         lr_floor: float = 0.01,
         schedule_steps: int | None = None,
+        schedule_by_time: bool = True,
         png_rows: int = 4,
     ) -> None:
         super().__init__()
@@ -84,6 +89,7 @@ class MultiTaskSystem(pl.LightningModule):
         self.warmup_steps = warmup_steps
         self.lr_floor = lr_floor
         self.schedule_steps = schedule_steps
+        self.schedule_by_time = schedule_by_time
         self.png_rows = png_rows
         self.label_space: LabelSpace = SYNTH
         self.crop_size: int | None = None
@@ -257,15 +263,33 @@ class MultiTaskSystem(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = self.schedule_steps or int(self.trainer.estimated_stepping_batches)
         warmup, floor = self.warmup_steps, self.lr_floor
+        timer = self._max_time_timer() if self.schedule_by_time else None
 
         def factor(step: int) -> float:
             if warmup and step < warmup:
                 return (step + 1) / warmup
             t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+            if timer is not None:
+                t = max(t, _time_fraction(timer))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _max_time_timer(self) -> pl.callbacks.Timer | None:
+        """The trainer's ``Timer`` callback (present when ``max_time`` is set), or None."""
+        if self._trainer is None:
+            return None
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, pl.callbacks.Timer)), None)
+
+
+def _time_fraction(timer: pl.callbacks.Timer) -> float:
+    """Fraction in [0, 1] of the ``max_time`` budget used by training so far (resumed runs included)."""
+    elapsed = timer.time_elapsed("train")
+    remaining = timer.time_remaining("train")
+    if remaining is None or elapsed + remaining <= 0:
+        return 0.0
+    return min(elapsed / (elapsed + remaining), 1.0)
 
 
 class FinalCheckpoint(pl.Callback):

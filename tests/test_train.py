@@ -215,3 +215,25 @@ def test_evaluate_synthetic_reports_model_and_baselines(trained: Path, toy_data:
         assert np.isfinite(res[key]), key
     # the majority-class baseline predicts background and face at least: both get an F1 > 0
     assert 0 < res["baseline_seg_f1_mean"] <= 1 and res["baseline_nme"] > 0 and res["baseline_depth_rmse_mm"] > 0
+
+
+@pytest.mark.parametrize("by_time", [True, False])
+def test_cosine_schedule_follows_the_closer_of_max_steps_and_max_time(by_time: bool) -> None:
+    import lightning.pytorch as pl
+
+    from synthforge.system import MultiTaskSystem
+
+    system = MultiTaskSystem(torch.nn.Linear(2, 2), lr=1.0, lr_floor=0.1, schedule_steps=100, schedule_by_time=by_time)
+    system.trainer = pl.Trainer(max_time={"seconds": 100}, accelerator="cpu", logger=False, enable_checkpointing=False)
+    factor = system.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+
+    def cosine(t: float) -> float:
+        return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * t))
+
+    timer = next(cb for cb in system.trainer.callbacks if isinstance(cb, pl.callbacks.Timer))
+    assert factor(10) == pytest.approx(cosine(0.1))  # no time used yet: the step fraction leads
+    timer.load_state_dict({"time_elapsed": {"train": 50.0}})  # half of max_time used (as after a resume)
+    assert factor(10) == pytest.approx(cosine(0.5) if by_time else cosine(0.1))
+    assert factor(80) == pytest.approx(cosine(0.8))  # the step fraction leads again
+    timer.load_state_dict({"time_elapsed": {"train": 100.0}})
+    assert factor(10) == pytest.approx(0.1 if by_time else cosine(0.1))

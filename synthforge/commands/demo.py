@@ -4,7 +4,8 @@ Steps (each resumes when rerun with the same ``--out``: finished shards are kept
 
 1. ``DIR/train``: ``--num-train`` samples (seed 0) and ``DIR/heldout``: ``--num-heldout`` samples (seed 1) with the
    built-in head and the procedural renderer (``configs/generate/default.yaml`` at ``--image-size``).
-2. ``synthforge train --config configs/stage1/demo.yaml`` on ``DIR/train`` (logs and checkpoints in ``DIR/runs``).
+2. ``synthforge train --config configs/stage1/demo.yaml`` on ``DIR/train`` (logs and checkpoints in ``DIR/runs``),
+   in bf16 mixed precision where the hardware runs bf16 natively (:func:`native_bf16`), fp32 elsewhere.
 3. Evaluation of the final checkpoint on ``DIR/heldout`` next to trivial baselines on the same crops:
    ``DIR/metrics.json`` and ``DIR/report.png`` (inputs, predictions, ground truth).
 """
@@ -28,6 +29,22 @@ def _config(rel: str) -> Path:
     if not path.is_file():
         raise UserError(f"demo config not found: {path} (run from a source checkout: pip install -e .)")
     return path
+
+
+def native_bf16() -> bool:
+    """True when the device the demo trains on runs bf16 natively: a CUDA GPU with bf16 support, or (no GPU) a CPU
+    with AMX-BF16 or AVX512-BF16. Elsewhere bf16 autocast is emulated and slower than fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return False
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.6
+    if get_capabilities is None:
+        return False
+    caps = get_capabilities()
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
 def _newest_final_checkpoint(runs: Path) -> Path:
@@ -73,9 +90,11 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     runs = out / "runs"
-    print(f"[demo] training configs/stage1/demo.yaml -> {runs}", flush=True)
+    precision = [] if native_bf16() else ["--trainer.precision=32-true"]  # demo.yaml asks for bf16-mixed
+    print(f"[demo] training configs/stage1/demo.yaml ({'bf16-mixed' if not precision else 'fp32: no native bf16'})"
+          f" -> {runs}", flush=True)
     status = train.main(["--config", str(_config("stage1/demo.yaml")), f"--data.train={out / 'train'}",
-                         f"--trainer.default_root_dir={runs}", *args.train_args])
+                         f"--trainer.default_root_dir={runs}", *precision, *args.train_args])
     if status:
         return status
     timings["train_s"] = time.perf_counter() - t0
