@@ -98,7 +98,17 @@ class MultiTaskSystem(pl.LightningModule):
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.check_data(getattr(self.trainer, "datamodule", None) if self._trainer is not None else None)
+
+    def check_data(self, dm: object | None) -> None:
+        """Take the label space and crop size of a datamodule and check the network fits them.
+
+        ``synthforge train`` calls this before the Trainer is built, so that a mismatch is the only line printed.
+
+        Raises:
+            UserError: the segmentation head's class count differs from the label space's, or the crop size is not a
+                multiple of the network's size divisor.
+        """
         if dm is not None and hasattr(dm, "label_space"):
             self.label_space = dm.label_space
             self.crop_size = getattr(dm, "crop_size", None)

@@ -13,7 +13,6 @@ need the stage-I file any more.
 from __future__ import annotations
 
 import warnings
-from argparse import ArgumentError
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
@@ -21,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from label_finetune.datasets.datamodule import FinetuneDataModule
 from label_finetune.system import FinetuneSystem
 from next3d_gen.errors import UserError
+from synthforge.commands.train import instantiate_cli
 
 
 class FinetuneCLI(LightningCLI):
@@ -35,25 +35,11 @@ class FinetuneCLI(LightningCLI):
 def main(argv: list[str]) -> int:
     # expected here: the frozen stage-I network is in eval mode, and argv comes from the synthforge dispatcher
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-    try:
-        cli = FinetuneCLI(
-            FinetuneSystem,
-            FinetuneDataModule,
-            run=False,
-            args=argv or ["--help"],
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "synthforge finetune", "exit_on_error": False},
-            seed_everything_default=0,
-            auto_configure_optimizers=False,
-        )
-    except ArgumentError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        raise UserError(" | ".join(lines[:3])[:400]) from None
-    except SystemExit as err:
-        if err.code in (0, None):
-            return 0
-        raise UserError("invalid arguments (see the message above)") from None
+    cli = instantiate_cli(
+        FinetuneCLI, FinetuneSystem, FinetuneDataModule, argv, "synthforge finetune", seed_everything_default=0
+    )
+    if cli is None:
+        return 0
     resume = cli.config.get("ckpt_path")
     if resume and not Path(resume).is_file():
         raise UserError(f"--ckpt_path: no such checkpoint file: {resume}")

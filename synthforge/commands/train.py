@@ -10,6 +10,7 @@ file) become a one-line :class:`UserError` (exit status 2).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -55,7 +56,44 @@ def _build_cli_class():  # noqa: ANN202 - returns a LightningCLI subclass (impor
             if ckpt and not os.path.isfile(ckpt):
                 raise UserError(f"--ckpt_path: no such checkpoint file: {ckpt}")
 
+        def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN202 - LightningCLI's signature
+            self.model.check_data(self.datamodule)  # before the Trainer prints anything
+            return super().instantiate_trainer(**kwargs)
+
     return TrainCLI
+
+
+def instantiate_cli(  # noqa: ANN201 - a LightningCLI instance or None
+    cli_class: type, model_class: type, datamodule_class: type, argv: list[str], prog: str, **kwargs: object
+):
+    """Build a LightningCLI (``run=False``) for ``synthforge train`` / ``finetune``; None after ``--help``.
+
+    Parser errors (unknown key, bad value) and missing files become a one-line :class:`UserError` (exit status 2).
+    Lightning's "Seed set to N" message is silenced so that such an error stays the only line printed (the seed is
+    recorded in the run's ``config.yaml``). ``kwargs`` go to the CLI class.
+    """
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended")
+            return cli_class(
+                model_class,
+                datamodule_class,
+                run=False,
+                args=argv or ["--help"],
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False, "prog": prog},
+                auto_configure_optimizers=False,
+                **kwargs,
+            )
+    except ArgumentError as err:
+        raise UserError(_one_line(str(err))) from None
+    except SystemExit as err:
+        if err.code in (0, None):
+            return None
+        raise UserError("invalid arguments (see the message above)") from None
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise UserError(f"{err.filename}: {err.strerror}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -63,29 +101,9 @@ def main(argv: list[str]) -> int:
     from synthforge.data.datamodule import SynthDataModule
     from synthforge.system import MultiTaskSystem
 
-    cli_class = _build_cli_class()
-    if not argv:
-        argv = ["--help"]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*args parameter is intended")
-            cli = cli_class(
-                MultiTaskSystem,
-                SynthDataModule,
-                run=False,
-                args=argv,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs={"exit_on_error": False, "prog": "synthforge train"},
-                auto_configure_optimizers=False,
-            )
-    except ArgumentError as err:
-        raise UserError(_one_line(str(err))) from None
-    except SystemExit as err:
-        if err.code in (0, None):
-            return 0
-        raise UserError("invalid arguments (see the message above)") from None
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise UserError(f"{err.filename}: {err.strerror}") from None
+    cli = instantiate_cli(_build_cli_class(), MultiTaskSystem, SynthDataModule, argv, "synthforge train")
+    if cli is None:
+        return 0
     ckpt = cli.config.get("ckpt_path")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     sys.stdout.flush()
