@@ -90,6 +90,8 @@ class MultiTaskSystem(pl.LightningModule):
         self.lr_floor = lr_floor
         self.schedule_steps = schedule_steps
         self.schedule_by_time = schedule_by_time
+        self._timer: pl.callbacks.Timer | None = None
+        self._time_t = 0.0  # fraction of max_time used, refreshed at each training batch (same on every rank)
         self.png_rows = png_rows
         self.label_space: LabelSpace = SYNTH
         self.crop_size: int | None = None
@@ -273,18 +275,26 @@ class MultiTaskSystem(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = self.schedule_steps or int(self.trainer.estimated_stepping_batches)
         warmup, floor = self.warmup_steps, self.lr_floor
-        timer = self._max_time_timer() if self.schedule_by_time else None
+        self._timer = self._max_time_timer() if self.schedule_by_time else None
 
         def factor(step: int) -> float:
             if warmup and step < warmup:
                 return (step + 1) / warmup
             t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-            if timer is not None:
-                t = max(t, _time_fraction(timer))
+            if self._timer is not None:
+                t = max(t, self._time_t)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self._timer is None:
+            return
+        t = _time_fraction(self._timer)
+        if self.trainer.world_size > 1:  # rank 0's clock for all, so every rank applies the same learning rate
+            t = float(self.trainer.strategy.broadcast(t, src=0))
+        self._time_t = t
 
     def _max_time_timer(self) -> pl.callbacks.Timer | None:
         """The trainer's ``Timer`` callback (present when ``max_time`` is set), or None."""

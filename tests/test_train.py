@@ -186,6 +186,7 @@ def test_ddp_two_cpu_processes(toy_data: dict[str, Path], tmp_path: Path) -> Non
         sys.executable, "-m", "synthforge.cli", "train", "--config", str(TINY), "--config", str(ddp),
         f"--data.train={toy_data['train']}", f"--data.val={toy_data['val']}",
         f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_steps=2",
+        "--trainer.max_time=00:00:30:00",  # the time-following schedule broadcasts rank 0's clock
     ]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -233,9 +234,11 @@ def test_cosine_schedule_follows_the_closer_of_max_steps_and_max_time(by_time: b
     timer = next(cb for cb in system.trainer.callbacks if isinstance(cb, pl.callbacks.Timer))
     assert factor(10) == pytest.approx(cosine(0.1))  # no time used yet: the step fraction leads
     timer.load_state_dict({"time_elapsed": {"train": 50.0}})  # half of max_time used (as after a resume)
+    system.on_train_batch_start({}, 0)  # where the system reads the clock (rank 0's under DDP)
     assert factor(10) == pytest.approx(cosine(0.5) if by_time else cosine(0.1))
     assert factor(80) == pytest.approx(cosine(0.8))  # the step fraction leads again
     timer.load_state_dict({"time_elapsed": {"train": 100.0}})
+    system.on_train_batch_start({}, 0)
     assert factor(10) == pytest.approx(0.1 if by_time else cosine(0.1))
 
 
