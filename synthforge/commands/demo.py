@@ -38,7 +38,7 @@ def native_bf16() -> bool:
 
     if torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if torch.backends.mps.is_available():
         return False
     get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.6
     if get_capabilities is None:
