@@ -156,12 +156,21 @@ def _fmt(v: float | None) -> str:
 
 
 def markdown_table(dataset: str, ours: dict[str, float], label: str = "ours") -> str:
-    """Markdown table: published rows (from :mod:`label_finetune.paper`) then ours, columns of :data:`COLUMNS`."""
-    cols = [c for c in COLUMNS[dataset] if c in ours or any(c in r.values for r in PUBLISHED[dataset])]
+    """Markdown table: the paper's rows (:mod:`label_finetune.paper`) then ours, columns of :data:`COLUMNS`.
+
+    A column the paper does not report is a blank cell in its rows; a metric of ours that could not be computed
+    prints as "-". The source of the published rows follows the table.
+    """
+    published = PUBLISHED[dataset]
+    cols = [c for c in COLUMNS[dataset] if c in ours or any(c in r.values for r in published)]
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for row in PUBLISHED[dataset]:
-        lines.append(f"| {row.method} | " + " | ".join(_fmt(row.values.get(c)) for c in cols) + " |")
+    for row in published:
+        lines.append(f"| {row.method} | " + " | ".join(_fmt(row.values[c]) if c in row.values else ""
+                                                          for c in cols) + " |")
     lines.append(f"| {label} | " + " | ".join(_fmt(ours.get(c)) for c in cols) + " |")
+    sources = sorted({row.source for row in published})
+    if sources:
+        lines += ["", "Published rows: " + "; ".join(sources) + "."]
     return "\n".join(lines)
 
 
