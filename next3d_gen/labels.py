@@ -365,3 +365,238 @@ PAPER_F1_COLUMNS: dict[str, PaperColumns] = {
     ),
 }
 """Per-benchmark F1 columns of the papers' tables (class names refer to :data:`LAPA` / :data:`CELEBAMASK_HQ`)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Synthetic-to-real transfer: merge tables onto one label space shared by the synthetic and the real annotations.
+
+REAL_MERGED = LabelSpace(
+    name="real_merged11",
+    classes=(
+        "background",
+        "skin",
+        "nose",
+        "eyes",
+        "brows",
+        "lips",
+        "inner_mouth",
+        "ears",
+        "neck",
+        "hair",
+        "eyeglasses",
+    ),
+    palette=(
+        (0, 0, 0),
+        (255, 204, 153),
+        (255, 102, 102),
+        (0, 153, 255),
+        (153, 76, 0),
+        (204, 0, 0),
+        (64, 0, 64),
+        (255, 255, 0),
+        (0, 204, 102),
+        (60, 30, 10),
+        (0, 255, 255),
+    ),
+)
+"""The classes on which a network trained on synthetic faces is scored against real annotations (no fine-tuning).
+
+Left and right are pooled (eyes, brows, ears), so the differing left/right conventions of the real label sets cannot
+change a score. ``hair`` and ``eyeglasses`` are optional: see :data:`REAL_MERGED_OPTIONAL`.
+"""
+
+REAL_MERGED_OPTIONAL: dict[str, str | None] = {"hair": "background", "eyeglasses": None}
+"""Merged classes that count only when the predicting (synthetic) label space has a class of that exact name.
+
+Otherwise the class is inactive (its F1 is reported as absent, not 0) and every source class merged into it goes to
+the fallback given here instead: ``hair`` -> ``background`` (real hair is not a face class, so a network without a hair
+class should call it background, and the synthetic scalp it predicts on the top of the head counts as background
+too); ``eyeglasses`` -> ``None`` = ignore (the pixels under a lens are skin or eye for a network that knows no
+glasses, and the annotation does not say which).
+"""
+
+
+@dataclass(frozen=True)
+class RealMergeTable:
+    """How one source label space maps onto :data:`REAL_MERGED`, as data (class *names*, never ids).
+
+    Attributes:
+        space: name of the source :class:`LabelSpace` (a key of :data:`LABEL_SPACES`).
+        columns: ``(merged class, (source class names, ...))`` pairs, the :data:`PaperColumns` layout of the papers'
+            F1 columns; a source class appears in at most one column.
+        ignore: source classes not scored (their pixels are set to :data:`IGNORE_INDEX` in a ground-truth map).
+        unlabelled: ``(merged class, merged class)`` pairs for merged classes this annotation does not have, naming
+            the merged class its annotators gave those pixels: a prediction of the first is scored as the second on
+            this source's images, so that the first's F1 is computed from the other sources alone.
+        optional_names: source class names that the space may or may not have (e.g. ``hair`` and ``eyeglasses``,
+            appended to the synthetic space later); the others must all exist in the space.
+    """
+
+    space: str
+    columns: PaperColumns
+    ignore: tuple[str, ...] = ()
+    unlabelled: tuple[tuple[str, str], ...] = ()
+    optional_names: tuple[str, ...] = ()
+
+    def source_names(self) -> tuple[str, ...]:
+        """Every source class name the table mentions (columns and ignore)."""
+        return tuple(n for _, names in self.columns for n in names) + self.ignore
+
+    def merged_name(self, source_name: str, active: tuple[str, ...]) -> str | None:
+        """Merged class of one source class given the active merged classes (None = ignore)."""
+        for merged, names in self.columns:
+            if source_name in names:
+                while merged is not None and merged not in active:
+                    merged = REAL_MERGED_OPTIONAL[merged]
+                return merged
+        if source_name in self.ignore:
+            return None
+        raise ValueError(f"merge table of {self.space!r} has no entry for class {source_name!r}")
+
+    def lut(self, space: LabelSpace, active: tuple[str, ...]) -> np.ndarray:
+        """(256,) uint8 lookup table: source id -> :data:`REAL_MERGED` id (ignored classes and ids beyond the space,
+        including 255, -> :data:`IGNORE_INDEX`).
+
+        The space is matched by class names, not by its ``name``: the synthetic table also serves a synthetic space
+        extended with ``hair`` / ``eyeglasses``.
+
+        Raises:
+            ValueError: if ``space`` lacks a required class or has a class the table does not mention.
+        """
+        missing = set(self.source_names()) - set(self.optional_names) - set(space.classes)
+        if missing:
+            raise ValueError(f"label space {space.name!r} lacks classes {sorted(missing)} of its merge table")
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for i, name in enumerate(space.classes):
+            merged = self.merged_name(name, active)
+            if merged is not None:
+                table[i] = REAL_MERGED.id(merged)
+        return table
+
+    def prediction_fold(self, active: tuple[str, ...]) -> np.ndarray:
+        """(256,) uint8 lookup table on merged ids applied to *predictions* scored against this source: each
+        ``unlabelled`` merged class -> the class its annotators used instead (identity elsewhere)."""
+        fold = np.arange(256, dtype=np.uint8)
+        for merged, instead in self.unlabelled:
+            if merged in active:
+                fold[REAL_MERGED.id(merged)] = REAL_MERGED.id(instead)
+        return fold
+
+
+def real_merged_active(space: LabelSpace) -> tuple[str, ...]:
+    """Merged classes scored for a network predicting ``space``: all of :data:`REAL_MERGED` except the optional
+    ones (:data:`REAL_MERGED_OPTIONAL`) that ``space`` has no class of that name for, in :data:`REAL_MERGED` order."""
+    return tuple(c for c in REAL_MERGED.classes if c not in REAL_MERGED_OPTIONAL or c in space.classes)
+
+
+SYNTH_TO_REAL = RealMergeTable(
+    space=SYNTH.name,
+    columns=(
+        ("background", ("background",)),
+        # Skin = every skin region of the face: the eye regions are the skin around the eye (lids, under-eye), the
+        # brow band the skin above the brows; the real sets label all of these skin.
+        ("skin", ("face", "forehead", "glabella", "brow_band", "right_eye_region", "left_eye_region")),
+        ("nose", ("nose",)),
+        ("eyes", ("right_eyeball", "left_eyeball")),
+        ("brows", ("right_eyebrow", "left_eyebrow")),
+        ("lips", ("upper_lip", "lower_lip")),
+        ("inner_mouth", ("inner_mouth",)),
+        ("ears", ("right_ear", "left_ear")),
+        # neck_back is the back of the neck, seen in profiles: the real sets label it neck.
+        ("neck", ("neck", "neck_back")),
+        # The scalp is skin under hair: real annotators label that area hair. With no hair class it falls back to
+        # background (REAL_MERGED_OPTIONAL), i.e. the network is not blamed for calling real hair "scalp".
+        ("hair", ("scalp", "hair")),
+        ("eyeglasses", ("eyeglasses",)),
+    ),
+    optional_names=("hair", "eyeglasses"),
+)
+"""The synthetic 20 (or 22, with ``hair`` = 20 and ``eyeglasses`` = 21) classes -> :data:`REAL_MERGED`. Subject's
+left/right (:data:`SYNTH`); pooled, so the convention does not matter here."""
+
+CELEBAMASK_HQ_TO_REAL = RealMergeTable(
+    space=CELEBAMASK_HQ.name,
+    columns=(
+        # Cloth, hat, earrings and necklaces are not face classes: a network that calls them skin is wrong.
+        ("background", ("background", "cloth", "hat", "ear_r", "neck_l")),
+        ("skin", ("skin",)),
+        ("nose", ("nose",)),
+        ("eyes", ("l_eye", "r_eye")),
+        ("brows", ("l_brow", "r_brow")),
+        ("lips", ("u_lip", "l_lip")),
+        ("inner_mouth", ("mouth",)),
+        ("ears", ("l_ear", "r_ear")),
+        ("neck", ("neck",)),
+        ("hair", ("hair",)),
+        ("eyeglasses", ("eye_g",)),
+    ),
+)
+"""CelebAMask-HQ 19 classes (:data:`CELEBAMASK_HQ` ids) -> :data:`REAL_MERGED`.
+
+Left/right, checked against the images (4 CelebA-HQ samples, frontal): ``l_eye`` / ``l_brow`` / ``l_ear`` lie on the
+*image right*, i.e. they are the **subject's left**, the same convention as :data:`SYNTH`. Masks composed by the
+dataset's own ``g_mask.py`` use another id order: :data:`CELEBAMASK_HQ_GMASK_ORDER`.
+"""
+
+CELEBAMASK_HQ_GMASK_ORDER: tuple[str, ...] = (
+    "background",
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
+)
+"""Class names by id of single-file CelebAMask-HQ label maps composed with the dataset's ``g_mask.py`` (its part
+order, later parts painted over earlier ones). Differs from :data:`CELEBAMASK_HQ` (the face-parsing codebases' order,
+used by our stage-C reader); convert with :func:`relabel_lut`."""
+
+LAPA_TO_REAL = RealMergeTable(
+    space=LAPA.name,
+    columns=(
+        ("background", ("background",)),
+        ("skin", ("skin",)),
+        ("nose", ("nose",)),
+        ("eyes", ("left_eye", "right_eye")),
+        ("brows", ("left_eyebrow", "right_eyebrow")),
+        ("lips", ("upper_lip", "lower_lip")),
+        ("inner_mouth", ("inner_mouth",)),
+        ("hair", ("hair",)),
+    ),
+    # LaPa has no ear or neck class: its annotators paint the ears skin (or hair where covered) and the neck
+    # background; glasses frames are painted as what they cover, mostly skin. Predictions of ears / neck /
+    # eyeglasses are scored as those on LaPa images, so that their F1 come from CelebAMask-HQ alone.
+    unlabelled=(("ears", "skin"), ("neck", "background"), ("eyeglasses", "skin")),
+)
+"""LaPa 11 classes -> :data:`REAL_MERGED`.
+
+Left/right, checked against the LaPa sample (frontal): ``left_eye`` / ``left_eyebrow`` lie on the *image left*, i.e.
+LaPa's left is the **image left = the subject's right**, the opposite of :data:`SYNTH` and CelebAMask-HQ. Pooled here;
+a per-side comparison with the synthetic classes must swap them.
+"""
+
+REAL_MERGE_TABLES: dict[str, RealMergeTable] = {
+    t.space: t for t in (SYNTH_TO_REAL, CELEBAMASK_HQ_TO_REAL, LAPA_TO_REAL)
+}
+"""Merge tables onto :data:`REAL_MERGED`, keyed by source label space name."""
+
+
+def relabel_lut(source_names: tuple[str, ...], target: LabelSpace) -> np.ndarray:
+    """(256,) uint8 lookup table from ids of a list of class names to the ids of the same names in ``target``
+    (ids beyond the list, incl. 255, -> :data:`IGNORE_INDEX`). ValueError naming a name ``target`` lacks."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for i, name in enumerate(source_names):
+        table[i] = target.id(name)
+    return table

@@ -54,6 +54,26 @@ def crop_matrix(cx: float, cy: float, side: float, out_size: int) -> np.ndarray:
     return np.array([[a, 0.0, -cx * a + out_size / 2 - 0.5], [0.0, a, -cy * a + out_size / 2 - 0.5]])
 
 
+def face_crop_matrix(points: np.ndarray, crop_scale: float, out_size: int) -> np.ndarray:
+    """(2, 3) float64 affine of the un-jittered training crop around (K, 2) points (pixel-centre convention).
+
+    The same window :class:`~synthforge.data.dataset.SynthFaceDataset` crops for validation: a square of
+    ``crop_scale`` x the larger side of the points' box (:func:`landmark_box`), centred on the box centre, mapped to
+    ``out_size`` pixels by :func:`crop_matrix`. Use it to crop real faces exactly as the network saw synthetic ones.
+    """
+    cx, cy, side = landmark_box(np.asarray(points, dtype=np.float64))
+    return crop_matrix(cx, cy, side * float(crop_scale), out_size)
+
+
+def mask_box_points(mask: np.ndarray) -> np.ndarray:
+    """(2, 2) float32 points ``[[x0, y0], [x1, y1]]``: pixel centres of the extreme True pixels of an (H, W) bool
+    mask, i.e. its box in the landmarks' convention (feed it to :func:`face_crop_matrix`). ValueError if empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("mask_box_points: the mask is empty")
+    return np.array([[cols[0], rows[0]], [cols[-1], rows[-1]]], dtype=np.float32)
+
+
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a (2, 3) affine or (3, 3) homography to (K, 2) points; returns (K, 2) float32."""
     m = np.asarray(matrix, dtype=np.float64)
