@@ -4,10 +4,17 @@ Writers and readers import these constants; nothing else spells a dataset name o
 
 Per-sample shapes use the symbols ``H``, ``W`` (image size), ``S``, ``E`` (FLAME shape / expression columns) and
 ``Z`` (generator latent size, 0 for the procedural renderer); they are resolved by :func:`sample_shapes`.
+
+Reproducibility ("the same bytes"): a shard written in one go, resumed after a kill or a full disk, or produced with
+another worker count holds the same rows: every field of every row, as stored (the raw chunk bytes: values,
+compression and checksum) and as read back, and the same file attributes. The HDF5 container around them (where
+chunks sit in the file, B-tree nodes, free space, hence the file size and its checksum) is not guaranteed
+identical, so compare datasets with :class:`SampleReader` or ``h5py``, not files with ``cmp``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -69,6 +76,11 @@ ATTR_DEPTH_KIND = "depth_kind"
 """``"metric"`` (camera z, metres), ``"relative"`` (imported 8-bit per-image-normalised depth, unitless) or
 ``"none"`` (the file has no depth)."""
 REQUIRED_ATTRS = (ATTR_SCHEMA_VERSION, ATTR_LABEL_SPACE, ATTR_IMAGE_SIZE)
+
+MAX_IMAGE_SIZE = 2048
+"""Largest image side (pixels) the generator accepts. Every per-pixel buffer of a sample (rasterizer, annotations,
+renderer, the row written) grows with the square of the side; 2048 is 4x Next3D's native 512 px. Checked before
+anything is allocated."""
 
 
 def sample_shapes(height: int, width: int, num_shape: int, num_expression: int, latent_dim: int) -> dict[str, tuple]:
@@ -161,7 +173,12 @@ class ShardWriter:
       opened or any complete row fails to read, the partial shard is deleted and started over (its rows are
       regenerated: generation is deterministic, so the result is the same bytes). Only incomplete rows are then
       (re)written.
-    * Reopening a finished ``.h5``: only the config check; nothing to write.
+    * Reopening a finished ``.h5``: the config check, then every row is read back once (checksums verified);
+      a file that is not readable HDF5 (e.g. truncated) or a damaged row is a :class:`UserError` naming the file
+      (and row): it is never silently accepted or overwritten. Nothing is written.
+    * A write that fails (e.g. ENOSPC, disk full) is a :class:`UserError` naming the partial file and row; rows
+      already flushed stay complete, so rerunning after freeing space resumes (the row being written when the
+      disk filled is incomplete and is written again).
 
     Flushes reach the OS page cache, which survives the death of the process; after power loss the partial file may
     be lost, in which case the shard restarts. HDF5 2.x without SWMR.
@@ -222,11 +239,14 @@ class ShardWriter:
         if not os.access(self.path.parent, os.W_OK):
             raise UserError(f"output folder is not writable: {self.path.parent}")
         if self.path.exists():
-            with h5py.File(self.path, "r") as f:
+            with open_existing(self.path) as f:
                 self._check_matches(f, self.path)
                 self._done[:] = f["complete"][:]
-            if not self._done.all():
-                raise UserError(f"{self.path}: finished shard has incomplete rows; delete it and rerun")
+                if not self._done.all():
+                    raise UserError(f"{self.path}: finished shard has incomplete rows; delete it and rerun")
+                damage = first_damaged_row(f, self.fields)
+            if damage is not None:
+                raise UserError(f"{damage}; delete {self.path.name} and rerun to regenerate it")
             return
         if self.partial_path.exists():
             try:
@@ -318,40 +338,99 @@ class ShardWriter:
         Args:
             row: row in this file, ``0 <= row < num_samples``.
             sample: field name -> array of the field's per-sample shape (cast to the schema dtype).
+
+        Raises:
+            UserError: the write failed (disk full, I/O error), naming the partial file and the row; rows written
+                before stay complete and a rerun resumes.
         """
         if self._file is None:
             raise RuntimeError(f"{self.path} is finished or closed")
         f = self._file
+        arrays = {}
         for name in self.fields:
             value = np.asarray(sample[name])
             want = self.shapes[name]
             if value.shape != want:
                 raise ValueError(f"field '{name}': shape {value.shape}, expected {want}")
-            f[name][row] = value.astype(dtype_of(name), copy=False)
-        f.flush()
-        f["complete"][row] = True
-        f.flush()
+            arrays[name] = value.astype(dtype_of(name), copy=False)
+        try:
+            for name, value in arrays.items():
+                f[name][row] = value
+            f.flush()
+            f["complete"][row] = True
+            f.flush()
+        except OSError as err:
+            raise UserError(f"{self.partial_path}: cannot write row {row}: {_write_error(err)}") from None
         self._done[row] = True
 
     def finalize(self) -> bool:
         """If every row is complete: close and rename the partial file to the final name. Returns ``finished``."""
         if self._file is not None and self._done.all():
-            self._file.close()
-            self._file = None
-            os.replace(self.partial_path, self.path)
+            self.close()
+            try:
+                os.replace(self.partial_path, self.path)
+            except OSError as err:
+                raise UserError(f"cannot rename {self.partial_path} to {self.path.name}: {_write_error(err)}") from None
         return self.finished
 
     def close(self) -> None:
         """Close without finalizing (the partial file stays resumable)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError as err:
+                raise UserError(f"{self.partial_path}: cannot close: {_write_error(err)}") from None
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_error(err: OSError) -> str:
+    """One-line reason of a failed write; a full disk is named as such (h5py's messages carry no errno)."""
+    text = " ".join(str(err).split())
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "errno = 28" in text:
+        return "disk full (ENOSPC); free space and rerun the same command to resume"
+    return err.strerror if isinstance(err.strerror, str) and err.strerror else text
+
+
+def open_existing(path: Path):  # noqa: ANN201 - h5py.File
+    """Open an existing HDF5 file read-only; UserError naming it when it is held by a writer or is not readable
+    HDF5 (not HDF5 at all, truncated, damaged superblock)."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        if _is_lock_error(err):
+            raise UserError(f"{path} is open in another process; close it first") from None
+        reason = " ".join(str(err).split())
+        raise UserError(
+            f"{path} exists but is not a readable HDF5 file ({reason}); delete it or use another --out"
+        ) from None
+
+
+def first_damaged_row(f, fields: list[str] | tuple[str, ...]) -> DamagedRowError | None:  # noqa: ANN001 - h5py.File
+    """Read every complete row of the datasets ``fields`` of the open file ``f`` once (checksums verified).
+
+    Returns:
+        The first failure (file, row, field, reason), or None when every complete row reads back.
+    """
+    readers = {name: _FieldReader(f[name]) for name in fields}
+    complete = f["complete"][:].astype(bool) if "complete" in f else None
+    n = len(complete) if complete is not None else min((f[name].shape[0] for name in fields), default=0)
+    for row in range(n):
+        if complete is not None and not complete[row]:
+            continue
+        for name, reader in readers.items():
+            try:
+                reader.read(row)
+            except _ChunkDamaged as err:
+                return DamagedRowError(f.filename, row, name, str(err))
+    return None
 
 
 def _is_lock_error(err: OSError) -> bool:
@@ -379,10 +458,13 @@ def check_folder_config(folder: str | Path, generator_config_json: str) -> None:
     wanted = json.loads(generator_config_json)
     for p in sorted(Path(folder).glob("shard-*-of-*.h5")):
         try:
-            with h5py.File(p, "r") as f:
-                stored = json.loads(_decode_attr(f.attrs.get(ATTR_GENERATOR_CONFIG, "null")))
-        except OSError:
-            continue
+            f = h5py.File(p, "r")
+        except OSError as err:
+            if _is_lock_error(err):
+                continue
+            open_existing(p)  # raises the UserError naming the unreadable file
+        with f:
+            stored = json.loads(_decode_attr(f.attrs.get(ATTR_GENERATOR_CONFIG, "null")))
         if stored != wanted:
             raise UserError(
                 f"{p} belongs to a dataset with a different generator config (differs at "
@@ -396,8 +478,6 @@ def write_index(folder: str | Path, num_shards: int) -> Path | None:
     Returns:
         The index path, or None while a shard is still missing.
     """
-    import h5py
-
     folder = Path(folder)
     entries = []
     start = 0
@@ -405,7 +485,7 @@ def write_index(folder: str | Path, num_shards: int) -> Path | None:
         p = folder / shard_filename(i, num_shards)
         if not p.exists():
             return None
-        with h5py.File(p, "r") as f:
+        with open_existing(p) as f:
             n = int(f["complete"].shape[0])
             config = _decode_attr(f.attrs.get(ATTR_GENERATOR_CONFIG, "null"))
         entries.append({"file": p.name, "num_samples": n, "sample_start": start})
@@ -419,8 +499,12 @@ def write_index(folder: str | Path, num_shards: int) -> Path | None:
     }
     path = folder / INDEX_FILE
     tmp = folder / f".{INDEX_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(index, indent=1))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {_write_error(err)}") from None
     return path
 
 
@@ -450,16 +534,91 @@ def resolve_files(path: str | Path) -> list[Path]:
     return [p]
 
 
+class DamagedRowError(OSError):
+    """A stored row that fails its Fletcher-32 checksum or cannot be decoded; never returned as data.
+
+    Attributes:
+        path: the HDF5 file.
+        row: row index in that file.
+        field: the dataset whose chunk is damaged.
+        reason: what failed (checksum, inflate, size, HDF5's message).
+    """
+
+    def __init__(self, path: str | Path, row: int, field: str, reason: str) -> None:
+        self.path, self.row, self.field, self.reason = Path(path), int(row), field, reason
+        super().__init__(f"{path}: row {row} is damaged ('{field}': {reason})")
+
+
+class _ChunkDamaged(Exception):
+    """Internal: one chunk failed to decode (the reader adds file and row)."""
+
+
+_FLETCHER_MOD = 65535
+_FLETCHER_BLOCK = 1 << 22
+"""Words per vectorised step: keeps every int64 partial sum exact (block * block * 65535 < 2**63)."""
+_word_index = np.zeros(0, dtype=np.int64)
+
+
+def fletcher32(data: bytes | memoryview) -> int:
+    """HDF5's Fletcher-32 checksum of ``data`` (``H5_checksum_fletcher32`` in HDF5's ``H5checksum.c``), vectorised.
+
+    HDF5 reads the bytes as big-endian 16-bit words ``w_0 .. w_{m-1}`` (an odd trailing byte is the high byte of a
+    last word), keeps ``sum1 = sum w_i`` and ``sum2 = sum (m - i) w_i`` folded modulo 65535 in ones'-complement
+    style (a non-zero sum folds to 1..65535, never to 0; only all-zero data gives 0), and returns
+    ``sum2 << 16 | sum1``. Here both sums are computed exactly (int64 numpy sums and dot products per block of
+    :data:`_FLETCHER_BLOCK` words, combined as Python ints), then reduced the same way.
+
+    Returns:
+        The 32-bit checksum; the HDF5 filter stores it after the (filtered) chunk as 4 little-endian bytes.
+    """
+    global _word_index
+    buf = memoryview(data).cast("B")
+    n_words = len(buf) // 2
+    m = n_words + len(buf) % 2
+    last = buf[-1] << 8 if len(buf) % 2 else 0
+    be = np.frombuffer(buf, dtype=">u2", count=n_words)
+    total = weighted = 0  # sum w_i and sum i * w_i over the whole words
+    for start in range(0, n_words, _FLETCHER_BLOCK):
+        words = be[start : start + _FLETCHER_BLOCK].astype(np.uint16).astype(np.int64)  # byte swap, then widen
+        if len(_word_index) < len(words):
+            _word_index = np.arange(min(max(len(words), 2 * len(_word_index)), _FLETCHER_BLOCK), dtype=np.int64)
+        block_sum = int(words.sum())
+        weighted += start * block_sum + int(np.dot(_word_index[: len(words)], words))
+        total += block_sum
+    s1 = total + last
+    s2 = m * total - weighted + last
+    sum1 = (s1 - 1) % _FLETCHER_MOD + 1 if s1 else 0
+    sum2 = (s2 - 1) % _FLETCHER_MOD + 1 if s2 else 0
+    return (sum2 << 16) | sum1
+
+
+def checksum_matches(chunk: bytes) -> bool:
+    """True when the last 4 bytes of a stored chunk equal the Fletcher-32 of the bytes before them.
+
+    Also accepts the byte-swapped value that HDF5 before 1.6.3 wrote on little-endian machines (HDF5's reader
+    accepts both).
+    """
+    if len(chunk) < 4:
+        return False
+    stored = int.from_bytes(chunk[-4:], "little")
+    value = fletcher32(memoryview(chunk)[:-4])
+    swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
+    return stored in (value, swapped)
+
+
 class _FieldReader:
     """Reads one row of one per-sample dataset with as little per-call overhead as possible.
 
     Fast path (unshuffled chunks of one row, uncompressed or gzip): the row's chunk is fetched raw
-    (``read_direct_chunk``) and decoded here: drop the Fletcher-32 trailer, inflate gzip. This skips HDF5's per-read
-    selection, filter and type-conversion machinery (3x less overhead for the small fields). The checksum itself is
-    not recomputed on this path (the writer verifies complete rows when it resumes a partial shard). Any other
-    layout (byte shuffle, lzf, other filters, contiguous storage, a chunk stored with a filter skipped) falls back
-    to a low-level ``H5Dread`` of the row, with the file type as memory type, so bool (an HDF5 enum) is copied,
-    not converted.
+    (``read_direct_chunk``) and decoded here: verify the Fletcher-32 trailer (:func:`fletcher32`), drop it, inflate
+    gzip. This skips HDF5's per-read selection, filter and type-conversion machinery (3x less overhead for the small
+    fields). Any other layout (byte shuffle, lzf, other filters, contiguous storage, a chunk stored with a filter
+    skipped) falls back to a low-level ``H5Dread`` of the row, with the file type as memory type, so bool (an HDF5
+    enum) is copied, not converted; there HDF5's own filter pipeline verifies the checksum.
+
+    Raises:
+        _ChunkDamaged: the row's chunk fails its checksum, does not inflate, has the wrong size, or HDF5 cannot read
+            it (the caller, :class:`SampleReader`, turns it into :class:`DamagedRowError` naming file and row).
     """
 
     def __init__(self, ds) -> None:  # noqa: ANN001 - h5py.Dataset
@@ -484,21 +643,34 @@ class _FieldReader:
         self.trailer = 4 if ds.fletcher32 else 0
 
     def read(self, row: int) -> np.ndarray:
+        """Row ``row`` as an array of the per-sample shape and the stored dtype (a copy)."""
         if self.nbytes == 0:
             return np.empty(self.shape, dtype=self.dtype)
         if self.fast:
-            mask, raw = self.id.read_direct_chunk((row, *self.origin))
+            try:
+                mask, raw = self.id.read_direct_chunk((row, *self.origin))
+            except OSError as err:  # e.g. a chunk address or size pointing outside the file
+                raise _ChunkDamaged(str(err)) from None
             if mask == 0:
                 if self.trailer:
+                    if not checksum_matches(raw):
+                        raise _ChunkDamaged("Fletcher-32 checksum mismatch")
                     raw = raw[: -self.trailer]
                 if self.gzip:
-                    raw = zlib.decompress(raw)
-                if len(raw) == self.nbytes:
-                    return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape).copy()
+                    try:
+                        raw = zlib.decompress(raw)
+                    except zlib.error as err:
+                        raise _ChunkDamaged(f"gzip: {err}") from None
+                if len(raw) != self.nbytes:
+                    raise _ChunkDamaged(f"chunk holds {len(raw)} bytes, expected {self.nbytes}")
+                return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape).copy()
         buf = np.empty((1, *self.shape), dtype=self.dtype)
         fspace = self.id.get_space()
         fspace.select_hyperslab((row, *self.origin), (1, *self.shape))
-        self.id.read(self.mspace, fspace, buf, mtype=self.ftype)
+        try:
+            self.id.read(self.mspace, fspace, buf, mtype=self.ftype)
+        except OSError as err:  # HDF5's filter pipeline: checksum, inflate
+            raise _ChunkDamaged(str(err)) from None
         return buf[0]
 
 
@@ -597,7 +769,11 @@ class SampleReader:
         return entry[1]
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        """Sample ``i`` as ``{field: array}`` with the schema's dtypes and per-sample shapes."""
+        """Sample ``i`` as ``{field: array}`` with the schema's dtypes and per-sample shapes.
+
+        Raises:
+            DamagedRowError: a field of the sample's row fails its checksum or cannot be decoded (names file, row).
+        """
         n = len(self)
         if i < 0:
             i += n
@@ -605,7 +781,13 @@ class SampleReader:
             raise IndexError(f"sample {i} out of range [0, {n})")
         readers = self._datasets(int(self._file_ids[i]))
         row = int(self._rows[i])
-        return {name: reader.read(row) for name, reader in readers.items()}
+        out = {}
+        for name, reader in readers.items():
+            try:
+                out[name] = reader.read(row)
+            except _ChunkDamaged as err:
+                raise DamagedRowError(self.files[int(self._file_ids[i])], row, name, str(err)) from None
+        return out
 
     def close(self) -> None:
         """Close the files this process opened."""

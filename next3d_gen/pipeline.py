@@ -50,6 +50,12 @@ def load_head_model(config: ModelConfig) -> FlameModel:
     return load_flame_model(str(path), None if emb is None else str(Path(emb).expanduser()))
 
 
+def check_image_size(size: int, option: str) -> None:
+    """UserError naming ``option`` unless ``8 <= size <= h5.MAX_IMAGE_SIZE`` (checked before any allocation)."""
+    if not 8 <= int(size) <= h5.MAX_IMAGE_SIZE:
+        raise UserError(f"{option} must be in [8, {h5.MAX_IMAGE_SIZE}] pixels, got {size}")
+
+
 class SamplePipeline:
     """Generates schema-ready samples.
 
@@ -73,6 +79,7 @@ class SamplePipeline:
         labeler: Labeler | None = None,
     ) -> None:
         self.config = config
+        check_image_size(config.image_size, "image_size")
         self.model = load_head_model(config.model) if model is None else model
         self.layer = FlameLayer(self.model)
         if renderer is None:

@@ -185,6 +185,10 @@ class MultiTaskSystem(pl.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for k, v in terms.items():
             self.log(f"train/loss_{k}", v, batch_size=bs)
+        if "damaged_skipped" in batch:  # rows failing their checksum, skipped by the dataset (warned per row there)
+            skipped = batch["damaged_skipped"].sum().float()
+            self.log("train/damaged_rows_skipped", skipped, reduce_fx="sum", on_step=False, on_epoch=True,
+                     batch_size=bs, sync_dist=True)  # fmt: skip
         return total
 
     # -- validation --------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ Example::
         --num-shards 8 --shard-index 3 --camera.fov_deg '[15, 20]'
 
 Any config key can be overridden as ``--section.key VALUE`` (VALUE is parsed as YAML). Rerunning an interrupted
-command resumes it: only incomplete samples are generated, and the result is the same bytes as an uninterrupted run.
+command resumes it (also after a full disk, once space is freed): only incomplete samples are generated, and every
+row of the result (each field's stored bytes) and the file attributes equal those of an uninterrupted run; the HDF5
+container layout around them may differ (see :mod:`next3d_gen.h5`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 
 from next3d_gen.errors import UserError
+from next3d_gen.h5 import MAX_IMAGE_SIZE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, required=True, help="number of samples of the whole dataset (all shards)")
     p.add_argument("--out", required=True, help="output folder (shards + index.json), or a .h5 file for one shard")
     p.add_argument("--seed", type=int, help="global seed (overrides the config's seed)")
-    p.add_argument("--image-size", type=int, help="square image side in pixels (overrides image_size)")
+    p.add_argument(
+        "--image-size", type=int, help=f"square image side in pixels, 8 to {MAX_IMAGE_SIZE} (overrides image_size)"
+    )
     p.add_argument("--renderer", help="renderer name (overrides renderer.name): procedural | next3d")
     p.add_argument("--num-shards", type=int, default=1, help="split the sample indices into K contiguous shards")
     p.add_argument("--shard-index", type=int, default=0, help="which shard this process writes (0-based)")
@@ -83,6 +88,8 @@ def main(argv: list[str]) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.image_size is not None:
+        if not 8 <= args.image_size <= MAX_IMAGE_SIZE:
+            raise UserError(f"--image-size must be in [8, {MAX_IMAGE_SIZE}] pixels, got {args.image_size}")
         overrides["image_size"] = args.image_size
     if args.renderer is not None:
         overrides["renderer.name"] = args.renderer

@@ -92,10 +92,14 @@ def _tile(array: np.ndarray, tile: int, nearest: bool = False):  # noqa: ANN202 
 
 
 def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TILE) -> Path:
-    """Render the preview grid of samples ``start .. start + num - 1`` of ``path`` to the PNG ``out``."""
+    """Render the preview grid of samples ``start .. start + num - 1`` of ``path`` to the PNG ``out``.
+
+    Raises:
+        UserError: ``path`` is not a dataset, or a drawn row is damaged (names file and row); nothing is written.
+    """
     from PIL import Image, ImageDraw
 
-    from next3d_gen.h5 import ATTR_DEPTH_KIND, SampleReader
+    from next3d_gen.h5 import ATTR_DEPTH_KIND, DamagedRowError, SampleReader
 
     probe = SampleReader(path)
     fields = [f for f in ("image", "seg", "depth", "normal", "landmarks_2d", "landmarks_visible") if f in probe.fields]
@@ -133,7 +137,10 @@ def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TI
         r, g = divmod(k, groups)
         x0 = g * (group_w + 8) + PAD
         y0 = HEADER * 2 + r * (tile + PAD + 14)
-        s = reader[start + k]
+        try:
+            s = reader[start + k]
+        except DamagedRowError as err:  # failed checksum / inflate: named, never drawn
+            raise UserError(str(err)) from None
         image = s["image"]
         h, w = image.shape[:2]
         tiles = [_tile(image, tile)]

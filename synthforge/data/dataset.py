@@ -8,6 +8,7 @@ cropped around its landmark box, resized to ``crop_size`` and, in training, augm
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from synthforge.data.transforms import (
 )
 
 REQUIRED_FIELDS = ("image", "seg", "depth", "landmarks_2d", "landmarks_visible")
+DAMAGED_KEY = "damaged_skipped"
+"""Batch key: per sample, how many damaged rows were skipped to produce it (int64, usually 0)."""
+
+log = logging.getLogger(__name__)
 
 
 def relative_depth(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +63,9 @@ class SynthFaceDataset(Dataset):
         load_normals: also return normals (if the file stores them).
         load_uv: also return UV maps (if the file stores them).
         seed: base seed of the random crop jitter / augmentation (mixed with the torch seed of each worker).
+        skip_damaged: a row that fails its checksum (:class:`next3d_gen.h5.DamagedRowError`) is skipped: the next
+            readable row (wrapping around) is returned instead, with one warning per damaged row and process naming
+            file and row, and counted in the item's ``damaged_skipped``. False: UserError naming file and row.
 
     Each item is a dict of tensors:
         ``image`` (3,S,S) float32 in [0, 1] RGB; ``seg`` (S,S) int64 class ids (255 ignore);
@@ -66,7 +74,8 @@ class SynthFaceDataset(Dataset):
         ``landmarks_visible`` (68,) bool; ``landmarks_in_crop`` (68,) bool; ``crop_matrix`` (2,3) float32 mapping
         source-image pixels to crop pixels (before augmentation); ``index`` int64;
         optionally ``normal`` (3,S,S) float32 camera-frame unit normals (0 on background) and ``uv`` (2,S,S) float32
-        (-1 on background).
+        (-1 on background); ``damaged_skipped`` int64, damaged rows skipped to produce this item (log its sum).
+        ``index`` is the sample actually returned (``i`` unless rows were skipped).
     """
 
     def __init__(
@@ -80,6 +89,7 @@ class SynthFaceDataset(Dataset):
         load_normals: bool = False,
         load_uv: bool = False,
         seed: int = 0,
+        skip_damaged: bool = True,
     ) -> None:
         fields = list(REQUIRED_FIELDS)
         self.reader = h5.SampleReader(path)
@@ -105,6 +115,9 @@ class SynthFaceDataset(Dataset):
         self.seed = int(seed)
         self._rng_pid: int | None = None
         self._rng = np.random.default_rng(seed)
+        self.skip_damaged = bool(skip_damaged)
+        self._warned: set[tuple[str, int]] = set()
+        self._warned_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -119,16 +132,37 @@ class SynthFaceDataset(Dataset):
             self._rng_pid = pid
 
     def read(self, i: int) -> dict[str, np.ndarray]:
-        """Raw sample ``i`` (schema arrays); a damaged row raises UserError naming its file."""
+        """Raw sample ``i`` (schema arrays); a damaged row raises UserError naming its file and row."""
         try:
             return self.reader[i]
+        except h5.DamagedRowError as err:
+            raise UserError(str(err)) from None
         except OSError as err:
             where, row = self.reader.location(i)
             raise UserError(f"{where}: row {row} cannot be read ({err})") from None
 
+    def _read_skipping(self, i: int) -> tuple[int, dict[str, np.ndarray], int]:
+        """``(index, raw sample, damaged rows skipped)``: sample ``i``, or the next readable one if it is damaged."""
+        if not self.skip_damaged:
+            return i, self.read(i), 0
+        pid = os.getpid()
+        if self._warned_pid != pid:
+            self._warned, self._warned_pid = set(), pid
+        n = len(self)
+        for skipped in range(n):
+            j = (i + skipped) % n
+            try:
+                return j, self.reader[j], skipped
+            except h5.DamagedRowError as err:
+                key = (str(err.path), err.row)
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning("%s; skipped", err)
+        raise UserError(f"{self.path}: every row is damaged")
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         self._ensure_rng()
-        raw = self.read(i)
+        i, raw, skipped = self._read_skipping(i)
         lm = raw["landmarks_2d"].astype(np.float32)
         cx, cy, side = landmark_box(lm)
         side *= self.crop_scale
@@ -167,6 +201,7 @@ class SynthFaceDataset(Dataset):
             "landmarks_in_crop": torch.from_numpy(in_crop),
             "crop_matrix": torch.from_numpy(matrix.astype(np.float32)),
             "index": torch.tensor(i, dtype=torch.int64),
+            DAMAGED_KEY: torch.tensor(skipped, dtype=torch.int64),
         }
         if "normal" in sample:
             out["normal"] = torch.from_numpy(np.ascontiguousarray(sample["normal"], dtype=np.float32)).permute(2, 0, 1)
