@@ -8,7 +8,7 @@ so its BatchNorm statistics never move (the published code let them drift in two
 from __future__ import annotations
 
 import logging
-import pickle
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,35 +68,35 @@ def load_stage1(path: str | Path) -> tuple[nn.Module, dict[str, Any] | None]:
     Returns:
         (network, config): the system's ``net`` module, mapping (B, 3, H, W) float images in [0, 1] to
         ``TaskOutputs``; and the system's hyper-parameters when they describe the network (checkpoints written by
-        ``synthforge train`` do), so that :func:`build_stage1` can rebuild it without the file, else None.
+        ``synthforge train`` do), so that :func:`build_stage1` can rebuild it without the file.
+
+    The file is read with :func:`synthforge.checkpoints.load_checkpoint` (``weights_only=True``): nothing in it runs.
 
     Raises:
-        UserError: naming ``--model.backbone`` when the file is missing or is not a stage-I checkpoint.
+        UserError: naming ``--model.backbone`` and the file when it is missing, damaged, holds objects that would run
+            code, is not a stage-I checkpoint (e.g. a fine-tuned one) or does not match its own network config.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--model.backbone: no such stage-I checkpoint: {p}")
+    from synthforge.checkpoints import STAGE1, load_checkpoint
+
+    ckpt = load_checkpoint(path, "--model.backbone", expect=STAGE1)  # safe: nothing in the file runs
+    hparams = ckpt.get("hyper_parameters") or {}
+    if not isinstance(hparams.get("net"), dict):
+        raise UserError(f"--model.backbone: {path}: the stage-I checkpoint has no network config "
+                        "(not written by synthforge train)")
+    config = dict(hparams)
+    meta = ckpt.get("synthforge")
+    crop = meta.get("crop_size") if isinstance(meta, dict) else None
     try:
-        from synthforge.system import MultiTaskSystem
-    except ImportError as err:  # stage I not installed in this tree
-        raise UserError(f"--model.backbone: cannot import synthforge.system.MultiTaskSystem ({err})") from None
-    try:
-        ckpt = torch.load(str(p), map_location="cpu", weights_only=False)
-        hparams = ckpt.get("hyper_parameters") or {}
-        if isinstance(hparams.get("net"), dict):  # written by synthforge train: the network config is stored
-            config = dict(hparams)
-            crop = (ckpt.get("synthforge") or {}).get("crop_size")
-            if crop is not None:
-                config["_crop_size"] = int(crop)
-            net = build_stage1(config)
-            state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-            net.load_state_dict(state)
-            return net, config
-        system = MultiTaskSystem.load_from_checkpoint(str(p), map_location="cpu", weights_only=False)
-    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, AttributeError, pickle.UnpicklingError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"--model.backbone: not a stage-I checkpoint: {p} ({msg})") from None
-    return getattr(system, "net", system), None
+        if crop is not None:
+            config["_crop_size"] = int(crop)
+        net = build_stage1(config)
+        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, ImportError, ArgumentError) as err:
+        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UserError(f"--model.backbone: {path}: stage-I checkpoint does not match its network config ({msg})"
+                        ) from None
+    return net, config
 
 
 def build_stage1(config: dict[str, Any]) -> nn.Module:

@@ -24,18 +24,19 @@ from torch.utils.data import DataLoader
 
 from next3d_gen.errors import UserError
 from synthforge import metrics
+from synthforge.checkpoints import STAGE1, build_stage1_system, load_checkpoint
 from synthforge.data.dataset import SynthFaceDataset
 
 
 def load_system(checkpoint: str | Path):  # noqa: ANN201 - MultiTaskSystem
-    """The trained :class:`~synthforge.system.MultiTaskSystem` of a ``synthforge train`` checkpoint (CPU, eval)."""
-    from synthforge.system import MultiTaskSystem
+    """The trained :class:`~synthforge.system.MultiTaskSystem` of a ``synthforge train`` checkpoint (CPU, eval).
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    system = MultiTaskSystem.load_from_checkpoint(path, map_location="cpu")
-    return system.eval()
+    The file is read safely (:func:`synthforge.checkpoints.load_checkpoint`: no code from it runs).
+
+    Raises:
+        UserError: naming the file when it is missing, damaged, unsafe or not a stage-I checkpoint.
+    """
+    return build_stage1_system(load_checkpoint(checkpoint, expect=STAGE1, consumer="load_system"), checkpoint)
 
 
 @torch.no_grad()
@@ -62,8 +63,8 @@ def evaluate_synthetic(
         ``{"nme", "seg_f1_mean", "depth_rmse_mm", "baseline_nme", "baseline_seg_f1_mean",
         "baseline_depth_rmse_mm", "num_samples", "seg_f1" (per class), "seg_f1_merged"}``.
     """
-    system = load_system(checkpoint)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint, expect=STAGE1, consumer="evaluate_synthetic")
+    system = build_stage1_system(ckpt, checkpoint)
     dm_hp = ckpt.get("datamodule_hyper_parameters", {}) or {}
     crop_size = int(system.crop_size or dm_hp.get("crop_size", 128))
     ds = SynthFaceDataset(dataset, crop_size=crop_size, crop_scale=float(dm_hp.get("crop_scale", 1.6)))

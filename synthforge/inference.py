@@ -88,21 +88,21 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | None = None, net: nn.Module | None = None) -> Predictor:
         """Load a checkpoint written by ``synthforge train`` (the network is rebuilt from its saved config).
 
+        The file is read safely (:func:`synthforge.checkpoints.load_checkpoint`): nothing in it is run.
+
         Args:
             path: ``.ckpt`` file.
             device: optional device string; default CPU.
             net: an already built network of the same architecture (for checkpoints saved outside the CLI).
-        """
-        from synthforge.system import MultiTaskSystem
 
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"checkpoint not found: {path}")
-        kwargs = {"net": net} if net is not None else {}
-        try:
-            system = MultiTaskSystem.load_from_checkpoint(path, map_location="cpu", **kwargs)
-        except (RuntimeError, KeyError, ValueError, EOFError) as err:
-            raise UserError(f"{path}: cannot load checkpoint ({str(err).splitlines()[0]})") from None
+        Raises:
+            UserError: naming the file when it is missing, damaged, holds objects that would run code, or is not a
+                stage-I checkpoint (fine-tuned checkpoints are not supported here yet).
+        """
+        from synthforge.checkpoints import STAGE1, build_stage1_system, load_checkpoint
+
+        ckpt = load_checkpoint(path, expect=STAGE1, consumer="Predictor.from_checkpoint")
+        system = build_stage1_system(ckpt, path, net=net)
         crop = system.crop_size
         if crop is None:
             raise UserError(f"{path}: checkpoint has no crop size (not written by synthforge train)")

@@ -27,6 +27,7 @@ from label_finetune.datasets.datamodule import FinetuneDataModule
 from label_finetune.evaluation import markdown_table, nme_summary, run_split, table_rows, write_results
 from label_finetune.system import FinetuneSystem
 from next3d_gen.errors import UserError
+from synthforge.checkpoints import FINETUNE, build_finetune_system, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,13 @@ def main(argv: list[str]) -> int:
     ckpt = Path(cfg.ckpt)
     if not ckpt.is_file():
         raise UserError(f"--ckpt: no such checkpoint: {ckpt}")
+    # read safely (nothing in the file runs) and check that it is a fine-tuned checkpoint, before anything else
+    state = load_checkpoint(ckpt, "--ckpt", expect=FINETUNE)
     dm: FinetuneDataModule = parser.instantiate_classes(cfg).data
     backbone = cfg.model.backbone
-    try:
-        model = FinetuneSystem.load_from_checkpoint(
-            str(ckpt), map_location="cpu", weights_only=False,
-            **({"backbone": backbone, "stage1_config": None} if backbone else {}),
-        )
-    except (KeyError, RuntimeError, EOFError) as err:
-        raise UserError(f"--ckpt: not a finetune checkpoint: {ckpt} ({type(err).__name__}: {err})") from None
+    overrides = {"backbone": backbone, "stage1_config": None} if backbone else {}
+    model = build_finetune_system(state, ckpt, "--ckpt", **overrides)
+    del state
     if model.dataset != dm.dataset:
         raise UserError(f"--ckpt was fine-tuned on {model.dataset}, but --data.dataset is {dm.dataset}")
     if dm.resolution != model.hparams.resolution:

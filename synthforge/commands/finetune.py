@@ -13,13 +13,12 @@ need the stage-I file any more.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from label_finetune.datasets.datamodule import FinetuneDataModule
 from label_finetune.system import FinetuneSystem
-from next3d_gen.errors import UserError
+from synthforge.checkpoints import FINETUNE, load_checkpoint
 from synthforge.commands.train import instantiate_cli
 
 
@@ -31,6 +30,16 @@ class FinetuneCLI(LightningCLI):
         parser.link_arguments("data.dataset", "model.dataset")
         parser.link_arguments("data.resolution", "model.resolution")
 
+    def before_instantiate_classes(self) -> None:
+        resume = self.config.get("ckpt_path")
+        if resume:  # read safely and check the kind before the stage-I network or the Trainer is built
+            load_checkpoint(resume, "--ckpt_path", expect=FINETUNE)
+
+    def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def] # noqa: ANN003, ANN202 - Lightning's
+        # every file and annotation of the training and validation splits is checked before Lightning prints
+        self.datamodule.setup_fit()
+        return super().instantiate_trainer(**kwargs)
+
 
 def main(argv: list[str]) -> int:
     # expected here: the frozen stage-I network is in eval mode, and argv comes from the synthforge dispatcher
@@ -41,9 +50,7 @@ def main(argv: list[str]) -> int:
     if cli is None:
         return 0
     resume = cli.config.get("ckpt_path")
-    if resume and not Path(resume).is_file():
-        raise UserError(f"--ckpt_path: no such checkpoint file: {resume}")
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=resume)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=resume, weights_only=True)
     ckpt = cli.trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
     if best:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 import warnings
 from argparse import ArgumentError
@@ -53,8 +52,10 @@ def _build_cli_class():  # noqa: ANN202 - returns a LightningCLI subclass (impor
                     Namespace(class_path=lg["class_path"], init_args=Namespace(**lg["init_args"])) for lg in loggers
                 ]
             ckpt = cfg.get("ckpt_path")
-            if ckpt and not os.path.isfile(ckpt):
-                raise UserError(f"--ckpt_path: no such checkpoint file: {ckpt}")
+            if ckpt:  # read safely and check the kind before anything is built or written
+                from synthforge.checkpoints import STAGE1, load_checkpoint
+
+                load_checkpoint(ckpt, "--ckpt_path", expect=STAGE1)
 
         def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN202 - LightningCLI's signature
             self.model.check_data(self.datamodule)  # before the Trainer prints anything
@@ -105,6 +106,6 @@ def main(argv: list[str]) -> int:
     if cli is None:
         return 0
     ckpt = cli.config.get("ckpt_path")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
     sys.stdout.flush()
     return 0
