@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("synthforge.commands.finetune", "stage C: label fine-tuning on a real benchmark"),
     "evaluate": ("synthforge.commands.evaluate", "stage C: benchmark metrics and the paper's table"),
     "demo": ("synthforge.commands.demo", "generate -> train -> evaluate -> report, no assets needed"),
+    "predict": ("synthforge.commands.predict", "parsing, depth and landmarks on every face of photos or videos"),
 }
 
 

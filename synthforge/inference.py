@@ -35,13 +35,19 @@ class Prediction:
         seg: (H, W) int64 class ids of ``label_space``.
         seg_probs: (C, H, W) float32 class probabilities.
         depth: (H, W) float32 relative depth in metres (camera z minus the head's median depth, up to an offset).
-        landmarks: (68, 2) float32 (x, y) in the input's pixels (pixel-centre convention).
+        landmarks: (K, 2) float32 (x, y) in the input's pixels (pixel-centre convention); K = 68 for stage I.
+        normal: (H, W, 3) float32 camera-frame unit normals, or None when the network has no normal head.
+        uv: (H, W, 2) float32 template UV coordinates, or None when the network has no UV head.
+        label_space: the label space of ``seg`` / ``seg_probs`` (the predictor's).
     """
 
     seg: np.ndarray
     seg_probs: np.ndarray
     depth: np.ndarray
     landmarks: np.ndarray
+    normal: np.ndarray | None = None
+    uv: np.ndarray | None = None
+    label_space: LabelSpace | None = None
 
 
 ImageLike = np.ndarray | torch.Tensor
@@ -149,12 +155,23 @@ class Predictor:
                 depth = depth[0, 0, oy : oy + h, ox : ox + w]
                 lm = (out.landmarks[i].float() + 0.5) * (side / s) - 0.5
                 lm = lm - torch.tensor([ox, oy], dtype=lm.dtype, device=lm.device)
+                extra = {}
+                for key in ("normal", "uv"):
+                    dense = getattr(out, key, None)
+                    if dense is not None:
+                        up = tnf.interpolate(dense[i : i + 1].float(), size=(side, side), mode="bilinear")
+                        up = up[0, :, oy : oy + h, ox : ox + w]
+                        if key == "normal":
+                            up = tnf.normalize(up, dim=0)
+                        extra[key] = up.permute(1, 2, 0).cpu().numpy().astype(np.float32)
                 results.append(
                     Prediction(
                         seg=probs.argmax(0).cpu().numpy().astype(np.int64),
                         seg_probs=probs.cpu().numpy().astype(np.float32),
                         depth=depth.cpu().numpy().astype(np.float32),
                         landmarks=lm.cpu().numpy().astype(np.float32),
+                        label_space=self.label_space,
+                        **extra,
                     )
                 )
         return results

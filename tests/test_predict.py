@@ -1,0 +1,242 @@
+"""``synthforge predict`` and the face pipeline: crop geometry against OpenCV, paste-back, fresh-process CLI runs
+(no face, --no-detect, --boxes, a video, bad inputs) with a stage-I checkpoint trained for 2 steps here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from next3d_gen.labels import SYNTH
+from synthforge.cli import main as cli_main
+from synthforge.commands.predict import DEPTH_MM_PER_LEVEL, DEPTH_OFFSET_MM, depth_png
+from synthforge.data.toy import make_toy_sample, write_toy_dataset
+from synthforge.detect import BoxCalibration, Detection, DlibHogDetector
+from synthforge.inference import Prediction
+from synthforge.predict import FacePipeline, crop_to_image, paste_faces, warp_crop
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "stage1" / "tiny.yaml"
+CROP_SCALE = "1.6"  # data.crop_scale of tiny.yaml
+
+
+def _blob_centre(image: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centroid (x, y) of a single-channel image, pixel-centre convention."""
+    img = image.astype(np.float64)
+    ys, xs = np.mgrid[: img.shape[0], : img.shape[1]]
+    return np.array([(img * xs).sum(), (img * ys).sum()]) / img.sum()
+
+
+@pytest.mark.parametrize("side", [70.0, 300.0])  # 300 px window -> 32 px crop: the area-averaged path (k = 4)
+def test_crop_round_trip_matches_opencv(side: float) -> None:
+    rng = np.random.default_rng(0)
+    size = 32
+    window = (151.3, 122.7, side)
+    h, w = 260, 320
+    pts = np.stack([rng.uniform(window[0] - side / 3, window[0] + side / 3, 20),
+                    rng.uniform(window[1] - side / 3, window[1] + side / 3, 20)], 1).astype(np.float32)
+    _, matrix = warp_crop(np.zeros((h, w, 3), np.uint8), window, size)
+    in_crop = cv2.transform(pts[None], matrix)[0]  # OpenCV's own affine application
+    back = crop_to_image(matrix, in_crop)
+    np.testing.assert_allclose(back, pts, atol=1e-3)
+    # the crop's pixels follow the same matrix: a Gaussian blob lands where cv2.transform puts its centre
+    ys, xs = np.mgrid[:h, :w]
+    centre = np.array(window[:2], np.float32)
+    for p in centre + (pts[:4] - centre) / 2:  # blobs well inside the crop (no truncation at its border)
+        sigma = side / 20
+        blob = np.exp(-((xs - p[0]) ** 2 + (ys - p[1]) ** 2) / (2 * sigma**2)) * 255
+        crop, _ = warp_crop(np.repeat(blob.astype(np.float32)[..., None], 3, 2), window, size)
+        reference = cv2.warpAffine(blob.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR)
+        expected = cv2.transform(p[None, None], matrix)[0, 0]
+        np.testing.assert_allclose(_blob_centre(crop[..., 0]), expected, atol=0.05)
+        np.testing.assert_allclose(_blob_centre(reference), expected, atol=0.05)
+
+
+def test_paste_back_matches_inverse_warp() -> None:
+    """Labels drawn in the crop land in the image where OpenCV's inverse warp puts them."""
+    size = 40
+    yy, xx = np.mgrid[:size, :size]
+    seg = np.where((xx - 22) ** 2 + (yy - 17) ** 2 < 90, 11, 0)
+    seg[(xx < 8) & (yy > 30)] = 3
+    probs = np.stack([(seg == c).astype(np.float32) for c in range(SYNTH.num_classes)])
+    pred = Prediction(seg=seg, seg_probs=probs, depth=np.full((size, size), 0.02, np.float32),
+                      landmarks=np.zeros((68, 2), np.float32), label_space=SYNTH)
+    _, matrix = warp_crop(np.zeros((90, 120, 3), np.uint8), (60.0, 45.0, 100.0), size)
+    from synthforge.predict import FaceResult, ImageResult
+
+    result = ImageResult(90, 120, SYNTH, [FaceResult((10, 0, 110, 90), None, None, matrix, pred)])
+    paste_faces(result)
+    reference = cv2.warpAffine(seg.astype(np.uint8), matrix, (120, 90), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    agree = (result.seg == reference).mean()
+    assert agree > 0.98, agree
+    assert set(np.unique(result.seg)) == {0, 3, 11}
+    fg = result.seg != 0
+    np.testing.assert_allclose(result.depth[fg], 0.02, atol=1e-6)
+    assert (result.depth[~fg] == 0).all()
+
+
+def test_depth_png_encoding_round_trip() -> None:
+    depth = np.array([[0.0123, -0.05], [0.2, 0.0]], np.float32)
+    fg = np.array([[True, True], [True, False]])
+    levels = depth_png(depth, fg)
+    assert levels.dtype == np.uint16 and levels[1, 1] == 0
+    mm = levels.astype(np.float64) * DEPTH_MM_PER_LEVEL + DEPTH_OFFSET_MM
+    np.testing.assert_allclose(mm[fg], depth[fg] * 1000, atol=DEPTH_MM_PER_LEVEL / 2 + 1e-6)
+
+
+def test_box_calibration_and_dlib_blank() -> None:
+    cal = BoxCalibration(dx=0.1, dy=-0.2, scale=1.5)
+    cx, cy, side = cal.landmark_box((10.0, 20.0, 50.0, 60.0))
+    assert (cx, cy, side) == pytest.approx((34.0, 32.0, 60.0))
+    assert DlibHogDetector().detect(np.full((120, 160, 3), 128, np.uint8)) == []
+    # resizing for --min-face maps boxes back to the original pixels: upsampled detection of a 2x image
+    assert DlibHogDetector(min_face=40).factor == 2.0
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("predict_ckpt")
+    data = write_toy_dataset(d / "train.h5", 6, 64, seed=0)
+    code = cli_main(["train", "--config", str(TINY), f"--data.train={data}", f"--trainer.default_root_dir={d}",
+                     "--trainer.max_steps=2"])
+    assert code == 0
+    return d / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
+
+
+def _face(size: int = 64, seed: int = 3) -> np.ndarray:
+    return make_toy_sample(np.random.default_rng(seed), size)["image"]
+
+
+def test_pipeline_python_api(ckpt: Path) -> None:
+    from synthforge.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    pipe = FacePipeline(predictor, float(CROP_SCALE))
+    image = np.full((100, 140, 3), 90, np.uint8)
+    image[20:84, 50:114] = _face()
+    res = pipe.run(image, boxes=[Detection((60.0, 30.0, 104.0, 74.0))])
+    assert len(res.faces) == 1 and res.seg.shape == (100, 140) and res.seg.dtype == np.uint8
+    face = res.faces[0]
+    assert face.prediction.label_space is predictor.label_space
+    assert face.landmarks.shape == (68, 2) and np.isfinite(face.landmarks).all()
+    # landmarks are the crop's landmarks mapped through the inverse of the final crop matrix
+    expect = cv2.transform(face.prediction.landmarks[None].astype(np.float64),
+                           cv2.invertAffineTransform(face.matrix))[0]
+    np.testing.assert_allclose(face.landmarks, expect, atol=1e-3)
+    # the final crop is the training crop of those landmarks' predecessor: a square window of the crop size
+    assert face.matrix[0, 0] == pytest.approx(face.matrix[1, 1]) and face.matrix[0, 1] == 0
+    assert int(res.seg.max()) < SYNTH.num_classes
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "synthforge.cli", "predict", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
+    return path
+
+
+def test_cli_detector_blank_and_unreadable(ckpt: Path, tmp_path: Path) -> None:
+    blank = _write(tmp_path / "blank.png", np.full((96, 128, 3), 200, np.uint8))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    r = _run(["--ckpt", str(ckpt), str(blank), str(broken), "--out", str(out), "--crop-scale", CROP_SCALE], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "broken.jpg" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    doc = json.loads((out / "blank.json").read_text())
+    assert doc["faces"] == [] and doc["num_faces"] == 0 and doc["note"] == "no face found"
+    assert doc["image_size"] == {"width": 128, "height": 96}
+    assert (cv2.imread(str(out / "blank_seg.png"), cv2.IMREAD_UNCHANGED) == 0).all()
+    assert not (out / "broken.json").exists()
+    assert "1 failed" in r.stdout
+
+
+def test_cli_no_detect_and_video(ckpt: Path, tmp_path: Path) -> None:
+    face = _write(tmp_path / "face.png", cv2.resize(_face(), (100, 90)))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 64))
+    for seed in range(3):
+        writer.write(np.ascontiguousarray(_face(seed=seed)[..., ::-1]))
+    writer.release()
+    out = tmp_path / "out"
+    r = _run(["--ckpt", str(ckpt), str(face), str(video), "--no-detect", "--out", str(out), "--crop-scale", CROP_SCALE,
+              "--save", "seg,depth,overlay,normals"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "face.json").read_text())
+    assert doc["num_faces"] == 1 and doc["faces_from"] == "whole image"
+    assert doc["label_space"]["classes"] == list(SYNTH.classes)
+    f = doc["faces"][0]
+    assert f["box"] == [-0.5, -0.5, 99.5, 89.5] and f["score"] is None and len(f["landmarks"]) == 68
+    seg = cv2.imread(str(out / "face_seg.png"), cv2.IMREAD_UNCHANGED)
+    depth = cv2.imread(str(out / "face_depth.png"), cv2.IMREAD_UNCHANGED)
+    assert seg.shape == (90, 100) and seg.dtype == np.uint8 and seg.max() < SYNTH.num_classes
+    assert depth.shape == (90, 100) and depth.dtype == np.uint16
+    assert ((depth == 0) == (seg == 0)).all()
+    assert doc["depth"]["mm_per_level"] == DEPTH_MM_PER_LEVEL
+    assert "normals" not in doc["files"]  # the tiny network has no normal head: nothing claimed
+    overlay = cv2.imread(str(out / "face_overlay.png"))
+    assert overlay.shape[0] > 90 and overlay.shape[1] >= 100
+    frames = sorted(p.name for p in out.glob("clip_*.json"))
+    assert frames == ["clip_000000.json", "clip_000001.json", "clip_000002.json"]
+    assert json.loads((out / "clip_000002.json").read_text())["frame"] == 2
+
+
+def test_cli_boxes_two_faces(ckpt: Path, tmp_path: Path) -> None:
+    image = np.full((120, 260, 3), 60, np.uint8)
+    image[20:84, 20:84] = _face(seed=1)
+    image[30:110, 150:230] = cv2.resize(_face(seed=2), (80, 80))
+    photo = _write(tmp_path / "two.jpg", image)
+    other = _write(tmp_path / "nobox.png", image)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"two.jpg": [[30, 28, 74, 80], [162.5, 40, 218, 106]]}))
+    out = tmp_path / "out"
+    r = _run(["--ckpt", str(ckpt), str(photo), str(other), "--boxes", str(boxes), "--out", str(out),
+              "--crop-scale", CROP_SCALE], tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "two.json").read_text())
+    assert doc["faces_from"] == "boxes" and doc["num_faces"] == 2
+    assert [f["box"] for f in doc["faces"]] == [[30, 28, 74, 80], [162.5, 40, 218, 106]]
+    assert json.loads((out / "nobox.json").read_text())["note"] == "no box given for this input"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing_ckpt", "not_a_checkpoint", "foreign_checkpoint", "bad_boxes", "bad_save"],
+)
+def test_cli_bad_input_exit_2(case: str, ckpt: Path, tmp_path: Path) -> None:
+    import torch
+
+    image = _write(tmp_path / "img.png", np.full((40, 40, 3), 100, np.uint8))
+    args = ["--ckpt", str(ckpt), str(image), "--out", str(tmp_path / "out"), "--crop-scale", CROP_SCALE]
+    needle = None
+    if case == "missing_ckpt":
+        args[1] = needle = str(tmp_path / "nope.ckpt")
+    elif case == "not_a_checkpoint":
+        (tmp_path / "junk.ckpt").write_bytes(os.urandom(300))
+        args[1] = needle = str(tmp_path / "junk.ckpt")
+    elif case == "foreign_checkpoint":
+        torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+        args[1] = needle = str(tmp_path / "other.ckpt")
+    elif case == "bad_boxes":
+        (tmp_path / "b.json").write_text('{"img.png": [[10, 10, 5, 30]]}')
+        args += ["--boxes", str(tmp_path / "b.json")]
+        needle = "--boxes"
+    else:
+        args += ["--save", "seg,mesh"]
+        needle = "--save"
+    r = _run(args, tmp_path)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("synthforge predict: error:"), r.stderr
+    assert not (tmp_path / "out" / "img.json").exists()
