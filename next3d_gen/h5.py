@@ -572,19 +572,19 @@ def fletcher32(data: bytes | memoryview) -> int:
         The 32-bit checksum; the HDF5 filter stores it after the (filtered) chunk as 4 little-endian bytes.
     """
     global _word_index
-    buf = memoryview(data).cast("B")
-    n_words = len(buf) // 2
-    m = n_words + len(buf) % 2
-    last = buf[-1] << 8 if len(buf) % 2 else 0
-    be = np.frombuffer(buf, dtype=">u2", count=n_words)
+    size = memoryview(data).nbytes
+    n_words = size // 2
+    if len(_word_index) < min(n_words, _FLETCHER_BLOCK):
+        _word_index = np.arange(min(max(n_words, 2 * len(_word_index)), _FLETCHER_BLOCK), dtype=np.int64)
+    be = np.frombuffer(data, dtype=">u2", count=n_words)
     total = weighted = 0  # sum w_i and sum i * w_i over the whole words
     for start in range(0, n_words, _FLETCHER_BLOCK):
         words = be[start : start + _FLETCHER_BLOCK].astype(np.uint16).astype(np.int64)  # byte swap, then widen
-        if len(_word_index) < len(words):
-            _word_index = np.arange(min(max(len(words), 2 * len(_word_index)), _FLETCHER_BLOCK), dtype=np.int64)
         block_sum = int(words.sum())
-        weighted += start * block_sum + int(np.dot(_word_index[: len(words)], words))
+        weighted += start * block_sum + int(_word_index[: len(words)] @ words)
         total += block_sum
+    m = n_words + size % 2
+    last = memoryview(data).cast("B")[-1] << 8 if size % 2 else 0
     s1 = total + last
     s2 = m * total - weighted + last
     sum1 = (s1 - 1) % _FLETCHER_MOD + 1 if s1 else 0

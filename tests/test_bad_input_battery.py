@@ -32,6 +32,9 @@ from synthforge.data.toy import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "stage1" / "tiny.yaml"
+GEN_ARGS = ("--config", str(ROOT / "configs" / "generate" / "tiny.yaml"), "--num", "4", "--image-size", "48",
+            "--workers", "1", "--no-progress")
+"""``synthforge generate`` arguments of the HDF5 rows (the shipped tiny config; the same as ``gen_shard``'s)."""
 MARKER = "payload-ran"
 """File the malicious checkpoints' payload would create in the case folder, were it run."""
 
@@ -104,6 +107,80 @@ class Assets:
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
     # --- HDF5 data and generation -------------------------------------------------------------------------------
+    def _build_gen_shard(self) -> Path:
+        """A finished 4-row shard written by ``synthforge generate`` (shipped tiny config at 48 px, one process)."""
+        out = self.root / "gen_shard.h5"
+        assert cli_main(["generate", *GEN_ARGS, "--out", str(out)]) == 0
+        return out
+
+    def _damaged_copy(self, name: str, field: str, row: int = 2, source: str = "gen_shard") -> Path:
+        """A copy of the asset ``source`` with 100 bytes (at most: the chunk minus its checksum) of ``row``'s
+        ``field`` chunk zeroed."""
+        import shutil
+
+        import h5py
+
+        p = self.root / name
+        shutil.copyfile(self.path(source), p)
+        with h5py.File(p, "r") as f:
+            info = f[field].id.get_chunk_info(row)
+        at = min(10, info.size - 5)
+        with open(p, "r+b") as fh:
+            fh.seek(info.byte_offset + at)
+            fh.write(b"\0" * min(100, info.size - 4 - at))
+        return p
+
+    def _build_gen_damaged_image(self) -> Path:
+        return self._damaged_copy("gen_damaged_image.h5", "image")
+
+    def _build_gen_damaged_seg(self) -> Path:
+        return self._damaged_copy("gen_damaged_seg.h5", "seg")
+
+    def _build_not_hdf5(self) -> Path:
+        p = self.root / "not_hdf5.h5"
+        p.write_text("this is not an HDF5 file\n" * 20)
+        return p
+
+    def _build_truncated_shard_folder(self) -> Path:
+        """An output folder holding a finished shard cut to half its size."""
+        folder = self.root / "truncated_out"
+        folder.mkdir()
+        data = self.path("gen_shard").read_bytes()
+        (folder / "shard-00000-of-00001.h5").write_bytes(data[: len(data) // 2])
+        return folder
+
+    def _build_fs_source(self) -> Path:
+        """A 2-image Microsoft FaceSynthetics tree (``NNNNNN.png``, ``_seg.png``, ``_ldmks.txt``)."""
+        import numpy as np
+        from PIL import Image
+
+        root = self.root / "fs_source"
+        root.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:06d}.png")
+            Image.fromarray(rng.integers(0, 19, (32, 32), dtype=np.uint8)).save(root / f"{i:06d}_seg.png")
+            np.savetxt(root / f"{i:06d}_ldmks.txt", rng.uniform(0, 32, (70, 2)))
+        return root
+
+    def _build_fs_imported(self) -> Path:
+        out = self.root / "fs_imported.h5"
+        assert cli_main(["import", "facesynthetics", str(self.path("fs_source")), "--out", str(out)]) == 0
+        return out
+
+    def _build_fs_imported_damaged(self) -> Path:
+        return self._damaged_copy("fs_imported_damaged.h5", "seg", row=1, source="fs_imported")
+
+    def _build_plain_file(self) -> Path:
+        p = self.root / "plain_file.txt"
+        p.write_text("x")
+        return p
+
+    def _build_bad_yaml(self) -> Path:
+        p = self.root / "bad_generate.yaml"
+        p.write_text("camera: [1, 2\n")
+        return p
+
 
     # --- training / fine-tuning data ----------------------------------------------------------------------------
 
@@ -119,6 +196,39 @@ CASES: list[Case] = [
     # --- checkpoints ---
 
     # --- HDF5 data and generation ---
+    Case("generate-out-not-hdf5", ("generate", *GEN_ARGS, "--out", "{not_hdf5}"), "{not_hdf5}",
+         no_output=("{not_hdf5}.partial",)),
+    Case("generate-out-truncated-shard", ("generate", *GEN_ARGS, "--out", "{truncated_shard_folder}"),
+         "{truncated_shard_folder}/shard-00000-of-00001.h5",
+         no_output=("{truncated_shard_folder}/index.json", "{truncated_shard_folder}/shard-00000-of-00001.h5.partial")),
+    Case("import-out-not-hdf5", ("import", "facesynthetics", "{fs_source}", "--out", "{not_hdf5}"), "{not_hdf5}",
+         no_output=("{not_hdf5}.partial",)),
+    Case("import-out-truncated-shard", ("import", "facesynthetics", "{fs_source}", "--out", "{truncated_shard_folder}"),
+         "{truncated_shard_folder}/shard-00000-of-00001.h5",
+         no_output=("{truncated_shard_folder}/shard-00000-of-00001.h5.partial",)),
+    Case("generate-image-size-too-large", ("generate", "--num", "1", "--out", "{tmp}/o", "--image-size", "100000"),
+         "--image-size", no_output=("{tmp}/o",)),
+    Case("preview-damaged-image-chunk", ("preview", "{gen_damaged_image}", "--out", "{tmp}/p.png"),
+         "{gen_damaged_image}: row 2", no_output=("{tmp}/p.png",)),
+    Case("preview-damaged-seg-chunk", ("preview", "{gen_damaged_seg}", "--out", "{tmp}/p.png"),
+         "{gen_damaged_seg}: row 2", no_output=("{tmp}/p.png",)),
+    Case("preview-missing", ("preview", "{tmp}/missing", "--out", "{tmp}/p.png"), "{tmp}/missing",
+         no_output=("{tmp}/p.png",)),
+    Case("import-rerun-onto-damaged-output", ("import", "facesynthetics", "{fs_source}", "--out",
+                                              "{fs_imported_damaged}"), "{fs_imported_damaged}: row 1"),
+    Case("generate-bad-shard-index", ("generate", "--num", "2", "--num-shards", "2", "--shard-index", "3",
+                                      "--out", "{tmp}/o"), "--shard-index", no_output=("{tmp}/o",)),
+    Case("generate-unknown-config-key", ("generate", "--num", "2", "--camera.fov_degs", "[1, 2]", "--out", "{tmp}/o"),
+         "camera.fov_degs", no_output=("{tmp}/o",)),
+    Case("generate-missing-flame-model", ("generate", "--num", "2", "--model.path", "{tmp}/generic_model.pkl",
+                                          "--out", "{tmp}/o"), "{tmp}/generic_model.pkl", no_output=("{tmp}/o",)),
+    Case("generate-unknown-renderer", ("generate", "--num", "2", "--renderer", "nope", "--out", "{tmp}/o"),
+         "renderer", no_output=("{tmp}/o",)),
+    Case("generate-unknown-renderer-option", ("generate", "--num", "1", "--renderer.procedural.no_such_option", "1",
+                                              "--out", "{tmp}/o"), "no_such_option", no_output=("{tmp}/o",)),
+    Case("generate-out-under-a-file", ("generate", *GEN_ARGS, "--out", "{plain_file}/sub"), "{plain_file}"),
+    Case("generate-bad-yaml", ("generate", "--config", "{bad_yaml}", "--num", "1", "--out", "{tmp}/o"), "{bad_yaml}",
+         no_output=("{tmp}/o",)),
 
     # --- training / fine-tuning data ---
 ]

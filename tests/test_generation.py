@@ -453,52 +453,8 @@ def test_generate_and_preview_commands_end_to_end(tiny_cli, tmp_path, capsys):
     assert pixels.std() > 10  # not a blank canvas
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--num", "-1"], "--num"),
-        (["--num", "2", "--shard-index", "3", "--num-shards", "2"], "--shard-index"),
-        (["--num", "2", "--camera.fov_degs", "[1, 2]"], "camera.fov_degs"),
-        (["--num", "2", "--model.path", "/nonexistent/generic_model.pkl"], "model.path"),
-        (["--num", "2", "--renderer", "nope"], "renderer"),
-    ],
-)
-def test_generate_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
-    status = cli.main(["generate", "--out", str(tmp_path / "o"), "--no-progress", *args])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert len(err.strip().splitlines()) == 1 and message in err
-
-
-def test_generate_unwritable_output_and_bad_config_file(tiny_cli, tmp_path, capsys):
-    blocker = tmp_path / "file.txt"
-    blocker.write_text("x")
-    status = cli.main(
-        [
-            "generate",
-            "--config",
-            str(write_tiny_yaml(tmp_path)),
-            "--num",
-            "1",
-            "--out",
-            str(blocker / "sub"),
-            "--no-progress",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert status == 2 and len(err.strip().splitlines()) == 1 and "file.txt" in err
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("camera: [1, 2\n")
-    assert cli.main(["generate", "--config", str(bad), "--num", "1", "--out", str(tmp_path / "o")]) == 2
-    assert "bad.yaml" in capsys.readouterr().err
-
-
-def test_unknown_renderer_option_exits_2(tiny_cli, tmp_path, capsys):
-    pytest.importorskip("next3d_gen.render.procedural")
-    argv = ["generate", "--num", "1", "--out", str(tmp_path / "o"), "--renderer.procedural.no_such_option", "1"]
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "renderer.procedural" in err and "no_such_option" in err
+# Bad generate / preview / import inputs (one stderr line, exit 2) run in fresh processes: rows of
+# tests/test_bad_input_battery.py (section "HDF5 data and generation").
 
 
 def test_builtin_head_and_procedural_renderer_end_to_end(tmp_path):
@@ -523,8 +479,3 @@ def test_builtin_head_and_procedural_renderer_end_to_end(tmp_path):
         assert json.loads(r.attrs["generator_config"])["config"]["renderer"]["name"] == "procedural"
     assert cli.main(["preview", str(out), "--out", str(tmp_path / "p.png"), "--num", "2"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 10_000
-
-
-def test_preview_bad_input(tmp_path, capsys):
-    assert cli.main(["preview", str(tmp_path / "missing"), "--out", str(tmp_path / "p.png")]) == 2
-    assert "not found" in capsys.readouterr().err

@@ -137,3 +137,30 @@ def test_facesynthetics_bad_landmark_file_exit_2(tmp_path: Path, capsys):
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # above it: the progress bar
     assert last.startswith("synthforge import: error:") and "000000_ldmks.txt: 69 landmark rows" in last
+
+
+def test_import_onto_an_unreadable_or_damaged_output_exit_2(tmp_path: Path, capsys):
+    """The output file is untrusted too: not HDF5 -> named, left alone; a finished import whose row 1 chunk is
+    damaged -> the rerun names file and row instead of accepting it."""
+    import h5py
+
+    _facesynthetics_tree(tmp_path / "fs", n=2)
+    src = str(tmp_path / "fs")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an HDF5 file" * 8)
+    assert main(["import", "facesynthetics", src, "--out", str(junk)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{junk} exists but is not a readable HDF5 file" in err[0]
+    assert junk.read_bytes() == b"not an HDF5 file" * 8 and not (tmp_path / "junk.h5.partial").exists()
+    out = tmp_path / "ok.h5"
+    assert main(["import", "facesynthetics", src, "--out", str(out)]) == 0
+    assert main(["import", "facesynthetics", src, "--out", str(out)]) == 0  # intact: the rerun is a no-op
+    capsys.readouterr()
+    with h5py.File(out, "r") as f:
+        info = f["image"].id.get_chunk_info(1)
+    with open(out, "r+b") as fh:
+        fh.seek(info.byte_offset + 10)
+        fh.write(b"\0" * 100)
+    assert main(["import", "facesynthetics", src, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: row 1 is damaged ('image'" in err[0], err
