@@ -33,12 +33,12 @@ def seg_overlay(image: np.ndarray, seg: np.ndarray, label_space: LabelSpace, alp
     is blended (background colour included).
     """
     ids = np.asarray(seg).clip(0, 255).astype(np.uint8)
-    colours = label_space.palette_array()[ids].astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    colours = label_space.palette_array()[ids]
+    blended = image * (1 - alpha) + colours * alpha  # float64
     if keep_background:
         labelled = ((ids != label_space.background) & (ids != IGNORE_INDEX))[..., None]
-        blended = np.where(labelled, blended, image.astype(np.float32))
-    return blended.clip(0, 255).astype(np.uint8)
+        blended = np.where(labelled, blended, image)
+    return blended.astype(np.uint8)
 
 
 def points(image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], upscale: float = 1.0,

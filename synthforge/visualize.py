@@ -1,4 +1,4 @@
-"""Prediction-vs-ground-truth grids for stage-B batches (uint8 RGB numpy images, drawn with OpenCV)."""
+"""Prediction-vs-ground-truth grids for stage-B batches (uint8 RGB numpy images, drawn with :mod:`synthforge.draw`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from next3d_gen.labels import LabelSpace
+from synthforge import draw
 
 
 def _rgb(image: torch.Tensor) -> np.ndarray:
@@ -14,16 +15,13 @@ def _rgb(image: torch.Tensor) -> np.ndarray:
 
 
 def _seg_overlay(image: np.ndarray, seg: torch.Tensor, label_space: LabelSpace, alpha: float = 0.6) -> np.ndarray:
-    colours = label_space.palette_array()[seg.detach().cpu().numpy().clip(0, 255).astype(np.uint8)]
-    return (image * (1 - alpha) + colours * alpha).astype(np.uint8)
+    return draw.seg_overlay(image, seg.detach().cpu().numpy(), label_space, alpha)
 
 
 def _depth(depth: torch.Tensor, mask: torch.Tensor, vmin: float, vmax: float) -> np.ndarray:
     d = depth.detach().float().squeeze(0).cpu().numpy()
     m = mask.detach().squeeze(0).cpu().numpy().astype(bool)
-    norm = np.clip((d - vmin) / max(vmax - vmin, 1e-6), 0, 1)
-    coloured = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
-    return np.where(m[..., None], coloured, 0).astype(np.uint8)
+    return draw.depth_colour(d, m, vmin, vmax)
 
 
 def _up(image: np.ndarray, upscale: int) -> np.ndarray:
@@ -34,13 +32,7 @@ def _up(image: np.ndarray, upscale: int) -> np.ndarray:
 
 def _points(image: np.ndarray, pts: torch.Tensor, colour: tuple[int, int, int], upscale: int) -> np.ndarray:
     """Draw points given in the un-enlarged image's pixel-centre coordinates onto the enlarged ``image``."""
-    out = np.ascontiguousarray(image.copy())
-    sub = 4  # fixed-point sub-pixel drawing (shift=2)
-    for x, y in pts.detach().float().cpu().numpy():
-        if np.isfinite(x) and np.isfinite(y):
-            cx, cy = (x + 0.5) * upscale - 0.5, (y + 0.5) * upscale - 0.5
-            cv2.circle(out, (int(round(cx * sub)), int(round(cy * sub))), sub, colour, -1, cv2.LINE_AA, shift=2)
-    return out
+    return draw.points(image, pts.detach().float().cpu().numpy(), colour, upscale)
 
 
 def prediction_grid(
@@ -96,16 +88,8 @@ def prediction_grid(
     tile_w = grid.shape[1] // len(COLUMNS)
     titles = np.full((18, grid.shape[1], 3), 255, np.uint8)
     for j, title in enumerate(COLUMNS):
-        _text(titles, title, (j * tile_w + 3, 13))
-    shown = [c for c in sorted(present) if 0 <= c < label_space.num_classes and c != label_space.background]
-    per_row = max(1, grid.shape[1] // 110)
-    legend = np.full((16 * ((len(shown) + per_row - 1) // per_row) + 4, grid.shape[1], 3), 255, np.uint8)
-    for m, c in enumerate(shown):
-        x, y = (m % per_row) * 110 + 3, (m // per_row) * 16 + 3
-        colour = tuple(int(v) for v in label_space.palette[c])
-        cv2.rectangle(legend, (x, y + 2), (x + 10, y + 12), colour, -1)
-        cv2.rectangle(legend, (x, y + 2), (x + 10, y + 12), (0, 0, 0), 1)
-        _text(legend, label_space.classes[c], (x + 14, y + 11))
+        draw.text(titles, title, (j * tile_w + 3, 13))
+    legend = draw.legend(label_space, present, grid.shape[1])
     return np.concatenate([titles, grid, legend], 0)
 
 
@@ -113,8 +97,7 @@ COLUMNS = ("input", "GT seg + landmarks", "predicted", "GT rel. depth", "predict
 """Column titles of :func:`prediction_grid`."""
 
 
-def _text(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+_text = draw.text  # kept for callers of the former private helper (benchmarks/bench_real_transfer.py)
 
 
 def save_png(path: str, image: np.ndarray) -> None:
