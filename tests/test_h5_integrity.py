@@ -180,6 +180,9 @@ def test_training_dataset_skips_a_damaged_row_with_one_warning_and_a_count(shard
     assert torch.equal(items[2]["image"], clean[3]["image"])  # the damaged row is never used
     batch = torch.utils.data.default_collate(items[:4])
     assert int(batch[DAMAGED_KEY].sum()) == 1
+    # from a DataLoader worker process the count still reaches the main process (it travels in the batch)
+    loader = torch.utils.data.DataLoader(SynthFaceDataset(bad, crop_size=32), batch_size=5, num_workers=1)
+    assert [int(b[DAMAGED_KEY].sum()) for b in loader] == [1]
     strict = SynthFaceDataset(bad, crop_size=32, skip_damaged=False)
     with pytest.raises(UserError, match=r"bad\.h5: row 2"):
         strict[2]
