@@ -62,10 +62,10 @@ from next3d_gen.labels import (
     real_merged_active,
     relabel_lut,
 )
-from synthforge import metrics
+from synthforge import draw, metrics
 from synthforge.data.transforms import face_crop_matrix, mask_box_points, transform_points
 from synthforge.inference import Predictor
-from synthforge.visualize import _points, _seg_overlay, _text, save_png
+from synthforge.visualize import save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REALDATA = ROOT.parent / "shared" / "realdata"
@@ -248,23 +248,15 @@ def _f1_table(cm: torch.Tensor, active: tuple[str, ...]) -> dict:
 def overlay_png(afw: dict, parsing: dict) -> np.ndarray:
     """Top row: AFW crops with ground truth (green) and predicted (red) landmarks; below: per parsing image, crop |
     ground-truth merged classes | predicted merged classes; a legend of the merged classes at the bottom."""
-    top = [_points(_points(img, torch.from_numpy(gt), (0, 255, 0), 1), torch.from_numpy(p), (255, 0, 0), 1)
-           for img, gt, p in afw["_tiles"]]
+    top = [draw.points(draw.points(img, gt, (0, 255, 0)), p, (255, 0, 0)) for img, gt, p in afw["_tiles"]]
     width = max(len(top), 3) * TILE
     rows = [_pad(np.concatenate(top, 1), width)] if top else []
     for img, gt, pred in parsing["_tiles"]:
-        gt_t = torch.from_numpy(np.where(gt == IGNORE_INDEX, 0, gt).astype(np.int64))
-        row = [img, _seg_overlay(img, gt_t, REAL_MERGED), _seg_overlay(img, torch.from_numpy(pred.astype(np.int64)),
-                                                                       REAL_MERGED)]
+        row = [img, *(draw.seg_overlay(img, seg, REAL_MERGED, keep_background=True) for seg in (gt, pred))]
         rows.append(_pad(np.concatenate(row, 1), width))
     title = np.full((18, width, 3), 255, np.uint8)
-    _text(title, "AFW: GT green, predicted red | parsing: crop, GT, predicted (merged classes)", (3, 13))
-    legend = np.full((20, width, 3), 255, np.uint8)
-    step = width // (REAL_MERGED.num_classes - 1)
-    for m, name in enumerate(REAL_MERGED.classes[1:], start=1):
-        x = (m - 1) * step + 3
-        cv2.rectangle(legend, (x, 5), (x + 10, 15), tuple(int(v) for v in REAL_MERGED.palette[m]), -1)
-        _text(legend, name[:9], (x + 13, 14))
+    draw.text(title, "AFW: GT green, predicted red | parsing: crop, GT, predicted (merged classes)", (3, 13))
+    legend = draw.legend(REAL_MERGED, range(REAL_MERGED.num_classes), width)
     return np.concatenate([title, *rows, legend], 0)
 
 
