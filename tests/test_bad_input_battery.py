@@ -32,6 +32,7 @@ from synthforge.data.toy import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "stage1" / "tiny.yaml"
+W300_TINY = ROOT / "configs" / "finetune" / "tiny" / "w300.yaml"
 GEN_ARGS = ("--config", str(ROOT / "configs" / "generate" / "tiny.yaml"), "--num", "4", "--image-size", "48",
             "--workers", "1", "--no-progress")
 """``synthforge generate`` arguments of the HDF5 rows (the shipped tiny config; the same as ``gen_shard``'s)."""
@@ -105,6 +106,31 @@ class Assets:
         return p
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
+    def _build_evil_stage1(self) -> Path:
+        return add_payload(self.path("stage1"), self.root / "evil_stage1.ckpt")
+
+    def _build_truncated_stage1(self) -> Path:
+        data = self.path("stage1").read_bytes()
+        p = self.root / "truncated_stage1.ckpt"
+        p.write_bytes(data[: len(data) // 2])
+        return p
+
+    def _build_w300(self) -> Path:
+        from finetune_trees import make_w300
+
+        return make_w300(self.root / "w300")
+
+    def _build_finetune(self) -> Path:
+        """A real fine-tuned checkpoint (``synthforge finetune`` on a tiny 300W tree, 1 step)."""
+        run = self.root / "finetune_run"
+        code = cli_main(["finetune", "--config", str(W300_TINY), "--data.root", str(self.path("w300")),
+                         "--model.backbone", str(self.path("stage1")), "--trainer.default_root_dir", str(run),
+                         "--trainer.max_steps=1"])  # fmt: skip
+        assert code == 0
+        return run / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+    def _build_evil_finetune(self) -> Path:
+        return add_payload(self.path("finetune"), self.root / "evil_finetune.ckpt")
 
     # --- HDF5 data and generation -------------------------------------------------------------------------------
     def _build_gen_shard(self) -> Path:
@@ -194,6 +220,40 @@ CASES: list[Case] = [
     Case("train-bad-crop-size", ("train", "--config", str(TINY), "--data.train={toy_train}", "--data.crop_size=60",
                                  "--trainer.default_root_dir={tmp}/run"), "crop_size", no_output=("{tmp}/run",)),
     # --- checkpoints ---
+    # code-running payloads: refused, nothing runs, nothing written
+    Case("evaluate-evil-finetune", ("evaluate", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                    "--ckpt", "{evil_finetune}", "--out", "{tmp}/r.json"),
+         "--ckpt: {evil_finetune}: refused", no_output=("{tmp}/r.json",), payload=True),
+    Case("finetune-evil-backbone", ("finetune", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                    "--model.backbone", "{evil_stage1}", "--trainer.default_root_dir", "{tmp}/run"),
+         "--model.backbone: {evil_stage1}: refused", no_output=("{tmp}/run",), payload=True),
+    Case("evaluate-evil-backbone-override", ("evaluate", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                             "--model.backbone", "{evil_stage1}", "--ckpt", "{finetune}",
+                                             "--out", "{tmp}/r.json"),
+         "--model.backbone: {evil_stage1}: refused", no_output=("{tmp}/r.json",), payload=True),
+    Case("train-resume-evil", ("train", "--config", str(TINY), "--data.train={toy_train}", "--data.val={toy_val}",
+                               "--ckpt_path={evil_stage1}", "--trainer.default_root_dir={tmp}/run"),
+         "--ckpt_path: {evil_stage1}: refused", no_output=("{tmp}/run",), payload=True),
+    Case("finetune-resume-evil", ("finetune", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                  "--model.backbone", "{stage1}", "--ckpt_path", "{evil_finetune}",
+                                  "--trainer.default_root_dir", "{tmp}/run"),
+         "--ckpt_path: {evil_finetune}: refused", no_output=("{tmp}/run",), payload=True),
+    # damaged files
+    Case("evaluate-random-bytes", ("evaluate", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                   "--ckpt", "{random_bytes}", "--out", "{tmp}/r.json"),
+         "--ckpt: {random_bytes}: not a PyTorch checkpoint", no_output=("{tmp}/r.json",)),
+    Case("train-resume-truncated", ("train", "--config", str(TINY), "--data.train={toy_train}",
+                                    "--data.val={toy_val}", "--ckpt_path={truncated_stage1}",
+                                    "--trainer.default_root_dir={tmp}/run"),
+         "--ckpt_path: {truncated_stage1}: not a PyTorch checkpoint", no_output=("{tmp}/run",)),
+    # the wrong kind of checkpoint: the message says what the file is
+    Case("evaluate-stage1-as-ckpt", ("evaluate", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                     "--ckpt", "{stage1}", "--out", "{tmp}/r.json"),
+         "--ckpt: {stage1}: this is a stage-I checkpoint", no_output=("{tmp}/r.json",)),
+    Case("finetune-finetuned-as-backbone", ("finetune", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                            "--model.backbone", "{finetune}", "--trainer.default_root_dir",
+                                            "{tmp}/run"),
+         "--model.backbone: {finetune}: this is a fine-tuned checkpoint", no_output=("{tmp}/run",)),
 
     # --- HDF5 data and generation ---
     Case("generate-out-not-hdf5", ("generate", *GEN_ARGS, "--out", "{not_hdf5}"), "{not_hdf5}",
