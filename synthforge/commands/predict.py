@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=float, default=None,
                    help="smallest face side to find, pixels (default 80: dlib's window; smaller upsamples, larger "
                         "downsamples and runs faster)")
+    p.add_argument("--detect-threshold", type=float, default=0.0,
+                   help="detector score threshold (default 0; lower, e.g. -0.3, finds more faces and more false ones)")
     p.add_argument("--save", default=DEFAULT_SAVE, help=f"outputs besides the JSON, from {','.join(OUTPUTS)} "
                                                         f"(default {DEFAULT_SAVE}; 'none' for the JSON only)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
@@ -316,7 +318,7 @@ def main(argv: list[str]) -> int:
 
     detector = None
     if boxes is None and not args.no_detect:
-        detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW)
+        detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW, threshold=args.detect_threshold)
     predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device))
     crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None)
     if not crop_scale:
