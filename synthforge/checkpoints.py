@@ -74,18 +74,7 @@ def load_checkpoint(
     """
     p = Path(path)
     where = _where(p, option)
-    if not p.is_file():
-        raise UserError(f"{where}: no such checkpoint file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if _UNSAFE.search(str(err)):
-            raise UserError(f"{where}: refused: the checkpoint holds pickled objects that would run code when loaded "
-                            "(only tensors and plain data are accepted)") from None
-        raise UserError(f"{where}: not a PyTorch checkpoint or damaged (cannot unpickle it)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
-        first = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else type(err).__name__
-        raise UserError(f"{where}: not a PyTorch checkpoint or damaged/truncated ({first})") from None
+    ckpt = _safe_torch_load(p, where)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{where}: not a SynthForge checkpoint (no state_dict; expected "
                         f"{DESCRIPTION[expect] if expect else 'a synthforge train or finetune checkpoint'})")
@@ -96,6 +85,31 @@ def load_checkpoint(
         raise UserError(f"{where}: this is {what}, but {user} expects {DESCRIPTION[expect]}")
     check_hyper_parameters(ckpt.get("hyper_parameters"), where)
     return ckpt
+
+
+def _safe_torch_load(p: Path, where: str) -> Any:
+    """``torch.load(p, weights_only=True)`` on the CPU; every failure -> one-line UserError starting with ``where``."""
+    if not p.is_file():
+        raise UserError(f"{where}: no such checkpoint file")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if _UNSAFE.search(str(err)):
+            raise UserError(f"{where}: refused: the checkpoint holds pickled objects that would run code when loaded "
+                            "(only tensors and plain data are accepted)") from None
+        raise UserError(f"{where}: not a PyTorch checkpoint or damaged (cannot unpickle it)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
+        first = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else type(err).__name__
+        raise UserError(f"{where}: not a PyTorch checkpoint or damaged/truncated ({first})") from None
+
+
+def load_weights(path: str | Path, option: str | None = None) -> Any:
+    """Read a plain weights file (e.g. a ``state_dict`` saved with ``torch.save``) safely: tensors and plain data only.
+
+    Raises:
+        UserError: naming ``option`` and the file when it is missing, damaged or holds objects that would run code.
+    """
+    return _safe_torch_load(Path(path), _where(Path(path), option))
 
 
 def checkpoint_kind(ckpt: dict[str, Any]) -> str | None:

@@ -173,3 +173,21 @@ def test_safe_loaders_match_lightning(files: dict[str, Path]) -> None:
     for key in a:
         if isinstance(a[key], torch.Tensor):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_encoder_weights_file_read_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``encoder_weights_path``: a real state_dict is loaded; a code-running one is refused and nothing runs."""
+    from synthforge.models.trunk import UNetTrunk
+
+    kw = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": (16, 8, 8), "out_channels": 8}
+    torch.manual_seed(0)
+    state = UNetTrunk(**kw).unet.encoder.state_dict()
+    good = tmp_path / "enc.pt"
+    torch.save(state, good)
+    trunk = UNetTrunk(**kw, encoder_weights_path=str(good))
+    torch.testing.assert_close(trunk.unet.encoder.conv1.weight, state["conv1.weight"], rtol=0, atol=0)
+    evil = add_payload(good, tmp_path / "evil_enc.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"encoder_weights_path: {evil}: refused"):
+        UNetTrunk(**kw, encoder_weights_path=str(evil))
+    assert not (tmp_path / MARKER).exists()

@@ -9,6 +9,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from next3d_gen.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +57,11 @@ class UNetTrunk(nn.Module):
             classes=out_channels,
         )
         if encoder_weights_path:
-            state = torch.load(encoder_weights_path, map_location="cpu", weights_only=True)
+            from synthforge.checkpoints import load_weights  # safe: tensors and plain data only
+
+            state = load_weights(encoder_weights_path, "encoder_weights_path")
+            if not isinstance(state, dict):
+                raise UserError(f"encoder_weights_path: {encoder_weights_path}: not a state_dict")
             self.unet.encoder.load_state_dict(state, strict=False)
         self._prune_unused_encoder_stages()
         self.normalize = normalize
