@@ -84,7 +84,34 @@ def load_checkpoint(
         user = consumer or option or "this function"
         raise UserError(f"{where}: this is {what}, but {user} expects {DESCRIPTION[expect]}")
     check_hyper_parameters(ckpt.get("hyper_parameters"), where)
+    if kind == STAGE1:
+        check_stage1_metadata(ckpt.get("synthforge"), where)
     return ckpt
+
+
+def check_stage1_metadata(meta: Any, where: str) -> None:
+    """The ``synthforge`` entry MultiTaskSystem.on_save_checkpoint writes: a dict with ``label_space`` (JSON str of a
+    :class:`~next3d_gen.labels.LabelSpace`) and ``crop_size`` (int > 0 or None). Absent is allowed (older files).
+
+    Raises:
+        UserError: when it is present but malformed.
+    """
+    if meta is None:
+        return
+    from next3d_gen.labels import LabelSpace
+
+    try:
+        if not isinstance(meta, dict):
+            raise TypeError(f"a {type(meta).__name__}, not a dict")
+        if "label_space" in meta:
+            if not isinstance(meta["label_space"], str):
+                raise TypeError("label_space is not a JSON string")
+            LabelSpace.from_json(meta["label_space"])
+        crop = meta.get("crop_size")
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0):
+            raise ValueError(f"crop_size {crop!r} is not a positive int")
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise UserError(f"{where}: damaged checkpoint metadata 'synthforge' ({str(err)[:120]})") from None
 
 
 def _safe_torch_load(p: Path, where: str) -> Any:

@@ -191,3 +191,17 @@ def test_encoder_weights_file_read_safely(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(UserError, match=f"encoder_weights_path: {evil}: refused"):
         UNetTrunk(**kw, encoder_weights_path=str(evil))
     assert not (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"label_space": "{not json", "crop_size": 64}, {"label_space": 3}, {"crop_size": -1}, [1, 2]],
+    ids=["bad-json", "not-str", "bad-crop", "not-dict"],
+)
+def test_damaged_metadata(files: dict[str, Path], tmp_path: Path, meta: object) -> None:
+    ckpt = torch.load(files["stage1"], map_location="cpu", weights_only=True)
+    ckpt["synthforge"] = meta
+    bad = tmp_path / "bad_meta.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(UserError, match=f"--ckpt_path: {bad}: damaged checkpoint metadata"):
+        load_checkpoint(bad, "--ckpt_path", expect=STAGE1)
