@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from next3d_gen import camera
+from next3d_gen.flame import contour_lines
 from next3d_gen.raster import Fragments, rasterize
 
 if TYPE_CHECKING:
@@ -234,6 +235,82 @@ def landmark_visibility(
     return inside & (z <= d_max + tolerance)
 
 
+def outline_contour(vertices_cam: Tensor, faces: Tensor, line_faces: Tensor, line_bary: Tensor) -> Tensor:
+    """Jaw landmarks on the visible outline of the face, per view ("landmark marching").
+
+    Each landmark has a contour line: M candidate surface points (face index + barycentrics) ordered from the face
+    front outwards, crossing where a camera sees the outline of the face. In each view the landmark is the first
+    point of its line, walking from the front, where the camera ray grazes the surface: the cosine
+    ``g = n . p / |p|`` between the interpolated vertex normal ``n`` and the viewing ray ``p`` (camera at the
+    origin) changes from negative (facing the camera) to non-negative; the point is linearly interpolated between
+    the two candidates around the change. A line without a change (the whole line faces the camera, e.g. the near
+    side of a turned head, or faces away) gives its candidate with the smallest ``|g|`` (the line end where the
+    face ends). Occlusion by other parts is left to :func:`landmark_visibility`.
+
+    Args:
+        vertices_cam: (B, V, 3) float vertices in the OpenCV camera frame, metres (camera at the origin).
+        faces: (F, 3) int64 triangles, counter-clockwise seen from outside.
+        line_faces: (C, M) int64 face per candidate. line_bary: (C, M, 3) float barycentrics.
+
+    Returns:
+        (B, C, 3) float32 landmarks in the camera frame, metres.
+    """
+    verts = vertices_cam.to(torch.float32)
+    faces = faces.to(device=verts.device, dtype=torch.long)
+    vn = _face_and_vertex_normals(verts, faces)[1]
+    return _outline_from_normals(verts, vn, faces, line_faces.to(verts.device), line_bary.to(verts))
+
+
+_WINDOW = 6  # candidates on each side of the normal-based crossing searched for the outline's turning point
+
+
+def _outline_from_normals(verts: Tensor, vn: Tensor, faces: Tensor, line_faces: Tensor, line_bary: Tensor) -> Tensor:
+    """:func:`outline_contour` with the (B, V, 3) unit vertex normals ``vn`` already computed."""
+    B = verts.shape[0]
+    C, M = line_faces.shape
+    corner = faces.index_select(0, line_faces.reshape(-1)).reshape(-1)  # (C*M*3,) vertex ids
+    w = line_bary.reshape(1, C, M, 3, 1)
+    p = (verts.index_select(1, corner).view(B, C, M, 3, 3) * w).sum(3)  # (B, C, M, 3)
+    n = (vn.index_select(1, corner).view(B, C, M, 3, 3) * w).sum(3)
+    g = (n * p).sum(-1) / p.norm(dim=-1).clamp_min(1e-9)  # (B, C, M) cosine to the viewing ray
+    cross = (g[..., :-1] < 0) & (g[..., 1:] >= 0)  # (B, C, M-1)
+    has = cross.any(-1)
+    last_cross = (M - 2) - cross.flip(-1).float().argmax(-1)
+    first = torch.where(has, last_cross, g.abs().argmin(-1).clamp_max(M - 2))
+    g0 = g.gather(-1, first[..., None])[..., 0]
+    g1 = g.gather(-1, (first + 1)[..., None])[..., 0]
+    t = torch.where(has, g0 / (g0 - g1).clamp_max(-1e-12), torch.zeros_like(g0))  # g0 < 0 <= g1: t in (0, 1]
+    # a line without a crossing whose smallest |g| is its last candidate: take that candidate itself
+    last = (~has) & (g.abs().argmin(-1) == M - 1)
+    t = torch.where(last, torch.ones_like(t), t)[..., None]
+    p0 = p.gather(2, first[..., None, None].expand(B, C, 1, 3))[:, :, 0]
+    p1 = p.gather(2, (first + 1)[..., None, None].expand(B, C, 1, 3))[:, :, 0]
+    out = p0 + t * (p1 - p0)
+    # Refine on the surface itself (interpolated normals are only approximately perpendicular to the view at the
+    # mesh's silhouette): the image of a surface curve stays inside the outline and touches it where the curve
+    # crosses the silhouette, so take the candidate furthest along the outline's normal in the image (the image
+    # of the surface normal at the crossing), parabola-refined.
+    q = p[..., :2] / p[..., 2:].clamp_min(1e-9)  # (B, C, M, 2) normalised image coordinates
+    win = torch.arange(-_WINDOW, _WINDOW + 2, device=p.device)
+    idx = (first[..., None] + win).clamp(0, M - 1)  # (B, C, 2 W + 2)
+    n0 = n.gather(2, first[..., None, None].expand(B, C, 1, 3))[:, :, 0]
+    n1 = n.gather(2, (first + 1)[..., None, None].expand(B, C, 1, 3))[:, :, 0]
+    nc = n0 + t * (n1 - n0)
+    u = torch.nn.functional.normalize(nc[..., :2] - out[..., :2] / out[..., 2:].clamp_min(1e-9) * nc[..., 2:], dim=-1)
+    score = (q.gather(2, idx[..., None].expand(B, C, idx.shape[-1], 2)) * u[:, :, None]).sum(-1)
+    k = score.argmax(-1)  # (B, C)
+    j = idx.gather(-1, k[..., None])[..., 0]
+    s_m = score.gather(-1, (k - 1).clamp_min(0)[..., None])[..., 0]
+    s_0 = score.gather(-1, k[..., None])[..., 0]
+    s_p = score.gather(-1, (k + 1).clamp_max(idx.shape[-1] - 1)[..., None])[..., 0]
+    curv = s_m - 2 * s_0 + s_p
+    delta = torch.where(curv < 0, 0.5 * (s_m - s_p) / curv.clamp_max(-1e-20), torch.zeros_like(s_0)).clamp(-0.5, 0.5)
+    pj = p.gather(2, j[..., None, None].expand(B, C, 1, 3))[:, :, 0]
+    pn = p.gather(2, torch.where(delta >= 0, j + 1, j - 1).clamp(0, M - 1)[..., None, None].expand(B, C, 1, 3))
+    refined = pj + delta.abs()[..., None] * (pn[:, :, 0] - pj)
+    return torch.where(has[..., None], refined, out)
+
+
 def annotate(
     fragments: FragmentsLike,
     vertices_cam: Tensor,
@@ -245,6 +322,7 @@ def annotate(
     uv_coords: Tensor | np.ndarray | None = None,
     uv_faces: Tensor | np.ndarray | None = None,
     visibility_tolerance: float = DEFAULT_VISIBILITY_TOLERANCE,
+    contour_lines: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
 ) -> Annotations:
     """Compute every label of B views from their rasterization.
 
@@ -258,6 +336,9 @@ def annotate(
         uv_coords: (T, 2) UV coordinates in [0, 1], or None (uv is -1 everywhere).
         uv_faces: (F, 3) int64 indices into ``uv_coords`` per face corner; required with ``uv_coords``.
         visibility_tolerance: metres, see :func:`landmark_visibility`.
+        contour_lines: ``(faces (C, M) int64, barycentrics (C, M, 3))``: per jaw landmark a line of M candidate
+            surface points ordered from the face front outwards (:func:`next3d_gen.flame.contour_lines`); when
+            given, landmarks 0..C-1 are replaced by :func:`outline_contour` of this view (300W's definition).
 
     Returns:
         :class:`Annotations` (computed from the inputs' values; no gradients are needed or kept for the labels).
@@ -335,6 +416,11 @@ def annotate(
 
     # Landmarks.
     lmk3 = landmarks_cam.to(torch.float32)
+    if contour_lines is not None:
+        line_faces = torch.as_tensor(contour_lines[0], device=device, dtype=torch.long)
+        line_bary = torch.as_tensor(contour_lines[1], device=device, dtype=f32)
+        outline = _outline_from_normals(verts, vn, faces, line_faces, line_bary)
+        lmk3 = torch.cat([outline, lmk3[:, outline.shape[1] :]], dim=1)
     lmk2 = camera.project(lmk3, K.to(torch.float32))
     visible = landmark_visibility(lmk3, lmk2, depth, mask, visibility_tolerance)
 
@@ -362,6 +448,7 @@ def render_labels(
     model: FlameModel,
     *,
     visibility_tolerance: float = DEFAULT_VISIBILITY_TOLERANCE,
+    contour: str = "embedding",
 ) -> tuple[Fragments, Annotations]:
     """Transform to the camera, rasterize and annotate, in one call.
 
@@ -374,10 +461,18 @@ def render_labels(
         landmarks_world: (B, 68, 3) landmarks, same frame as the vertices.
         model: the posed ``FlameModel``: its ``face_labels``, ``uv_coords`` and ``uv_faces`` are used.
         visibility_tolerance: metres, see :func:`landmark_visibility`.
+        contour: ``embedding``: the jaw landmarks (iBUG 0-16) of ``landmarks_world`` are kept (the model's
+            yaw-indexed dynamic embedding); ``outline``: they are replaced by the points of the model's contour lines
+            on the outline of the face in this view (:func:`outline_contour`, 300W's definition).
 
     Returns:
         ``(fragments, annotations)``: the :class:`next3d_gen.raster.Fragments` and the :class:`Annotations`.
+
+    Raises:
+        ValueError: an unknown ``contour``.
     """
+    if contour not in ("embedding", "outline"):
+        raise ValueError(f"render_labels: contour must be 'embedding' or 'outline', got {contour!r}")
     B = vertices_world.shape[0]
     if cam2world.dim() == 2:
         cam2world = cam2world.expand(B, 4, 4)
@@ -398,5 +493,6 @@ def render_labels(
         uv_coords=model.uv_coords,
         uv_faces=model.uv_faces,
         visibility_tolerance=visibility_tolerance,
+        contour_lines=contour_lines(model) if contour == "outline" else None,
     )
     return fragments, ann

@@ -3,7 +3,9 @@
 Frame: FLAME's own, metres, y up, z towards the face front, x towards the subject's left.
 Joint order (pose columns): 0 global, 1 neck, 2 jaw, 3 left eye, 4 right eye; pose is axis-angle, (B, 15).
 Landmarks come out in iBUG 68-point order: the 17 jaw-contour points (dynamic, chosen from the head + neck yaw,
-as FLAME defines it) followed by the 51 static points.
+as FLAME defines it) followed by the 51 static points. 300W's per-view jaw points (on the visible outline of the
+face) need the camera, so they are placed by the annotator from :func:`contour_lines`
+(:func:`next3d_gen.annotate.outline_contour`, generation option ``model.landmark_contour``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class FlameModel:
         uv_coords: (T, 2) float32 UV coordinates in [0, 1] (OBJ convention: v up), or None.
         uv_faces: (F, 3) int64 indices into ``uv_coords`` per face corner, or None.
         face_labels: (F,) uint8 class ids in the 20-class synthetic label space (next3d_gen.labels.SYNTH), or None.
+        contour_line_faces: (17, M) int64 per jaw landmark a line of M candidate surface points ordered from the
+            face front outwards, crossing the outline of the face in the views of interest (used by the
+            ``outline`` landmark definition, :func:`next3d_gen.annotate.outline_contour`), or None: derived from
+            the dynamic embedding (:func:`contour_lines`).
+        contour_line_bary: (17, M, 3) float32 barycentrics of those points, or None.
         name: free-text description (e.g. the file it came from).
     """
 
@@ -81,6 +88,8 @@ class FlameModel:
     uv_coords: np.ndarray | None = None
     uv_faces: np.ndarray | None = None
     face_labels: np.ndarray | None = None
+    contour_line_faces: np.ndarray | None = None
+    contour_line_bary: np.ndarray | None = None
     name: str = field(default="flame")
 
     @property
@@ -114,6 +123,8 @@ class FlameModel:
             "dynamic_lmk_bary": (NUM_YAW_BINS, NUM_CONTOUR_LANDMARKS, 3),
             "uv_faces": (F, 3),
             "face_labels": (F,),
+            "contour_line_faces": (NUM_CONTOUR_LANDMARKS, None),
+            "contour_line_bary": (NUM_CONTOUR_LANDMARKS, None, 3),
         }
         for key, shape in expected.items():
             arr = getattr(self, key)
@@ -125,8 +136,14 @@ class FlameModel:
                 raise ValueError(f"{source}: '{key}' has shape {tuple(arr.shape)}, expected {want}")
         if self.faces.size and (self.faces.min() < 0 or self.faces.max() >= V):
             raise ValueError(f"{source}: 'faces' index out of range [0, {V})")
-        for key in ("static_lmk_faces", "dynamic_lmk_faces"):
+        if (self.contour_line_faces is None) != (self.contour_line_bary is None) or (
+            self.contour_line_faces is not None and self.contour_line_faces.shape != self.contour_line_bary.shape[:2]
+        ):
+            raise ValueError(f"{source}: 'contour_line_faces' and 'contour_line_bary' must come together, same M")
+        for key in ("static_lmk_faces", "dynamic_lmk_faces", "contour_line_faces"):
             arr = getattr(self, key)
+            if arr is None:
+                continue
             if arr.min() < 0 or arr.max() >= F:
                 raise ValueError(f"{source}: '{key}' face index out of range [0, {F})")
         if self.uv_faces is not None and self.uv_coords is not None and self.uv_faces.max() >= len(self.uv_coords):
@@ -147,6 +164,30 @@ class FlameModel:
         as :func:`load_flame_model` describes. Raises UserError naming the file for a truncated/wrong file.
         """
         return load_flame_model(path)
+
+
+def contour_lines(model: FlameModel) -> tuple[np.ndarray, np.ndarray]:
+    """Per jaw landmark a contour line of candidate surface points, ordered from the face front outwards.
+
+    The model's own lines when it has them (the built-in head); else, for a FLAME file, the 79 rows of each
+    point's dynamic embedding sorted by yaw (-39 .. +39 degrees), reversed where that puts the first candidate
+    further back (smaller template z) than the last, so every line starts at the face front.
+
+    Returns:
+        ``(faces (17, M) int64, barycentrics (17, M, 3) float32)``.
+    """
+    if model.contour_line_faces is not None and model.contour_line_bary is not None:
+        return np.asarray(model.contour_line_faces, np.int64), np.asarray(model.contour_line_bary, np.float32)
+    yaws = np.array([r if r <= MAX_CONTOUR_YAW_DEG else MAX_CONTOUR_YAW_DEG - r for r in range(NUM_YAW_BINS)])
+    order = np.argsort(yaws, kind="stable")
+    faces = np.asarray(model.dynamic_lmk_faces, np.int64)[order].T.copy()  # (17, 79)
+    bary = np.asarray(model.dynamic_lmk_bary, np.float32)[order].transpose(1, 0, 2).copy()  # (17, 79, 3)
+    v = np.asarray(model.v_template, np.float64)
+    z = (v[np.asarray(model.faces)[faces]][..., 2] * bary).sum(-1)  # (17, 79) template depth of each candidate
+    flip = z[:, 0] < z[:, -1]
+    faces[flip] = faces[flip, ::-1]
+    bary[flip] = bary[flip, ::-1]
+    return faces, bary
 
 
 def contour_yaw_bin(yaw_deg: Tensor) -> Tensor:
@@ -635,6 +676,8 @@ def _model_arrays(d: Any, path: Path, num_expression: int | None) -> dict[str, A
             ("uv_coords", (None, 2), "float"),
             ("uv_faces", (F, 3), "int"),
             ("face_labels", (F,), "int"),
+            ("contour_line_faces", (NUM_CONTOUR_LANDMARKS, None), "int"),
+            ("contour_line_bary", (NUM_CONTOUR_LANDMARKS, None, 3), "float"),
         ):
             if key in d:
                 out[key] = _need(d, key, path, shape, kind)
@@ -895,6 +938,8 @@ def load_flame_model(
             if emb[key].min() < 0 or emb[key].max() >= F:
                 raise UserError(f"{emb_path}: landmark face index out of range [0, {F}) for this model")
         arrays.update(emb)
+        arrays.pop("contour_line_faces", None)  # lines of another embedding: derive them from this one
+        arrays.pop("contour_line_bary", None)
 
     uv_file = Path(uv_path) if uv_path is not None else None
     if uv_file is None and "uv_coords" not in arrays:

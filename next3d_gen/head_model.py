@@ -44,11 +44,21 @@ Labels, UVs, landmarks
   the polar angle to 0 at the back pole, so iris / pupil are horizontal bands at the top of the island
   (:data:`EYEBALL_UV_BOXES`, :data:`IRIS_POLAR_DEG`, :data:`PUPIL_POLAR_DEG`).
 * Static landmarks (iBUG 17-67) are points of the parameter grid (brow arcs, nose ridge and base, eyelid margins at
-  the cut, vermilion lines, inner lip line at the cut), stored as face index + barycentrics.
-* The dynamic contour table: for each yaw bin a (row r -> a = r for r < 40, a = 39 - r otherwise) the template is
-  rotated by -a degrees about y and z-buffered orthographically from +z; along 17 fixed rays from a point below the
-  nose (iBUG 0 towards the subject's right, 8 straight down, 16 towards the left) the outermost visible pixel
-  labelled ``face`` is taken, and its face index + barycentrics (in the unrotated mesh) are stored.
+  the cut, vermilion lines, inner lip line at the cut), stored as face index + barycentrics. The eyebrows (label
+  and points 17-26) follow 300W's brow positions measured on the AFW dev set (``_BROW_PHI`` / ``_BROW_BETA``).
+* Jaw points (iBUG 0-16) follow 17 rays in the frontal image plane from (0, -0.03, 0), a point below the nose, in
+  the directions :data:`CONTOUR_LEVELS_DEG` (300W's: point 0 at the height of the outer eye corner, 8 straight
+  down, 16 towards the subject's left).
+* Contour lines (``contour_line_faces`` / ``contour_line_bary``, the ``outline`` landmark definition, see
+  :func:`next3d_gen.annotate.outline_contour`): for each jaw point, the plane holding its ray and the depth axis cuts
+  the ``face``-labelled skin in a curve from the face front, round the side of the face, to where the face label
+  ends (at the ear, under the jaw); :data:`CONTOUR_LINE_POINTS` points of it at equal angles about the ray's start
+  (exact plane-triangle intersections) are stored, front first. Each view picks on each line the point where the
+  camera ray grazes the surface, so the points follow the visible outline of the face from any camera.
+* The dynamic contour table (the ``embedding`` definition, FLAME's): for each yaw bin a (row r -> a = r for r < 40,
+  a = 39 - r otherwise) the template is rotated by -a degrees about y and z-buffered orthographically from +z;
+  along the same 17 rays the outermost visible pixel labelled ``face`` is taken, and its face index +
+  barycentrics (in the unrotated mesh) are stored.
 
 Components
 ----------
@@ -752,6 +762,7 @@ def _build(contour_rows: list[int] | None = None) -> tuple[FlameModel, HeadInfo]
     exprdirs = _expression_components(ctx)
     st_faces, st_bary = _static_landmarks(ctx)
     dyn_faces, dyn_bary = _contour_table(ctx, rows=contour_rows)
+    line_faces, line_bary = _contour_lines(ctx)
 
     model = FlameModel(
         v_template=V_all.astype(np.float32),
@@ -769,6 +780,8 @@ def _build(contour_rows: list[int] | None = None) -> tuple[FlameModel, HeadInfo]
         uv_coords=np.clip(uv_coords, 0, 1).astype(np.float32),
         uv_faces=uv_faces,
         face_labels=labels.astype(np.uint8),
+        contour_line_faces=line_faces,
+        contour_line_bary=line_bary.astype(np.float32),
         name="synthforge builtin procedural head v1",
     )
     info = HeadInfo(
@@ -822,13 +835,22 @@ class _Ctx:
 # ----------------------------------------------------------------------------------------------------------------
 # Labels
 # ----------------------------------------------------------------------------------------------------------------
+# Eyebrow centre line through 300W's five brow points (iBUG 21..17 / 22..26 at these |phi|, beta), measured as
+# the direction of the AFW dev set's near-frontal mean brow points mapped onto the template
+# (benchmarks/bench_landmark_definition.py): before, the brows ended at |phi| 36 and the outer points sat 12-13 % of
+# the inter-ocular distance too far in (and 5-6 % too high); 300W's brows reach well past the outer eye corners.
+_BROW_PHI = (7.7, 17.1, 27.7, 38.8, 49.4)
+_BROW_BETA = (18.7, 22.1, 23.4, 22.0, 16.8)
+_BROW_END = 52.0  # |phi| where the eyebrow ends
+
+
 def _brow_centre(aphi: np.ndarray) -> np.ndarray:
-    """Elevation (deg) of the eyebrow centre line at |phi| (arched, highest two thirds out)."""
-    return _BETA_EYE + 11.5 + 2.3 * np.sin(np.pi * np.clip((aphi - 6.0) / 34.0, 0, 1) ** 0.8)
+    """Elevation (deg) of the eyebrow centre line at |phi| (arched, highest a third of the way out)."""
+    return np.interp(aphi, _BROW_PHI, _BROW_BETA)
 
 
 def _brow_half(aphi: np.ndarray) -> np.ndarray:
-    return np.interp(aphi, [6.0, 14.0, 30.0, 40.0], [2.6, 2.3, 1.8, 1.1])
+    return np.interp(aphi, [6.0, 14.0, 30.0, 42.0, _BROW_END], [2.6, 2.3, 1.8, 1.3, 0.9])
 
 
 def _lip_heights(aphi: np.ndarray, half_phi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -869,7 +891,7 @@ def _face_labels(ctx: _Ctx) -> np.ndarray:
     brow_h = _brow_half(aphi)
     front = skin & (aphi < 55) & ~hair
     lab[front & (beta_c > brow_c + brow_h + 6.0)] = L("forehead")
-    band = front & (beta_c > brow_c + brow_h) & (beta_c <= brow_c + brow_h + 6.0) & (aphi < 44)
+    band = front & (beta_c > brow_c + brow_h) & (beta_c <= brow_c + brow_h + 6.0) & (aphi < _BROW_END + 2.0)
     lab[band] = L("brow_band")
     # eye regions (ellipse around each eye in the direction domain), below the brows
     for side, name in ((-1, "right_eye_region"), (1, "left_eye_region")):
@@ -878,7 +900,7 @@ def _face_labels(ctx: _Ctx) -> np.ndarray:
         m = skin & (ell < 1.0) & (beta_c < brow_c - brow_h)
         lab[m] = L(name)
     # eyebrows
-    brow = skin & (aphi > 6.0) & (aphi < 40.0) & (np.abs(beta_c - brow_c) < brow_h)
+    brow = skin & (aphi > 6.0) & (aphi < _BROW_END) & (np.abs(beta_c - brow_c) < brow_h)
     lab[brow & ~left] = L("right_eyebrow")
     lab[brow & left] = L("left_eyebrow")
     # glabella: between the brows down to the nasion
@@ -1282,7 +1304,7 @@ def _static_landmarks(ctx: _Ctx) -> tuple[np.ndarray, np.ndarray]:
         pts.append(_grid_point(ctx, lut, r, c, side))
 
     # 17-26 brows
-    for a in (-36.0, -29.0, -22.0, -15.0, -8.5, 8.5, 15.0, 22.0, 29.0, 36.0):
+    for a in (*(-p for p in _BROW_PHI[::-1]), *_BROW_PHI):
         at(float(_brow_centre(np.array(abs(a)))), a)
     # 27-30 nose ridge, 31-35 nose base
     top = _BETA_EYE + 2.0
@@ -1329,12 +1351,85 @@ def _static_landmarks(ctx: _Ctx) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pts], np.int64), np.stack([p[1] for p in pts])
 
 
+_CONTOUR_CENTRE_Y = -0.03  # the jaw landmarks' rays start at (0, -0.03, 0), below the nose
+CONTOUR_LEVELS_DEG: tuple[float, ...] = (
+    -118.6, -105.7, -90.8, -74.9, -59.0, -43.7, -28.7, -14.3, 0.0,
+    14.3, 28.7, 43.7, 59.0, 74.9, 90.8, 105.7, 118.6,
+)  # fmt: skip
+"""Directions (degrees in the frontal image plane, 0 = down, positive towards the subject's left = +x) of the rays
+from (0, -0.03, 0) that place iBUG jaw points 0..16 on the built-in head: the directions of 300W's mean frontal
+jaw points seen from there (AFW dev set near-frontal mean, aligned on the inner points and mirrored to be
+symmetric; ``benchmarks/bench_landmark_definition.py``): point 0 at eye-corner height, about 15 degrees apart."""
+CONTOUR_LINE_POINTS = 128
+"""Candidate surface points per jaw landmark contour line of the built-in head."""
+
+
 def _bary_pattern(n: int = 5) -> np.ndarray:
     return np.array([(i / n, j / n, (n - i - j) / n) for i in range(n + 1) for j in range(n + 1 - i)])
 
 
 def _contour_yaw_deg(row: int) -> int:
     return row if row <= MAX_CONTOUR_YAW_DEG else MAX_CONTOUR_YAW_DEG - row
+
+
+def _contour_lines(ctx: _Ctx, num: int = CONTOUR_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(17, num) faces and (17, num, 3) barycentrics of the jaw landmarks' contour lines (module docstring)."""
+    L = SYNTH.id
+    fa = np.where((ctx.face_part == _SKIN) & (ctx.labels == L("face")))[0]
+    tri = ctx.verts[ctx.faces[fa]]  # (F, 3, 3)
+    eye3 = np.eye(3)
+    centre = np.array([0.0, _CONTOUR_CENTRE_Y, 0.0])
+    faces_out = np.zeros((NUM_CONTOUR_LANDMARKS, num), np.int64)
+    bary_out = np.zeros((NUM_CONTOUR_LANDMARKS, num, 3))
+    psi = np.deg2rad(np.linspace(0.0, 180.0, 721))
+    for k, lev in enumerate(np.deg2rad(CONTOUR_LEVELS_DEG)):
+        d = np.array([math.sin(lev), -math.cos(lev), 0.0])  # outward in the frontal image plane
+        normal = np.cross(d, [0.0, 0.0, 1.0])  # the plane holds d and the depth axis
+        e = (tri - centre) @ normal  # (F, 3) signed distances of the corners
+        ends, bars = [], []
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            cut = (e[:, a] > 0) != (e[:, b] > 0)
+            t = np.where(cut, e[:, a] / np.where(cut, e[:, a] - e[:, b], 1.0), 0.0)
+            ends.append((tri[:, a] + t[:, None] * (tri[:, b] - tri[:, a]), cut))
+            bars.append(eye3[a] + t[:, None] * (eye3[b] - eye3[a]))
+        # each crossing triangle has exactly two cut edges: its segment in the plane
+        cuts = np.stack([c for _, c in ends], 1)  # (F, 3)
+        seg = np.where(cuts.sum(1) == 2)[0]
+        first = np.argmax(cuts[seg], 1)
+        second = 2 - np.argmax(cuts[seg][:, ::-1], 1)
+        pts = np.stack([p for p, _ in ends], 1)[seg]  # (S, 3 edges, 3)
+        bb = np.stack(bars, 1)[seg]
+        rows = np.arange(len(seg))
+        p0, p1 = pts[rows, first], pts[rows, second]
+        b0, b1 = bb[rows, first], bb[rows, second]
+        u0, w0 = (p0 - centre) @ d, (p0 - centre)[:, 2]  # in-plane coordinates: outward, depth
+        u1, w1 = (p1 - centre) @ d, (p1 - centre)[:, 2]
+        # intersect the in-plane rays (sin psi, cos psi) from the centre with every segment
+        ru, rw = np.sin(psi)[:, None], np.cos(psi)[:, None]
+        du, dw = u1 - u0, w1 - w0
+        den = ru * dw - rw * du  # (P, S)
+        ok = np.abs(den) > 1e-15
+        den = np.where(ok, den, 1.0)
+        s_par = (u0 * dw - w0 * du) / den  # distance along the ray
+        t_par = (u0 * rw - w0 * ru) / den  # position on the segment
+        hit = ok & (t_par >= 0) & (t_par <= 1) & (s_par > 0)
+        dist = np.where(hit, s_par, -1.0)
+        best = dist.argmax(1)
+        found = np.where(dist.max(1) > 0)[0]
+        # the line is the longest run of hits (gaps under 1 degree bridged): below the lips for the chin, not the
+        # philtrum; the cheek, not a patch of face label under the jaw further back
+        cut_at = np.where(np.diff(found) > 4)[0] + 1
+        runs = np.split(found, cut_at)
+        found = runs[int(np.argmax([psi[r[-1]] - psi[r[0]] for r in runs]))]
+        lo, hi = psi[found[0]], psi[found[-1]]
+        targets = np.searchsorted(psi, np.linspace(lo, hi, num) - 1e-12)
+        for i, ti in enumerate(targets):
+            j = found[np.searchsorted(psi[found], psi[ti] - 1e-12).clip(0, len(found) - 1)]
+            sj = best[j]
+            tt = t_par[j, sj]
+            faces_out[k, i] = fa[seg[sj]]
+            bary_out[k, i] = b0[sj] + tt * (b1[sj] - b0[sj])
+    return faces_out, bary_out
 
 
 def _contour_table(ctx: _Ctx, pixel: float = 0.001, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1348,9 +1443,9 @@ def _contour_table(ctx: _Ctx, pixel: float = 0.001, rows: list[int] | None = Non
     edge = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(1)
     order_n = np.clip(np.ceil(edge / (0.45 * pixel)), 2, 16).astype(np.int64)  # samples closer than half a pixel
     groups = [(n, np.where(order_n == n)[0], _bary_pattern(int(n))) for n in np.unique(order_n)]
-    centre = np.array([0.0, -0.03, 0.0])
-    levels = np.deg2rad(np.linspace(-95.0, 95.0, NUM_CONTOUR_LANDMARKS))
-    half = 0.5 * (levels[1] - levels[0])
+    centre = np.array([0.0, _CONTOUR_CENTRE_Y, 0.0])
+    levels = np.deg2rad(np.asarray(CONTOUR_LEVELS_DEG))
+    half = 0.5 * np.diff(levels).min()
     faces_out = np.zeros((NUM_YAW_BINS, NUM_CONTOUR_LANDMARKS), np.int64)
     bary_out = np.zeros((NUM_YAW_BINS, NUM_CONTOUR_LANDMARKS, 3))
     for row in range(NUM_YAW_BINS) if rows is None else rows:
@@ -1455,7 +1550,7 @@ def load_builtin_npz(path: str | Path) -> tuple[FlameModel, HeadInfo | None]:
         for f in fields(FlameModel):
             if f.name in z.files:
                 kw[f.name] = str(z[f.name].reshape(-1)[0]) if f.name == "name" else z[f.name]
-        optional = ("uv_coords", "uv_faces", "face_labels", "name")
+        optional = ("uv_coords", "uv_faces", "face_labels", "contour_line_faces", "contour_line_bary", "name")
         missing = [f.name for f in fields(FlameModel) if f.name not in kw and f.name not in optional]
         if missing:
             raise ValueError(f"{path}: missing arrays {missing}")

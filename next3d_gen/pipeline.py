@@ -63,7 +63,8 @@ class SamplePipeline:
         config: generation config.
         model: head model (default: :func:`load_head_model` of ``config.model``).
         renderer: image renderer (default: built from ``config.renderer`` via the registry).
-        labeler: ``render_labels``-compatible function (default :func:`next3d_gen.annotate.render_labels`).
+        labeler: ``render_labels``-compatible function, called with the ``contour`` keyword (default
+            :func:`next3d_gen.annotate.render_labels`).
 
     Attributes:
         num_shape, num_expression: coefficient columns drawn and stored (configured counts clipped to the model).
@@ -117,9 +118,8 @@ class SamplePipeline:
         p = sample_params_from_seed(self.config, seed_of_sample, self.num_shape, self.num_expression)
         return self.generate_from_params(p)
 
-    @torch.no_grad()
-    def generate_from_params(self, p: SampleParams) -> dict[str, np.ndarray]:
-        """Pose, label and render one sample of parameters ``p`` (its generator feeds the renderer)."""
+    def _pose_and_label(self, p: SampleParams) -> tuple[torch.Tensor, torch.Tensor, Any, Any]:
+        """Posed (1, V, 3) vertices and (1, 68, 3) layer landmarks (world), fragments and annotations of ``p``."""
         size = self.config.image_size
         out = self.layer(shape=p.shape[None], expression=p.expression[None], pose=p.pose[None])
         vertices, landmarks = out.vertices, out.landmarks
@@ -128,9 +128,25 @@ class SamplePipeline:
             vertices, landmarks = transform(vertices), transform(landmarks)
         K = p.K.to(vertices)
         cam2world = p.cam2world.to(vertices)
+        contour = self.config.model.contour_mode()
+        faces = self.layer.faces
         fragments, ann = self.labeler(
-            vertices, self.layer.faces, K[None], cam2world[None], size, size, landmarks, self.model
+            vertices, faces, K[None], cam2world[None], size, size, landmarks, self.model, contour=contour
         )
+        return vertices, landmarks, fragments, ann
+
+    @torch.no_grad()
+    def label_view(self, p: SampleParams) -> tuple[Any, Any]:
+        """Pose and label one sample of parameters ``p`` without rendering its image: ``(fragments, annotations)``."""
+        return self._pose_and_label(p)[2:]
+
+    @torch.no_grad()
+    def generate_from_params(self, p: SampleParams) -> dict[str, np.ndarray]:
+        """Pose, label and render one sample of parameters ``p`` (its generator feeds the renderer)."""
+        size = self.config.image_size
+        vertices, landmarks, fragments, ann = self._pose_and_label(p)
+        K = p.K.to(vertices)
+        cam2world = p.cam2world.to(vertices)
         scene = Scene(
             vertices_world=vertices[0],
             landmarks_world=landmarks[0],

@@ -99,12 +99,33 @@ class CameraConfig:
     pivot_jitter_m: float = 0.01
 
 
+LANDMARK_CONTOUR_MODES = ("auto", "outline", "embedding")
+"""Values of ``model.landmark_contour`` (see :class:`ModelConfig`)."""
+
+
 @dataclass
 class ModelConfig:
-    """Head model: ``path`` None = the built-in head; else a FLAME file (``.pkl`` or ``.npz``) and its embedding."""
+    """Head model: ``path`` None = the built-in head; else a FLAME file (``.pkl`` or ``.npz``) and its embedding.
+
+    Attributes:
+        landmark_contour: how the 17 jaw landmarks (iBUG 0-16) are placed in each view. ``outline``: 300W's
+            definition, on the visible outline of the face: per point a contour line of candidate surface points
+            (the built-in head's own lines; for a FLAME file the 79 rows of that point's dynamic embedding), and in
+            each view the point of the line where the camera ray grazes the surface ("landmark marching", see
+            :func:`next3d_gen.annotate.outline_contour`). ``embedding``: the model's yaw-indexed dynamic embedding,
+            as FLAME's reference layers do. ``auto`` (default): ``outline`` for the built-in head, ``embedding``
+            for a FLAME file.
+    """
 
     path: str | None = None
     landmark_embedding: str | None = None
+    landmark_contour: str = "auto"
+
+    def contour_mode(self) -> str:
+        """``outline`` or ``embedding``: :attr:`landmark_contour` with ``auto`` resolved for this model."""
+        if self.landmark_contour == "auto":
+            return "outline" if self.path is None else "embedding"
+        return self.landmark_contour
 
 
 @dataclass
@@ -185,6 +206,11 @@ class GenerateConfig:
                 value = getattr(section, name)
                 if hint == Range and value[0] > value[1]:
                     raise UserError(f"{source}: {prefix}.{name} must be [low, high] with low <= high, got {value}")
+        if self.model.landmark_contour not in LANDMARK_CONTOUR_MODES:
+            choices = ", ".join(LANDMARK_CONTOUR_MODES)
+            raise UserError(
+                f"{source}: model.landmark_contour must be one of {choices}, got {self.model.landmark_contour!r}"
+            )
         for name in ("compression", "image_compression"):
             if getattr(self.storage, name) not in ("gzip", "lzf", "none"):
                 raise UserError(f"{source}: storage.{name} must be gzip, lzf or none")

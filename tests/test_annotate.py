@@ -643,3 +643,106 @@ def test_builtin_head_frontal_and_profile_visibility(head):
     # (yaw > 0 moves the camera to the subject's left: iBUG 45 is the left eye's outer corner, 36 the right's)
     assert vis[1, 45] and not vis[1, 36]
     assert vis[2, 36] and not vis[2, 45]
+
+
+# ------------------------------------------------------------------------------------------- outline jaw contour
+
+
+def _cast_from(centre: np.ndarray, dirs: np.ndarray, v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face and barycentrics where rays from ``centre`` (inside a closed mesh) along ``dirs`` (N, 3) leave it."""
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    e1, e2 = b - a, c - a
+    faces, bary = [], []
+    for d in dirs:
+        pv = np.cross(d, e2)
+        det = (e1 * pv).sum(1)
+        inv = 1.0 / np.where(np.abs(det) > 1e-15, det, np.inf)
+        tv = centre - a
+        u = (tv * pv).sum(1) * inv
+        qv = np.cross(tv, e1)
+        w = (qv * d).sum(1) * inv
+        t = (qv * e2).sum(1) * inv
+        ok = (u >= 0) & (w >= 0) & (u + w <= 1) & (t > 0)
+        k = int(np.where(ok)[0][np.argmin(t[ok])])
+        faces.append(k)
+        bary.append([1 - u[k] - w[k], u[k], w[k]])
+    return np.asarray(faces), np.asarray(bary)
+
+
+def test_outline_contour_on_a_sphere_matches_the_analytic_silhouette():
+    """Lines of candidates on a sphere (camera frame): the chosen points lie on the sphere's silhouette cone,
+    ``angle(p, centre) = asin(R / |centre|)``; a line that never grazes gives its last candidate."""
+    from next3d_gen.annotate import outline_contour
+
+    v, f = icosphere(4)
+    R, centre = 0.1, np.array([0.03, -0.02, 0.6])
+    verts = v * R + centre
+    view = -centre / np.linalg.norm(centre)  # towards the camera
+    side = np.cross(view, [0.0, 1.0, 0.0])
+    side /= np.linalg.norm(side)
+    up = np.cross(side, view)
+    psi = np.deg2rad(np.linspace(10.0, 150.0, 48))  # from the front across the silhouette (90 degrees) and beyond
+    lines = []
+    for ang in np.deg2rad([0.0, 50.0, 130.0, 200.0, 290.0]):
+        d = math.cos(ang) * side + math.sin(ang) * up
+        lines.append(_cast_from(centre, np.cos(psi)[:, None] * view + np.sin(psi)[:, None] * d, verts, f))
+    short = np.deg2rad(np.linspace(10.0, 60.0, 48))  # a line that stays on the front
+    lines.append(_cast_from(centre, np.cos(short)[:, None] * view + np.sin(short)[:, None] * side, verts, f))
+    lf = torch.as_tensor(np.stack([x[0] for x in lines]))
+    lb = torch.as_tensor(np.stack([x[1] for x in lines]), dtype=torch.float32)
+    vc = torch.as_tensor(verts, dtype=torch.float32)[None]
+    p = outline_contour(vc, torch.as_tensor(f), lf, lb)[0].double().numpy()
+    cosang = (p @ centre) / (np.linalg.norm(p, axis=1) * np.linalg.norm(centre))
+    expected = math.asin(R / np.linalg.norm(centre))
+    np.testing.assert_allclose(np.arccos(np.clip(cosang[:5], -1, 1)), expected, atol=2e-4)  # 0.12 mm at 0.6 m
+    last = (verts[f[lf[5, -1]]] * lb[5, -1].double().numpy()[:, None]).sum(0)
+    np.testing.assert_allclose(p[5], last, atol=1e-6)
+    assert torch.equal(outline_contour(vc, torch.as_tensor(f), lf, lb), outline_contour(vc, torch.as_tensor(f), lf, lb))
+
+
+def test_contour_lines_from_a_flame_embedding():
+    """Without its own lines, a model's lines are its dynamic embedding, one column per point, front first."""
+    from next3d_gen.flame import contour_lines
+    from next3d_gen.head_model import builtin_head_model
+
+    model = builtin_head_model()
+    own_f, own_b = contour_lines(model)
+    assert own_f.shape[0] == 17 and own_b.shape == (*own_f.shape, 3)
+    model.contour_line_faces = model.contour_line_bary = None
+    lf, lb = contour_lines(model)
+    assert lf.shape == (17, 79) and lb.shape == (17, 79, 3)
+    for k in range(17):
+        assert sorted(lf[k].tolist()) == sorted(model.dynamic_lmk_faces[:, k].tolist())
+    z = (model.v_template[model.faces[lf]][..., 2] * lb).sum(-1)
+    assert np.all(z[:, 0] >= z[:, -1])
+
+
+def test_generation_config_selects_the_jaw_definition():
+    from next3d_gen.errors import UserError
+    from next3d_gen.pipeline import SamplePipeline
+    from next3d_gen.sampling import config_from_dict
+
+    assert config_from_dict({}).model.contour_mode() == "outline"  # built-in head
+    assert config_from_dict({"model": {"path": "x.pkl"}}).model.contour_mode() == "embedding"  # FLAME file
+    assert config_from_dict({"model": {"path": "x.pkl", "landmark_contour": "outline"}}).model.contour_mode() == (
+        "outline"
+    )
+    with pytest.raises(UserError, match="model.landmark_contour"):
+        config_from_dict({"model": {"landmark_contour": "silhouette"}})
+
+    class _NoImage:
+        latent_dim = 0
+
+    anns = {}
+    for mode in ("embedding", "outline"):
+        cfg = config_from_dict({"image_size": 64, "model": {"landmark_contour": mode}})
+        pipe = SamplePipeline(cfg, renderer=_NoImage())  # type: ignore[arg-type]
+        p = pipe.params(3)
+        anns[mode] = pipe.label_view(p)[1]
+        if mode == "embedding":  # the layer's landmarks, untouched
+            out = pipe.layer(shape=p.shape[None], expression=p.expression[None], pose=p.pose[None])
+            lc = camera.world_to_camera(out.landmarks, p.cam2world[None])
+            torch.testing.assert_close(anns[mode].landmarks_3d, lc)
+    e, o = anns["embedding"], anns["outline"]
+    assert torch.equal(e.landmarks_3d[:, 17:], o.landmarks_3d[:, 17:]) and torch.equal(e.seg, o.seg)
+    assert (e.landmarks_3d[:, :17] - o.landmarks_3d[:, :17]).norm(dim=-1).max() > 1e-3

@@ -405,6 +405,75 @@ def test_contour_rows_switch_with_yaw_and_follow_the_silhouette(model, layer):
     assert lm0[8, 1] == pytest.approx(lm0[:, 1].min(), abs=2e-3)
 
 
+def _outline_points(mask: np.ndarray, depth: np.ndarray, step: float = 0.005) -> np.ndarray:
+    """(N, 2) points (x, y) of the outline of a rendered head, from its raster alone: the midpoints between each
+    foreground pixel centre and a 4-neighbour that is background or at least ``step`` metres deeper (the head's
+    silhouette against the background and its occluding contours, e.g. the jaw in front of the neck)."""
+    d = np.where(mask, depth, np.inf)
+    pts = []
+    for axis in (0, 1):
+        a, c = (d[:-1], d[1:]) if axis == 0 else (d[:, :-1], d[:, 1:])
+        edge = (np.isfinite(a) & (c > a + step)) | (np.isfinite(c) & (a > c + step))
+        ys, xs = np.nonzero(edge)
+        pts.append(np.stack([xs + 0.5 * axis, ys + 0.5 * (1 - axis)], 1))
+    return np.concatenate(pts)
+
+
+def test_outline_contour_lies_on_the_silhouette_of_turned_heads(model, layer):
+    """300W's definition: on a turned head the far-side jaw points lie on the outline of the rendered head."""
+    from next3d_gen.annotate import render_labels
+
+    g = torch.Generator().manual_seed(0)
+    yaws = [30.0, 40.0, 50.0, 60.0, -30.0, -40.0, -50.0, -60.0]
+    B = len(yaws)
+    shape = (torch.rand(B, model.num_shape, generator=g) - 0.5) * 2
+    expression = torch.rand(B, model.num_expression, generator=g) - 0.5
+    pitch = (torch.rand(B, generator=g) - 0.5) * 20
+    out = layer(shape=shape, expression=expression, pose=torch.zeros(B, 15))
+    size = 256
+    c2w = orbit_camera(torch.tensor(yaws), pitch, 0.9, torch.tensor([0.0, -0.01, 0.0]))
+    K = intrinsics_from_fov(17.0, size, size).expand(B, 3, 3)
+    faces = torch.as_tensor(model.faces)
+    _, emb = render_labels(out.vertices, faces, K, c2w, size, size, out.landmarks, model)
+    _, ann = render_labels(out.vertices, faces, K, c2w, size, size, out.landmarks, model, contour="outline")
+    torch.testing.assert_close(ann.landmarks_3d[:, 17:], emb.landmarks_3d[:, 17:], rtol=0, atol=0)  # static kept
+    assert torch.equal(ann.seg, emb.seg)
+    worst, table_off = [], []
+    for b in range(B):
+        outline = _outline_points(ann.mask[b].numpy(), ann.depth[b].numpy())
+        camera_x = float(c2w[b, 0, 3])
+        far = range(0, 8) if camera_x > 0 else range(9, 17)  # the side of the subject turned away from the camera
+        for i in far:
+            if ann.landmarks_visible[b, i]:
+                x, y = ann.landmarks_2d[b, i].tolist()
+                worst.append((float(np.hypot(outline[:, 0] - x, outline[:, 1] - y).min()), yaws[b], i))
+            # for contrast, the yaw table (head pose 0 here, so its frontal row): hidden or inside the face
+            x, y = emb.landmarks_2d[b, i].tolist()
+            table_off.append(float(np.hypot(outline[:, 0] - x, outline[:, 1] - y).min()) > 1.0)
+    assert len(worst) >= 0.7 * B * 8
+    assert max(worst)[0] <= 1.0, sorted(worst)[-5:]
+    assert np.mean(table_off) > 0.8  # the check tells the two definitions apart
+
+
+def test_outline_contour_frontal_symmetric_and_deterministic(model, layer):
+    from next3d_gen.annotate import outline_contour
+
+    out = layer(pose=torch.zeros(1, 15))
+    c2w = orbit_camera(torch.zeros(1), torch.zeros(1), 1.5, torch.tensor([0.0, -0.03, 0.0]))
+    vc = world_to_camera(out.vertices, c2w)
+    faces = torch.as_tensor(model.faces)
+    lines = (torch.as_tensor(model.contour_line_faces), torch.as_tensor(model.contour_line_bary))
+    a = outline_contour(vc, faces, *lines)[0].numpy()
+    b = outline_contour(vc.clone(), faces, *lines)[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    # frontal camera on the head's symmetry plane: points i and 16 - i mirror each other about x = 0
+    np.testing.assert_allclose(a[::-1, :2] * [-1, 1], a[:, :2], atol=1e-3)
+    assert a[8, 1] == pytest.approx(a[:, 1].max(), abs=1e-3)  # the chin is the lowest point (camera y down)
+    # point 0 at the height of the outer eye corner (300W), the others below it, in order down to the chin
+    eye = world_to_camera(out.landmarks[:, [36, 45]], c2w)[0].numpy()
+    assert abs(a[0, 1] - eye[0, 1]) < 0.01 and np.all(np.diff(a[:9, 1]) > 0)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # asset
 # ------------------------------------------------------------------------------------------------------------------

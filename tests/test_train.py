@@ -67,7 +67,7 @@ def test_train_logs_metrics_checkpoints_and_png(trained: Path) -> None:
     train_losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(train_losses) == 4 and all(np.isfinite(train_losses))
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    final = torch.load(run / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(run / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 4
     assert list((run / "predictions").glob("*.png"))
     assert (run / "config.yaml").is_file()
@@ -75,7 +75,7 @@ def test_train_logs_metrics_checkpoints_and_png(trained: Path) -> None:
 
 def test_resume_from_checkpoint(trained: Path, toy_data: dict[str, Path]) -> None:
     ckpt = trained / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
     code = _train(
         [
@@ -88,7 +88,7 @@ def test_resume_from_checkpoint(trained: Path, toy_data: dict[str, Path]) -> Non
     )
     assert code == 0
     new = trained / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
-    resumed = torch.load(new, map_location="cpu", weights_only=False)
+    resumed = torch.load(new, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 6
     # the optimiser state continued (AdamW step counter counts all 6 steps, not 2)
     steps = [s["step"] for s in resumed["optimizer_states"][0]["state"].values()]
@@ -191,7 +191,7 @@ def test_ddp_two_cpu_processes(toy_data: dict[str, Path], tmp_path: Path) -> Non
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "run" / "lightning_logs" / "version_0"
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 2
     assert "world_size=2" in res.stderr or "distributed_backend=gloo" in res.stderr
     rows = _metrics(run)
@@ -253,5 +253,5 @@ def test_bf16_mixed_precision_trains_on_cpu(toy_data: dict[str, Path], tmp_path:
     val = [r for r in rows if r.get("val/depth_rmse_mm")]
     assert val and np.isfinite(float(val[-1]["val/depth_rmse_mm"]))
     final = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt",
-                       map_location="cpu", weights_only=False)
+                       map_location="cpu", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in final["state_dict"].values())  # weights stay float32
