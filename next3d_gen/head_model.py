@@ -52,8 +52,9 @@ Labels, UVs, landmarks
 * Contour lines (``contour_line_faces`` / ``contour_line_bary``, the ``outline`` landmark definition, see
   :func:`next3d_gen.annotate.outline_contour`): for each jaw point, the plane holding its ray and the depth axis cuts
   the ``face``-labelled skin in a curve from the face front, round the side of the face, to where the face label
-  ends (at the ear, under the jaw); :data:`CONTOUR_LINE_POINTS` points of it at equal angles about the ray's start
-  (exact plane-triangle intersections) are stored, front first. Each view picks on each line the point where the
+  ends (at the ear, under the jaw; at most 88 degrees of longitude, never behind the ears);
+  :data:`CONTOUR_LINE_POINTS` points of it at equal angles about the ray's start (exact plane-triangle
+  intersections) are stored, front first. Each view picks on each line the point where the
   camera ray grazes the surface, so the points follow the visible outline of the face from any camera.
 * The dynamic contour table (the ``embedding`` definition, FLAME's): for each yaw bin a (row r -> a = r for r < 40,
   a = 39 - r otherwise) the template is rotated by -a degrees about y and z-buffered orthographically from +z;
@@ -1360,6 +1361,7 @@ CONTOUR_LEVELS_DEG: tuple[float, ...] = (
 from (0, -0.03, 0) that place iBUG jaw points 0..16 on the built-in head: the directions of 300W's mean frontal
 jaw points seen from there (AFW dev set near-frontal mean, aligned on the inner points and mirrored to be
 symmetric; ``benchmarks/bench_landmark_definition.py``): point 0 at eye-corner height, about 15 degrees apart."""
+_CONTOUR_MAX_PHI = 88.0  # contour lines end here at the latest: the face label wraps round under the ears
 CONTOUR_LINE_POINTS = 128
 """Candidate surface points per jaw landmark contour line of the built-in head."""
 
@@ -1375,7 +1377,9 @@ def _contour_yaw_deg(row: int) -> int:
 def _contour_lines(ctx: _Ctx, num: int = CONTOUR_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
     """(17, num) faces and (17, num, 3) barycentrics of the jaw landmarks' contour lines (module docstring)."""
     L = SYNTH.id
-    fa = np.where((ctx.face_part == _SKIN) & (ctx.labels == L("face")))[0]
+    cen = ctx.verts[ctx.faces].mean(1)
+    front = np.degrees(np.abs(np.arctan2(cen[:, 0], cen[:, 2]))) <= _CONTOUR_MAX_PHI
+    fa = np.where((ctx.face_part == _SKIN) & (ctx.labels == L("face")) & front)[0]
     tri = ctx.verts[ctx.faces[fa]]  # (F, 3, 3)
     eye3 = np.eye(3)
     centre = np.array([0.0, _CONTOUR_CENTRE_Y, 0.0])
