@@ -455,6 +455,19 @@ def test_outline_contour_lies_on_the_silhouette_of_turned_heads(model, layer):
     assert np.mean(table_off) > 0.8  # the check tells the two definitions apart
 
 
+def test_contour_lines_stay_on_the_face_in_front_of_the_ears(model):
+    """Every candidate is on a ``face`` triangle, no further round than 88 degrees of longitude (never behind an
+    ear, where the face label continues), and consecutive candidates are close (a line, not scattered points)."""
+    lf, lb = model.contour_line_faces, model.contour_line_bary
+    assert lf.shape[0] == 17 and lb.shape == (*lf.shape, 3)
+    assert np.all(model.face_labels[lf] == L("face"))
+    v = model.v_template.astype(np.float64)
+    p = (v[model.faces[lf]] * lb[..., None]).sum(2)  # (17, M, 3)
+    assert np.degrees(np.abs(np.arctan2(p[..., 0], p[..., 2]))).max() <= 88.5
+    assert np.linalg.norm(np.diff(p, axis=1), axis=-1).max() < 0.004
+    assert np.all(p[:, 0, 2] > p[:, -1, 2])  # front first
+
+
 def test_outline_contour_frontal_symmetric_and_deterministic(model, layer):
     from next3d_gen.annotate import outline_contour
 
