@@ -2,12 +2,15 @@
 
 Each sub-command lives in ``synthforge/commands/<name>.py`` as ``main(argv: list[str]) -> int`` and is imported only
 when used, so ``synthforge preview`` does not pay for importing Lightning. A :class:`~next3d_gen.errors.UserError`
-(or a jsonargparse/argparse usage error) becomes one line on stderr and exit status 2.
+(or a jsonargparse/argparse usage error) becomes one line on stderr and exit status 2, also when it was raised in a
+DataLoader worker process (PyTorch re-raises it in the main process wrapped in the worker's traceback; the user sees
+only the original message).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from next3d_gen.errors import UserError
@@ -22,6 +25,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("synthforge.commands.demo", "generate -> train -> evaluate -> report, no assets needed"),
     "predict": ("synthforge.commands.predict", "parsing, depth and landmarks on every face of photos or videos"),
 }
+
+
+_WORKER_HEADER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+"""How ``torch.utils.data._utils.ExceptionWrapper.reraise`` starts the message of an error re-raised from a worker."""
+
+
+def user_message(err: UserError) -> str:
+    """The one-line message of ``err``, unwrapped from a DataLoader worker's re-raise.
+
+    A worker's exception comes back as ``UserError("Caught UserError in DataLoader worker process N.\nOriginal
+    Traceback (most recent call last):\n ... \nnext3d_gen.errors.UserError: <message>")``; the last traceback line
+    holds the original message (UserError messages are one line). Anything else is returned unchanged.
+    """
+    text = str(err)
+    match = _WORKER_HEADER.match(text)
+    if match is None:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name, sep, message = last.partition(": ")
+    if sep and name.rsplit(".", 1)[-1] == match.group(1):
+        return message
+    return text
 
 
 def usage() -> str:
@@ -45,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except UserError as err:
-        print(f"synthforge {name}: error: {err}", file=sys.stderr)
+        print(f"synthforge {name}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"synthforge {name}: interrupted", file=sys.stderr)

@@ -317,11 +317,16 @@ def _time_fraction(timer: pl.callbacks.Timer) -> float:
 
 
 class FinalCheckpoint(pl.Callback):
-    """Write ``<checkpoint dir>/final.ckpt`` when training ends, however it ends (max_steps, max_time, ...).
+    """Write ``<checkpoint dir>/final.ckpt`` when training ends, however it ends (max_steps, max_time, ...), and bring
+    ``last.ckpt`` up to the same step.
 
     ``ModelCheckpoint(save_last=True)`` only refreshes ``last.ckpt`` when it saves on its own schedule, so a run
-    stopped by ``max_time`` between two scheduled saves would lose its last steps. Every rank calls
-    ``trainer.save_checkpoint`` (collective under DDP); rank 0 writes.
+    stopped between two scheduled saves (``max_steps`` not a multiple of ``every_n_train_steps``, ``max_time``)
+    would leave ``last.ckpt`` behind ``final.ckpt``, and resuming from it would redo those steps. At the end of
+    training this callback saves the last checkpoint of every ``save_last`` ModelCheckpoint that is behind the
+    trainer's ``global_step`` (``save_last="link"``: the link points to ``final.ckpt``), so ``last.ckpt`` and
+    ``final.ckpt`` hold the same step. Every rank calls ``trainer.save_checkpoint`` (collective under DDP); rank 0
+    writes.
 
     Args:
         filename: file name inside the ModelCheckpoint folder (or ``<default_root_dir>/checkpoints``).
@@ -332,7 +337,39 @@ class FinalCheckpoint(pl.Callback):
         self.path: Path | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._at_end = False
         ckpt_cb = trainer.checkpoint_callback
         folder = getattr(ckpt_cb, "dirpath", None) or str(Path(trainer.default_root_dir) / "checkpoints")
         self.path = Path(folder) / self.filename
-        trainer.save_checkpoint(self.path)
+        self._at_end = True
+        try:
+            trainer.save_checkpoint(self.path)
+            for cb in trainer.checkpoint_callbacks:
+                self._refresh_last(trainer, cb)
+        finally:
+            self._at_end = False
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """End-of-run saves at an epoch's end: store the logger step counter (``_batches_that_stepped``) as
+        Lightning's own saves do, before the last batch's increment, because when a run restarts on a new epoch
+        Lightning adds 1 to it (it does not when the run restarts mid-epoch). A resumed run then logs its steps
+        where an uninterrupted run would (tested both ways in tests/test_train.py)."""
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if not self._at_end or epoch_loop.batch_progress.current.ready < trainer.num_training_batches:
+            return
+        state = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+        if state.get("_batches_that_stepped", 0) > 0:
+            state["_batches_that_stepped"] -= 1
+
+    def _refresh_last(self, trainer: pl.Trainer, cb: pl.Callback) -> None:
+        """Save ``cb``'s last checkpoint at the current step unless it already is (Lightning's own ``save_last``
+        code path, so its naming, versioning and link settings apply)."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        if not isinstance(cb, ModelCheckpoint) or not cb.save_last:
+            return
+        if cb.last_model_path and cb._last_global_step_saved == trainer.global_step:
+            return  # already saved at this step
+        if cb.save_last == "link":
+            cb._last_checkpoint_saved = str(self.path)  # link last.ckpt to final.ckpt
+        cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))

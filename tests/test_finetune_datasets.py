@@ -143,6 +143,68 @@ def test_w300_errors(tmp_path: Path) -> None:
         W300Dataset(root, "train", 32)
 
 
+def _rewrite_pts(path: Path, count: int) -> None:
+    """Keep the first ``count`` points of a .pts file (header and braces as the format wants)."""
+    write_pts(path, read_pts(path)[:count])
+
+
+def test_w300_checks_every_pts_file_at_setup(tmp_path: Path) -> None:
+    root = make_w300(tmp_path / "w")
+    first, second = sorted((root / "afw").glob("*.pts"))[:2]
+    _rewrite_pts(second, 67)
+    # found when the dataset is built, not when a batch happens to read it
+    with pytest.raises(UserError, match=f"landmark file has 67 points, expected 68: .*afw/{second.name}$"):
+        W300Dataset(root, "train", 32)
+    _rewrite_pts(first, 66)
+    more = r"\(and 1 more bad landmark files\)"
+    with pytest.raises(UserError, match=rf"has 66 points, expected 68: .*{first.name} {more}$"):
+        W300Dataset(root, "train", 32)
+    # splits that do not use the folder are unaffected
+    assert len(W300Dataset(root, "common", 32)) == W300_COUNTS["helen/testset"] + W300_COUNTS["lfpw/testset"]
+    # the points kept at setup are the file's (1-based -> 0-based)
+    ds = W300Dataset(root, "challenge", 32)
+    np.testing.assert_array_equal(ds.points[0], read_pts(ds.records[0][1]))
+    text = ds.records[0][1].read_text().splitlines()
+    x, y = (float(v) for v in text[3].split())
+    np.testing.assert_allclose(ds[0]["orig_landmarks"][0].numpy(), [x - 1, y - 1], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"batch_size": 0}, "--data.batch_size"),
+        ({"batch_size": -4}, "--data.batch_size"),
+        ({"val_batch_size": 0}, "--data.val_batch_size"),
+        ({"num_workers": -1}, "--data.num_workers"),
+        ({"resolution": 4}, "--data.resolution"),
+    ],
+)
+def test_datamodule_rejects_bad_counts(w300_root: Path, kwargs: dict, option: str) -> None:
+    value = next(iter(kwargs.values()))
+    with pytest.raises(UserError, match=f"^{option} must be .*, got {value}$"):
+        FinetuneDataModule("w300", str(w300_root), **kwargs)
+
+
+def test_datamodule_root_and_setup_fit_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=f"^--data.root: {empty} holds no w300 data .*afw"):
+        FinetuneDataModule("w300", str(empty))
+    with pytest.raises(UserError, match=f"^--data.root: no such folder: {tmp_path / 'nope'}$"):
+        FinetuneDataModule("lapa", str(tmp_path / "nope"))
+    root = make_w300(tmp_path / "w")
+    bad = sorted((root / "lfpw" / "testset").glob("*.pts"))[0]  # in the validation split (common)
+    _rewrite_pts(bad, 60)
+    dm = FinetuneDataModule("w300", str(root), resolution=32, batch_size=2)  # constructing stays cheap
+    with pytest.raises(UserError, match=f"60 points, expected 68: .*{bad.name}"):
+        dm.setup_fit()
+    write_pts(bad, np.zeros((68, 2), np.float32))
+    dm.setup_fit()
+    # the loaders reuse the datasets built (and checked) by setup_fit
+    assert dm.train_dataloader().dataset is dm.dataset_for(dm.train_split, train=True)
+    assert dm.val_dataloader().dataset is dm.dataset_for(dm.val_split)
+
+
 # ------------------------------------------------------------------------------------------------------------ LaPa
 
 
@@ -181,7 +243,8 @@ def test_lapa_errors(tmp_path: Path) -> None:
     lm = sorted((root / "test" / "landmarks").glob("*.txt"))[1]
     lm.write_text("68\n" + "1 2\n" * 68)
     with pytest.raises(UserError, match=f"68 points.*expected 106.*{lm.name}"):
-        LapaDataset(root, "test", 32)[1]
+        LapaDataset(root, "test", 32)  # every landmark file is read when the dataset is set up
+    assert len(LapaDataset(root, "test", 32, with_landmarks=False)) == LAPA_COUNTS["test"]
     (root / "train" / "labels" / "train_0000.png").unlink()
     with pytest.raises(UserError, match="missing label file: .*train_0000.png"):
         LapaDataset(root, "train", 32)
@@ -236,9 +299,15 @@ def test_celeba_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing part masks for CelebA-HQ image 3"):
         merge_part_masks(root, 3)
     (root / "CelebA-HQ-img" / "0.jpg").unlink()
-    ds = CelebAMaskHQDataset(root, "train", 32, cache_dir=tmp_path / "cache")
-    with pytest.raises(UserError, match="missing image file: .*0.jpg"):
-        ds[0]
+    # files are checked when the dataset is set up: the first missing one is named, the others counted (id 3 has no
+    # part masks left); the val split, which holds neither id, is not affected
+    with pytest.raises(UserError, match=r"missing image file: .*/0\.jpg \(and 1 more images with missing files\)$"):
+        CelebAMaskHQDataset(root, "train", 32, cache_dir=tmp_path / "cache")
+    assert len(CelebAMaskHQDataset(root, "val", 32, cache_dir=tmp_path / "cache")) == 2
+    # a merged map in the cache stands in for the part masks
+    (root / "CelebA-HQ-img" / "0.jpg").write_bytes((root / "CelebA-HQ-img" / "1.jpg").read_bytes())
+    write_png_atomic(tmp_path / "cache" / "3.png", np.ones((32, 32), np.uint8))
+    assert len(CelebAMaskHQDataset(root, "train", 32, cache_dir=tmp_path / "cache")) == 4
     (root / "CelebA-HQ-to-CelebA-mapping.txt").unlink()
     with pytest.raises(UserError, match="missing CelebA-HQ mapping file"):
         CelebAMaskHQDataset(root, "train", 32)

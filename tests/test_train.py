@@ -95,6 +95,73 @@ def test_resume_from_checkpoint(trained: Path, toy_data: dict[str, Path]) -> Non
     assert float(steps[0]) == 6.0
 
 
+def _adam_steps(ckpt: dict) -> float:
+    return float(next(iter(ckpt["optimizer_states"][0]["state"].values()))["step"])
+
+
+@pytest.mark.parametrize(("first", "total"), [(3, 5), (5, 7)], ids=["epoch-end", "mid-epoch"])
+def test_end_of_run_checkpoints_agree_and_resume_from_last_matches_uninterrupted(
+    first: int, total: int, toy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """An odd max_steps is not a multiple of the tiny config's every_n_train_steps=2: ModelCheckpoint alone would
+    leave last.ckpt one step behind final.ckpt, and resuming from last.ckpt would redo that step. The training set
+    has 3 batches per epoch: 3 steps end at an epoch's end, 5 in the middle of one."""
+    data = [f"--data.train={toy_data['train']}", f"--data.val={toy_data['val']}"]
+    assert _train([*data, f"--trainer.default_root_dir={tmp_path / 'a'}", f"--trainer.max_steps={first}"]) == 0
+    ckpts = tmp_path / "a" / "lightning_logs" / "version_0" / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(ckpts / "final.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == final["global_step"] == first
+    assert _adam_steps(last) == _adam_steps(final) == float(first)
+    for key, value in final["state_dict"].items():
+        torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert (ckpts / "step000002.ckpt").is_file()  # the scheduled saves are unchanged
+
+    # resume from last.ckpt up to `total` steps == an uninterrupted run (same step counts, only the missing steps)
+    resumed_dir = tmp_path / "a"
+    argv = [*data, f"--trainer.default_root_dir={resumed_dir}", f"--trainer.max_steps={total}",
+            f"--ckpt_path={ckpts / 'last.ckpt'}"]  # fmt: skip
+    assert _train(argv) == 0
+    assert _train([*data, f"--trainer.default_root_dir={tmp_path / 'b'}", f"--trainer.max_steps={total}"]) == 0
+    resumed = resumed_dir / "lightning_logs" / "version_1"
+    straight = tmp_path / "b" / "lightning_logs" / "version_0"
+    for name in ("final.ckpt", "last.ckpt"):
+        r = torch.load(resumed / "checkpoints" / name, map_location="cpu", weights_only=False)
+        u = torch.load(straight / "checkpoints" / name, map_location="cpu", weights_only=False)
+        assert r["global_step"] == u["global_step"] == total, name
+        assert _adam_steps(r) == _adam_steps(u) == float(total), name
+    steps = [[int(r["step"]) for r in _metrics(run) if r.get("train/loss")] for run in (resumed, straight)]
+    # exactly the missing steps were trained, logged at the steps where the uninterrupted run logged them
+    assert len(steps[1]) == total and steps[0] == steps[1][first:]
+
+
+def test_user_error_in_a_dataloader_worker_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A UserError raised in a DataLoader worker process reaches the user as its own message, not the worker's
+    traceback that PyTorch wraps around it."""
+    from torch.utils.data import DataLoader
+
+    from next3d_gen.errors import UserError
+    from synthforge.cli import user_message
+
+    class Bad(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            raise UserError(f"unreadable image file: {tmp_path / 'x.jpg'}")
+
+    with pytest.raises(UserError) as info:
+        next(iter(DataLoader(Bad(), num_workers=1)))
+    wrapped = str(info.value)
+    assert wrapped.startswith("Caught UserError in DataLoader worker process 0") and "Traceback" in wrapped
+    assert user_message(info.value) == f"unreadable image file: {tmp_path / 'x.jpg'}"
+    # anything else is left alone, including a worker's non-UserError re-raised as a UserError-looking text
+    assert user_message(UserError("--data.root: no such folder: /x")) == "--data.root: no such folder: /x"
+    other = UserError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                      "last):\n  File ...\nnext3d_gen.errors.UserError: not this")
+    assert user_message(other) == str(other)
+
+
 def test_inference_from_checkpoint_maps_back_to_input_pixels(trained: Path) -> None:
     from synthforge.inference import Predictor
 
@@ -146,6 +213,10 @@ def test_inference_coordinate_mapping_with_a_fake_net() -> None:
         (["--data.train=/nonexistent/data.h5"], "/nonexistent/data.h5"),
         (["--model.bogus_option=1"], "bogus_option"),
         (["--data.crop_size=60"], "crop_size"),
+        (["--data.batch_size=0"], "--data.batch_size must be a positive integer, got 0"),
+        (["--data.batch_size=-4"], "--data.batch_size must be a positive integer, got -4"),
+        (["--data.val_batch_size=0"], "--data.val_batch_size"),
+        (["--data.num_workers=-1"], "--data.num_workers must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

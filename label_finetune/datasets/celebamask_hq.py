@@ -123,6 +123,32 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
         raise
 
 
+def check_files(root: Path, ids: list[int], cache_dir: Path) -> None:
+    """Check that every id has its image and at least one part mask (or a cached merged map), from one directory
+    listing per folder (cheap even for the 30,000 images; the masks' contents are read when a sample is loaded).
+
+    Raises:
+        UserError: naming the first missing file, plus how many more ids miss files.
+    """
+    images = {p.name for p in (root / IMAGE_DIR).iterdir()}
+    with_masks: set[int] = set()
+    for folder in {idx // FOLDER_SIZE for idx in ids}:
+        sub = root / MASK_DIR / str(folder)
+        if sub.is_dir():
+            with_masks.update(int(p.name[:5]) for p in sub.iterdir() if p.suffix == ".png" and p.name[:5].isdigit())
+    if cache_dir.is_dir():
+        with_masks.update(int(p.stem) for p in cache_dir.glob("*.png") if p.stem.isdigit())
+    errors = []
+    for idx in ids:
+        if f"{idx}.jpg" not in images:
+            errors.append(f"missing image file: {root / IMAGE_DIR / f'{idx}.jpg'}")
+        elif idx not in with_masks:
+            errors.append(f"missing part masks for CelebA-HQ image {idx}: no {mask_path(root, idx, '<part>')}")
+    if errors:
+        more = f" (and {len(errors) - 1} more images with missing files)" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
+
+
 class CelebAMaskHQDataset(FaceBenchmark):
     """CelebAMask-HQ faces with 19-class label maps in the official train/val/test split.
 
@@ -169,6 +195,7 @@ class CelebAMaskHQDataset(FaceBenchmark):
                 ids.append(idx)
         if not ids:
             raise UserError(f"CelebAMask-HQ split {split!r} is empty (mapping {self.root / MAPPING_FILE})")
+        check_files(self.root, ids, self.cache_dir)
         self.records = ids
 
     def name(self, index: int) -> str:

@@ -10,10 +10,10 @@ image for the metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -22,6 +22,8 @@ from torch.utils.data import Dataset, default_collate
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import IGNORE_INDEX
+
+T = TypeVar("T")
 
 VARIABLE_SIZE_KEYS = ("orig_seg",)
 """Sample keys whose tensors differ in size between samples; :func:`collate` keeps them as lists."""
@@ -62,6 +64,29 @@ def read_gray(path: Path) -> np.ndarray:
     if image.dtype != np.uint8:
         raise UserError(f"label file is not 8-bit: {path}")
     return image
+
+
+def read_all(paths: Sequence[Path], reader: Callable[[Path], T], what: str) -> list[T]:
+    """``[reader(p) for p in paths]``, reading every file even after a bad one.
+
+    Used when a dataset is set up, so that a damaged annotation file is reported before training starts rather than
+    when a batch happens to read it.
+
+    Raises:
+        UserError: the first file's message (it names the file and what is wrong), plus how many more of ``what``
+            (e.g. "landmark files") are bad.
+    """
+    out: list[T] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            out.append(reader(path))
+        except UserError as err:
+            errors.append(str(err))
+    if errors:
+        more = f" (and {len(errors) - 1} more bad {what})" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
+    return out
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_gray, read_image, require_dir
+from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_all, read_gray, read_image, require_dir
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAPA
 
@@ -68,6 +68,8 @@ class LapaDataset(FaceBenchmark):
         root: folder holding train/, val/, test/.
         split: ``train``, ``val`` or ``test``.
         with_landmarks: read the 106 landmarks (needed for landmark training/evaluation or ``crop.box="landmarks"``).
+            Every landmark file of the split is parsed when the dataset is built (UserError naming the first bad
+            file); the label PNG of every image must exist (checked when listing).
         resolution, crop, train, return_original, seed: see :class:`FaceBenchmark`.
     """
 
@@ -91,12 +93,17 @@ class LapaDataset(FaceBenchmark):
         self.split = split
         self.num_landmarks = NUM_LANDMARKS if with_landmarks else 0
         self.records = list_split(self.root, split, with_landmarks)
+        marks = [lm for _, _, lm in self.records if lm is not None]
+        self.points: list[np.ndarray] | None = (
+            read_all(marks, read_landmarks_txt, "landmark files") if with_landmarks else None
+        )
+        """(106, 2) float32 pixel landmarks of each record (None without landmarks)."""
 
     def name(self, index: int) -> str:
         return self.records[index][0].stem
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        image_path, label_path, lm_path = self.records[index]
+        image_path, label_path, _ = self.records[index]
         image = read_image(image_path)
         labels = read_gray(label_path)
         if labels.shape != image.shape[:2]:
@@ -104,5 +111,5 @@ class LapaDataset(FaceBenchmark):
                             f"{image.shape[1]}x{image.shape[0]}: {label_path}")
         if labels.max(initial=0) >= LAPA.num_classes and (labels[labels != 255] >= LAPA.num_classes).any():
             raise UserError(f"label map holds ids >= {LAPA.num_classes}: {label_path}")
-        landmarks = read_landmarks_txt(lm_path) if lm_path is not None else None
+        landmarks = self.points[index] if self.points is not None else None
         return image, labels, landmarks

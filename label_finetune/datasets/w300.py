@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_image, require_dir
+from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_all, read_image, require_dir
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION, NUM_LANDMARKS
 
@@ -105,6 +105,9 @@ def list_split(root: Path, split: str) -> list[tuple[Path, Path]]:
 class W300Dataset(FaceBenchmark):
     """300W faces with 68 iBUG landmarks, cropped around the landmark box.
 
+    Every ``.pts`` file of the split is parsed when the dataset is built (UserError naming the first bad file and
+    its point count); the parsed points are kept, so samples read only their image.
+
     Args:
         root: folder holding afw/, helen/, lfpw/, ibug/.
         split: ``train``, ``common``, ``challenge`` or ``full``.
@@ -128,11 +131,13 @@ class W300Dataset(FaceBenchmark):
         self.root = require_dir(Path(root), "300W dataset root")
         self.split = split
         self.records = list_split(self.root, split)
+        self.points: list[np.ndarray] = read_all([pts for _, pts in self.records], read_pts, "landmark files")
+        """(68, 2) float32 0-based pixel landmarks of each record."""
 
     def name(self, index: int) -> str:
         image, _ = self.records[index]
         return str(image.relative_to(self.root))
 
     def load(self, index: int) -> tuple[np.ndarray, None, np.ndarray]:
-        image_path, pts_path = self.records[index]
-        return read_image(image_path), None, read_pts(pts_path)
+        image_path, _ = self.records[index]
+        return read_image(image_path), None, self.points[index]

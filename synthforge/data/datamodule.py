@@ -7,9 +7,23 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from next3d_gen.errors import UserError
 from next3d_gen.labels import LabelSpace
 from synthforge.data.dataset import SynthFaceDataset
 from synthforge.data.transforms import AugmentConfig
+
+
+def check_count(option: str, value: int | None, minimum: int, *, optional: bool = False) -> None:
+    """Raise a UserError naming ``option`` (``--data.batch_size``) unless ``value`` is an integer >= ``minimum``.
+
+    Called where the option is defined (datamodule constructors), so a bad count fails before the Trainer is built
+    instead of as a DataLoader ``ValueError`` traceback. ``optional``: None is allowed (a default applies).
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise UserError(f"{option} must be {what}, got {value!r}")
 
 
 class SynthDataModule(pl.LightningDataModule):
@@ -57,9 +71,10 @@ class SynthDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        check_count("--data.batch_size", batch_size, 1)
+        check_count("--data.val_batch_size", val_batch_size, 1, optional=True)
+        check_count("--data.num_workers", num_workers, 0)
         if not train or train == "???":
-            from next3d_gen.errors import UserError
-
             raise UserError("data.train: no training set given (--data.train PATH)")
         self.save_hyperparameters()
         common = {"crop_size": crop_size, "crop_scale": crop_scale, "load_normals": load_normals, "load_uv": load_uv}
@@ -73,8 +88,6 @@ class SynthDataModule(pl.LightningDataModule):
         )
         self.val_set = SynthFaceDataset(Path(val), **common) if val else None
         if self.val_set is not None and self.val_set.label_space.classes != self.train_set.label_space.classes:
-            from next3d_gen.errors import UserError
-
             raise UserError(f"{val}: label space differs from the training set {train}")
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
