@@ -65,6 +65,13 @@ def main(argv: list[str]) -> int:
     # read safely (nothing in the file runs) and check that it is a fine-tuned checkpoint, before anything else
     state = load_checkpoint(ckpt, "--ckpt", expect=FINETUNE)
     dm: FinetuneDataModule = parser.instantiate_classes(cfg).data
+    if cfg.split:
+        splits = [s.strip() for s in cfg.split.split(",") if s.strip()]
+    else:
+        splits = ["common", "challenge", "full"] if dm.dataset == "w300" else [dm.test_split]
+    for i, split in enumerate(splits):  # every file and annotation is checked before the model is built
+        if not (split == "full" and {"common", "challenge"} <= set(splits[:i])):  # (full = common + challenge)
+            dm.dataset_for(split, return_original=True)
     backbone = cfg.model.backbone
     overrides = {"backbone": backbone, "stage1_config": None} if backbone else {}
     model = build_finetune_system(state, ckpt, "--ckpt", **overrides)
@@ -75,10 +82,6 @@ def main(argv: list[str]) -> int:
         log.warning("using the checkpoint's resolution %d instead of --data.resolution %d",
                     model.hparams.resolution, dm.resolution)
         dm.resolution = model.hparams.resolution
-    if cfg.split:
-        splits = [s.strip() for s in cfg.split.split(",") if s.strip()]
-    else:
-        splits = ["common", "challenge", "full"] if dm.dataset == "w300" else [dm.test_split]
 
     results: dict[str, Any] = {
         "dataset": dm.dataset,
