@@ -240,3 +240,20 @@ def test_cli_bad_input_exit_2(case: str, ckpt: Path, tmp_path: Path) -> None:
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("synthforge predict: error:"), r.stderr
     assert not (tmp_path / "out" / "img.json").exists()
+
+
+def test_second_pass_crop_is_the_training_crop(tmp_path: Path) -> None:
+    """From the true landmarks, the pipeline's crop is bit-identical to the validation crop of SynthFaceDataset."""
+    from next3d_gen.h5 import SampleReader
+    from synthforge.data.dataset import SynthFaceDataset
+    from synthforge.data.transforms import landmark_box
+
+    path = write_toy_dataset(tmp_path / "d.h5", 2, 96, seed=5)
+    ds = SynthFaceDataset(path, crop_size=64, crop_scale=1.6)
+    raw = SampleReader(path)[1]
+    cx, cy, side = landmark_box(raw["landmarks_2d"].astype(np.float32))
+    crop, matrix = warp_crop(raw["image"], (cx, cy, side * 1.6), 64)
+    sample = ds[1]
+    np.testing.assert_allclose(matrix, sample["crop_matrix"].numpy(), atol=1e-5)
+    reference = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.abs(crop.astype(int) - reference).max() <= 1

@@ -27,13 +27,16 @@ An unreadable input prints one line naming it and the run goes on; the exit stat
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +156,40 @@ def read_image(path: Path) -> np.ndarray | None:
     if image is None or image.ndim != 3 or min(image.shape[:2]) < 1:
         return None
     return np.ascontiguousarray(image[..., ::-1])
+
+
+Loaded = tuple[Item, "np.ndarray | None", str, "list | None"]
+"""(item, RGB image or None, why it could not be read, detections or None when no detector ran)."""
+
+
+def load_and_detect(item: Item, detector) -> Loaded:  # noqa: ANN001 - FaceDetector | None
+    """Decode one item (unless it is a video frame) and run the detector on it."""
+    image, why = item.image, ""
+    if image is None:
+        try:
+            image = read_image(item.source)
+        except OSError as err:
+            image, why = None, err.strerror or str(err)
+        else:
+            why = "not a readable image"
+    dets = detector.detect(image) if image is not None and detector is not None else None
+    return item, image, why, dets
+
+
+def ahead(items: Iterator[Item], fn: Callable[[Item], Loaded], depth: int = 2) -> Iterator[Loaded]:
+    """``fn(item)`` for each item, in order, computed up to ``depth`` items ahead in one worker thread.
+
+    Decoding and detection (dlib holds the GIL) then overlap with the network, whose kernels run without the GIL: on
+    2 cores the two halves of the work run side by side.
+    """
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-load") as pool:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def load_boxes(path: str) -> dict[str, list]:
@@ -340,27 +377,22 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     bar = tqdm(unit="img", desc="predict", disable=None, file=sys.stderr)
     reported = len(failed)
-    for item in iter_items(files, args.every, failed):
+    load = functools.partial(load_and_detect, detector=detector)  # detector: None with --boxes / --no-detect
+    for item, image, why, dets in ahead(iter_items(files, args.every, failed), load):
         while reported < len(failed):  # a video that failed to open
             bar.write(f"synthforge predict: {failed[reported]}", file=sys.stderr)
             reported += 1
-        image = item.image
         if image is None:
-            try:
-                image = read_image(item.source)
-            except OSError as err:
-                image, why = None, err.strerror or str(err)
-            else:
-                why = "not a readable image"
-            if image is None:
-                failed.append(f"{item.source}: {why}")
-                bar.write(f"synthforge predict: {failed[-1]}", file=sys.stderr)
-                reported += 1
-                continue
+            failed.append(f"{item.source}: {why}")
+            bar.write(f"synthforge predict: {failed[-1]}", file=sys.stderr)
+            reported += 1
+            continue
         if boxes is not None:
             result = pipeline.run(image, boxes=_boxes_for(item, boxes) or [])
+        elif dets is not None:
+            result = pipeline.run(image, boxes=dets, calibration=detector.calibration)
         else:
-            result = pipeline.run(image, whole_image=args.no_detect)
+            result = pipeline.run(image, whole_image=True)
         try:
             n_faces += write_outputs(item, image, result, out_dir, save, meta)
         except OSError as err:
