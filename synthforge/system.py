@@ -186,9 +186,11 @@ class MultiTaskSystem(pl.LightningModule):
         for k, v in terms.items():
             self.log(f"train/loss_{k}", v, batch_size=bs)
         if "damaged_skipped" in batch:  # rows failing their checksum, skipped by the dataset (warned per row there)
-            skipped = batch["damaged_skipped"].sum().float()
-            self.log("train/damaged_rows_skipped", skipped, reduce_fx="sum", on_step=False, on_epoch=True,
-                     batch_size=bs, sync_dist=True)  # fmt: skip
+            # running total of this run (summed over ranks); a per-step value survives log_every_n_steps, and no
+            # epoch-level state enters checkpoints
+            self._damaged_rows = batch["damaged_skipped"].sum() + getattr(self, "_damaged_rows", 0)
+            self.log("train/damaged_rows_skipped", self._damaged_rows.float(), reduce_fx="sum", batch_size=bs,
+                     sync_dist=True)  # fmt: skip
         return total
 
     # -- validation --------------------------------------------------------------------------------------------
@@ -335,9 +337,9 @@ class FinalCheckpoint(pl.Callback):
     def __init__(self, filename: str = "final.ckpt") -> None:
         self.filename = filename
         self.path: Path | None = None
+        self._at_end = False
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._at_end = False
         ckpt_cb = trainer.checkpoint_callback
         folder = getattr(ckpt_cb, "dirpath", None) or str(Path(trainer.default_root_dir) / "checkpoints")
         self.path = Path(folder) / self.filename
