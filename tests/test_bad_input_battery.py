@@ -209,6 +209,22 @@ class Assets:
 
 
     # --- training / fine-tuning data ----------------------------------------------------------------------------
+    def _build_empty_root(self) -> Path:
+        p = self.root / "empty_root"
+        p.mkdir()
+        return p
+
+    def _build_w300_bad_pts(self) -> Path:
+        """A tiny 300W tree whose second afw face (training split) has 67 points instead of 68."""
+        from finetune_trees import make_w300, write_pts
+
+        from label_finetune.datasets.w300 import read_pts
+
+        root = make_w300(self.root / "w300_bad_pts")
+        bad = root / "afw" / "img_001_2.pts"
+        write_pts(bad, read_pts(bad)[:67])
+        return root
+
 
 
 CASES: list[Case] = [
@@ -291,6 +307,36 @@ CASES: list[Case] = [
          no_output=("{tmp}/o",)),
 
     # --- training / fine-tuning data ---
+    # counts are checked where the option is defined (the datamodule), before the Trainer prints anything
+    Case("train-batch-size-0", ("train", "--config", str(TINY), "--data.train={toy_train}", "--data.batch_size=0",
+                                "--trainer.default_root_dir={tmp}/run"), "--data.batch_size", no_output=("{tmp}/run",)),
+    Case("train-batch-size-negative", ("train", "--config", str(TINY), "--data.train={toy_train}",
+                                       "--data.batch_size=-4", "--trainer.default_root_dir={tmp}/run"),
+         "--data.batch_size must be a positive integer, got -4", no_output=("{tmp}/run",)),
+    Case("finetune-batch-size-0", ("finetune", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                   "--data.batch_size", "0", "--model.backbone", "{stage1}",
+                                   "--trainer.default_root_dir", "{tmp}/run"),
+         "--data.batch_size", no_output=("{tmp}/run",)),
+    Case("finetune-num-workers-negative", ("finetune", "--config", str(W300_TINY), "--data.root", "{w300}",
+                                           "--data.num_workers", "-1", "--model.backbone", "{stage1}",
+                                           "--trainer.default_root_dir", "{tmp}/run"),
+         "--data.num_workers", no_output=("{tmp}/run",)),
+    # an empty root: no Lightning banner or model warning before the error
+    Case("finetune-empty-root", ("finetune", "--config", str(W300_TINY), "--data.root", "{empty_root}",
+                                 "--model.backbone", "{stage1}", "--trainer.default_root_dir", "{tmp}/run"),
+         "--data.root: {empty_root}", no_output=("{tmp}/run",)),
+    Case("evaluate-empty-root", ("evaluate", "--config", str(W300_TINY), "--data.root", "{empty_root}",
+                                 "--ckpt", "{finetune}", "--out", "{tmp}/r.json"),
+         "--data.root: {empty_root}", no_output=("{tmp}/r.json",)),
+    # every annotation file of the splits in use is read when the data are set up, before training starts
+    # (resolution 64 = the stage-I network's, so that no resolution warning precedes the error)
+    Case("finetune-bad-pts", ("finetune", "--config", str(W300_TINY), "--data.root", "{w300_bad_pts}",
+                              "--data.resolution", "64", "--model.backbone", "{stage1}",
+                              "--trainer.default_root_dir", "{tmp}/run"),
+         "67 points, expected 68: {w300_bad_pts}/afw/img_001_2.pts", no_output=("{tmp}/run",)),
+    Case("evaluate-bad-pts", ("evaluate", "--config", str(W300_TINY), "--data.root", "{w300_bad_pts}",
+                              "--split", "train", "--ckpt", "{finetune}", "--out", "{tmp}/r.json"),
+         "{w300_bad_pts}/afw/img_001_2.pts", no_output=("{tmp}/r.json",)),
 ]
 
 
