@@ -235,7 +235,9 @@ def main() -> int:
     from synthforge.inference import Predictor
 
     predictor = Predictor.from_checkpoint(args.ckpt)
-    crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None)
+    from synthforge.predict import checkpoint_crop_scale
+
+    crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None) or checkpoint_crop_scale(args.ckpt)
     if not crop_scale:
         p.error("the checkpoint does not record its crop scale: pass --crop-scale")
     status = 0

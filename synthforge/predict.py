@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -168,6 +169,18 @@ def paste_faces(result: ImageResult) -> None:
             result.normal[y0:y1, x0:x1][fg] = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
         if result.uv is not None and p.uv is not None:
             result.uv[y0:y1, x0:x1][fg] = _to_roi(p.uv, face.matrix, roi)[fg]
+
+
+def checkpoint_crop_scale(path: str | Path) -> float | None:
+    """``data.crop_scale`` a stage-I checkpoint was trained with (its datamodule hyper-parameters), or None.
+
+    Read through the safe loader :func:`synthforge.checkpoints.load_checkpoint` (nothing in the file is run); used
+    until :class:`~synthforge.inference.Predictor` carries the crop scale itself.
+    """
+    from synthforge.checkpoints import load_checkpoint
+
+    value = (load_checkpoint(path).get("datamodule_hyper_parameters") or {}).get("crop_scale")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 class FacePipeline:

@@ -170,11 +170,11 @@ def test_cli_no_detect_and_video(ckpt: Path, tmp_path: Path) -> None:
         writer.write(np.ascontiguousarray(_face(seed=seed)[..., ::-1]))
     writer.release()
     out = tmp_path / "out"
-    r = _run(["--ckpt", str(ckpt), str(face), str(video), "--no-detect", "--out", str(out), "--crop-scale", CROP_SCALE,
+    r = _run(["--ckpt", str(ckpt), str(face), str(video), "--no-detect", "--out", str(out),  # crop scale: the ckpt's
               "--save", "seg,depth,overlay,normals"], tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "face.json").read_text())
-    assert doc["num_faces"] == 1 and doc["faces_from"] == "whole image"
+    assert doc["num_faces"] == 1 and doc["faces_from"] == "whole image" and doc["crop_scale"] == float(CROP_SCALE)
     assert doc["label_space"]["classes"] == list(SYNTH.classes)
     f = doc["faces"][0]
     assert f["box"] == [-0.5, -0.5, 99.5, 89.5] and f["score"] is None and len(f["landmarks"]) == 68

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         f"(default {DEFAULT_SAVE}; 'none' for the JSON only)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
     p.add_argument("--crop-scale", type=float, default=None,
-                   help="crop side / landmark-box side (default: the checkpoint's data.crop_scale)")
+                   help="crop side / landmark-box side (default: the checkpoint's data.crop_scale; give it for "
+                        "checkpoints that do not record it)")
     return p
 
 
@@ -351,13 +352,13 @@ def main(argv: list[str]) -> int:
 
     from synthforge.detect import DLIB_WINDOW, make_detector
     from synthforge.inference import Predictor
-    from synthforge.predict import FacePipeline
+    from synthforge.predict import FacePipeline, checkpoint_crop_scale
 
     detector = None
     if boxes is None and not args.no_detect:
         detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW, threshold=args.detect_threshold)
     predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device))
-    crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None)
+    crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None) or checkpoint_crop_scale(args.ckpt)
     if not crop_scale:
         raise UserError(f"{args.ckpt}: the checkpoint does not record its crop scale: pass --crop-scale "
                         "(the data.crop_scale it was trained with)")
