@@ -45,7 +45,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "empty.ckpt").write_bytes(b"")
     torch.save([torch.zeros(2)], root / "list.ckpt")
     return {
-        "stage1": stage1, "finetune": finetune, "val": val,
+        "stage1": stage1, "finetune": finetune, "val": val, "w300": w300,
         "evil_stage1": add_payload(stage1, root / "evil_stage1.ckpt"),
         "evil_finetune": add_payload(finetune, root / "evil_finetune.ckpt"),
         "truncated": root / "truncated.ckpt", "random": root / "random.ckpt", "empty": root / "empty.ckpt",
@@ -205,3 +205,13 @@ def test_damaged_metadata(files: dict[str, Path], tmp_path: Path, meta: object) 
     torch.save(ckpt, bad)
     with pytest.raises(UserError, match=f"--ckpt_path: {bad}: damaged checkpoint metadata"):
         load_checkpoint(bad, "--ckpt_path", expect=STAGE1)
+
+
+def test_finetune_resume_reads_safely(files: dict[str, Path], tmp_path: Path) -> None:
+    """``finetune --ckpt_path`` (pre-checked, then Trainer.fit(weights_only=True)) continues from the saved step."""
+    run = tmp_path / "resumed"
+    assert cli_main(["finetune", "--config", str(W300_TINY), "--data.root", str(files["w300"]), "--model.backbone",
+                     str(files["stage1"]), "--ckpt_path", str(files["finetune"]), "--trainer.default_root_dir",
+                     str(run), "--trainer.max_steps=2", "--trainer.max_epochs=5"]) == 0  # fmt: skip
+    last = load_checkpoint(run / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", expect=FINETUNE)
+    assert load_checkpoint(files["finetune"])["global_step"] == 1 and last["global_step"] == 2
