@@ -162,6 +162,27 @@ def test_user_error_in_a_dataloader_worker_is_one_line(tmp_path: Path, capsys: p
     assert user_message(other) == str(other)
 
 
+def test_worker_error_from_the_cli_is_one_line_without_traceback(trained: Path, tmp_path: Path) -> None:
+    """Fresh process, one DataLoader worker: a training image that cannot be decoded (found only when a batch reads
+    it) ends the run with exit status 2 and the reader's UserError as the last stderr line, with no worker
+    traceback. (Lightning's start-of-fit banner lines come before it: the run had started.)"""
+    from finetune_trees import make_w300
+
+    root = make_w300(tmp_path / "w300")
+    bad = sorted((root / "afw").glob("*.jpg"))[0]
+    bad.write_bytes(b"not a jpeg")
+    backbone = trained / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
+    argv = ["finetune", "--config", str(ROOT / "configs" / "finetune" / "tiny" / "w300.yaml"), "--data.root",
+            str(root), "--data.resolution", "64", "--data.num_workers", "1", "--model.backbone", str(backbone),
+            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "synthforge.cli", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == f"synthforge finetune: error: unreadable image file: {bad}", proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_inference_from_checkpoint_maps_back_to_input_pixels(trained: Path) -> None:
     from synthforge.inference import Predictor
 
