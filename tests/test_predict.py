@@ -257,3 +257,39 @@ def test_second_pass_crop_is_the_training_crop(tmp_path: Path) -> None:
     np.testing.assert_allclose(matrix, sample["crop_matrix"].numpy(), atol=1e-5)
     reference = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert np.abs(crop.astype(int) - reference).max() <= 1
+
+
+def test_overlapping_faces_larger_pasted_last() -> None:
+    from synthforge.predict import FaceResult, ImageResult
+
+    def face(cls: int, window: tuple[float, float, float], box: tuple[float, float, float, float]) -> FaceResult:
+        size = 16
+        seg = np.full((size, size), cls)
+        probs = np.stack([(seg == c).astype(np.float32) for c in range(SYNTH.num_classes)])
+        pred = Prediction(seg=seg, seg_probs=probs, depth=np.full((size, size), 0.01 * cls, np.float32),
+                          landmarks=np.zeros((68, 2), np.float32))
+        return FaceResult(box, None, None, warp_crop(np.zeros((60, 60, 3), np.uint8), window, size)[1], pred)
+
+    big = face(1, (30.0, 30.0, 40.0), (10, 10, 50, 50))
+    small = face(11, (35.0, 35.0, 20.0), (25, 25, 45, 45))
+    for order in ([big, small], [small, big]):
+        result = ImageResult(60, 60, SYNTH, list(order))
+        paste_faces(result)
+        assert result.seg[35, 35] == 1 and result.seg[12, 12] == 1 and result.seg[55, 55] == 0
+        assert result.depth[35, 35] == pytest.approx(0.01)
+
+
+def test_expand_inputs_folders_globs_and_collisions(tmp_path: Path) -> None:
+    from next3d_gen.errors import UserError
+    from synthforge.commands.predict import expand_inputs
+
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    for name in ("a/x.jpg", "a/sub/y.PNG", "a/notes.txt", "z.png"):
+        (tmp_path / name).write_bytes(b"")
+    files, missing = expand_inputs([str(tmp_path / "a"), str(tmp_path / "*.png"), str(tmp_path / "none_*.jpg")])
+    assert [(p.name, stem) for p, stem in files] == [("y.PNG", "sub/y"), ("x.jpg", "x"), ("z.png", "z")]
+    assert missing == [str(tmp_path / "none_*.jpg")]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match="same outputs"):
+        expand_inputs([str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")])
