@@ -293,3 +293,20 @@ def test_expand_inputs_folders_globs_and_collisions(tmp_path: Path) -> None:
     (tmp_path / "b" / "x.jpg").write_bytes(b"")
     with pytest.raises(UserError, match="same outputs"):
         expand_inputs([str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")])
+
+
+def test_video_frames_every_k_and_broken_video(tmp_path: Path) -> None:
+    from synthforge.commands.predict import iter_items
+
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    for k in range(5):
+        writer.write(np.full((24, 32, 3), 40 * k, np.uint8))
+    writer.release()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(os.urandom(500))
+    failed: list[str] = []
+    items = list(iter_items([(video, "v"), (broken, "broken")], 2, failed))
+    assert [(it.stem, it.frame) for it in items] == [("v_000000", 0), ("v_000002", 2), ("v_000004", 4)]
+    assert items[1].image.shape == (24, 32, 3) and abs(int(items[1].image.mean()) - 80) <= 3
+    assert len(failed) == 1 and "broken.mp4" in failed[0]
