@@ -135,6 +135,34 @@ def test_end_of_run_checkpoints_agree_and_resume_from_last_matches_uninterrupted
     assert len(steps[1]) == total and steps[0] == steps[1][first:]
 
 
+def test_finetune_end_of_run_checkpoints_agree_and_resume(trained: Path, tmp_path: Path) -> None:
+    """Fine-tuning saves last.ckpt at validation (epoch ends); a run stopped mid-epoch by max_steps gets last.ckpt
+    brought up to final.ckpt's step by FinalCheckpoint (configs/finetune/*), and resuming from it trains only the
+    missing steps. The tiny 300W tree has 5 training faces: 3 batches of 2 per epoch."""
+    from finetune_trees import make_w300
+
+    root = make_w300(tmp_path / "w300")
+    backbone = trained / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
+    config = ROOT / "configs" / "finetune" / "tiny" / "w300.yaml"
+
+    def finetune(max_steps: int, *extra: str) -> Path:
+        run = tmp_path / "run"
+        argv = ["finetune", "--config", str(config), "--data.root", str(root), "--data.resolution", "64",
+                "--model.backbone", str(backbone), "--trainer.default_root_dir", str(run), "--trainer.max_epochs=5",
+                f"--trainer.max_steps={max_steps}", *extra]  # fmt: skip
+        assert cli_main(argv) == 0
+        return sorted(run.glob("lightning_logs/version_*"))[-1] / "checkpoints"
+
+    ckpts = finetune(5)
+    last, final, best = (torch.load(ckpts / n, map_location="cpu", weights_only=False)
+                         for n in ("last.ckpt", "final.ckpt", "best.ckpt"))  # fmt: skip
+    assert best["global_step"] == 3  # the validation at the end of the first epoch
+    assert last["global_step"] == final["global_step"] == 5
+    resumed = finetune(6, "--ckpt_path", str(ckpts / "last.ckpt"))
+    for name in ("last.ckpt", "final.ckpt"):
+        assert torch.load(resumed / name, map_location="cpu", weights_only=False)["global_step"] == 6, name
+
+
 def test_user_error_in_a_dataloader_worker_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A UserError raised in a DataLoader worker process reaches the user as its own message, not the worker's
     traceback that PyTorch wraps around it."""
