@@ -221,7 +221,8 @@ def test_cli_bad_input_exit_2(case: str, ckpt: Path, tmp_path: Path) -> None:
     args = ["--ckpt", str(ckpt), str(image), "--out", str(tmp_path / "out"), "--crop-scale", CROP_SCALE]
     needle = None
     if case == "missing_ckpt":
-        args[1] = needle = str(tmp_path / "nope.ckpt")
+        args[1] = str(tmp_path / "nope.ckpt")
+        needle = f"--ckpt: no such checkpoint file: {args[1]}"
     elif case == "not_a_checkpoint":
         (tmp_path / "junk.ckpt").write_bytes(os.urandom(300))
         args[1] = needle = str(tmp_path / "junk.ckpt")

@@ -343,6 +343,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--crop-scale must be > 0, got {args.crop_scale}")
     if args.min_face is not None and not args.min_face > 0:
         raise UserError(f"--min-face must be > 0, got {args.min_face}")
+    if not Path(args.ckpt).is_file():
+        raise UserError(f"--ckpt: no such checkpoint file: {args.ckpt}")
     boxes = load_boxes(args.boxes) if args.boxes else None
     files, missing = expand_inputs(args.inputs)
     if not files and not missing:
