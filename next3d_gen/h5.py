@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 import zlib
 from dataclasses import dataclass
@@ -171,14 +172,16 @@ class ShardWriter:
     * Reopening a ``.partial``: the stored ``generator_config``, row count and field shapes must equal the new ones
       (else :class:`UserError`); every complete row is read back once (checksums verified); if the file cannot be
       opened or any complete row fails to read, the partial shard is deleted and started over (its rows are
-      regenerated: generation is deterministic, so the result is the same bytes). Only incomplete rows are then
-      (re)written.
+      regenerated: generation is deterministic, so the result is the same bytes). The verified rows' stored chunks
+      are then copied unchanged into a fresh container that replaces the partial file (an interrupted writer's
+      container may be inconsistent even where its rows read back), and only incomplete rows are (re)written.
     * Reopening a finished ``.h5``: the config check, then every row is read back once (checksums verified);
       a file that is not readable HDF5 (e.g. truncated) or a damaged row is a :class:`UserError` naming the file
       (and row): it is never silently accepted or overwritten. Nothing is written.
     * A write that fails (e.g. ENOSPC, disk full) is a :class:`UserError` naming the partial file and row; rows
       already flushed stay complete, so rerunning after freeing space resumes (the row being written when the
-      disk filled is incomplete and is written again).
+      disk filled is incomplete and is written again). A partial file left shorter than its superblock records
+      is padded (sparse) so that HDF5 opens it, then rebuilt as above.
 
     Flushes reach the OS page cache, which survives the death of the process; after power loss the partial file may
     be lost, in which case the shard restarts. HDF5 2.x without SWMR.
@@ -250,17 +253,22 @@ class ShardWriter:
             return
         if self.partial_path.exists():
             try:
-                self._file = h5py.File(self.partial_path, "r+", rdcc_nbytes=0)
+                old = _open_partial(self.partial_path)
             except OSError as err:
                 if _is_lock_error(err):
                     raise UserError(f"{self.partial_path} is open in another process; close it first") from None
                 log.warning("%s: cannot open the partial shard; starting it over", self.partial_path)
                 self._start_over()
             else:
-                self._check_matches(self._file, self.partial_path)
-                if not self._verify_complete_rows():
+                try:
+                    self._check_matches(old, self.partial_path)
+                    verified = self._verify_complete_rows(old)
+                    if verified:
+                        self._rebuild(old)
+                finally:
+                    _close_quietly(old)  # replaced (or about to be): a failing flush of it does not matter
+                if not verified:
                     log.warning("%s: a complete row failed to read back; starting the shard over", self.partial_path)
-                    self._file.close()
                     self._start_over()
         else:
             self._create()
@@ -272,11 +280,12 @@ class ShardWriter:
         self._done[:] = False
         self._create()
 
-    def _create(self) -> None:
+    def _create(self, path: Path | None = None) -> None:
+        path = self.partial_path if path is None else path
         try:
-            f = self._h5py.File(self.partial_path, "w", rdcc_nbytes=0)  # rows are written once: no chunk cache
+            f = self._h5py.File(path, "w", rdcc_nbytes=0)  # rows are written once: no chunk cache
         except OSError as err:
-            raise UserError(f"cannot write {self.partial_path}: {err}") from None
+            raise UserError(f"cannot write {path}: {_write_error(err)}") from None
         for key, value in self.attrs.items():
             f.attrs[key] = value
         n = self.num_samples
@@ -294,7 +303,12 @@ class ShardWriter:
                         filters["compression_opts"] = self.compression_level
                         filters["shuffle"] = dtype_of(name).itemsize > 1
             f.create_dataset(name, shape=(n, *shape), dtype=dtype_of(name), **filters)
-        f.flush()
+        try:
+            f.flush()
+        except (OSError, RuntimeError) as err:  # e.g. ENOSPC: nothing of value in the new file yet
+            _close_quietly(f)
+            path.unlink(missing_ok=True)
+            raise UserError(f"cannot write {path}: {_write_error(err)}") from None
         self._file = f
 
     def _check_matches(self, f, where: Path) -> None:  # noqa: ANN001 - h5py.File
@@ -310,8 +324,39 @@ class ShardWriter:
             if name not in f or f[name].shape != (self.num_samples, *shape):
                 raise UserError(f"{where}: dataset '{name}' does not match the requested layout; delete the file")
 
-    def _verify_complete_rows(self) -> bool:
-        f = self._file
+    def _rebuild(self, old) -> None:  # noqa: ANN001 - h5py.File
+        """A fresh partial file holding the verified complete rows of ``old``, chunk bytes copied unchanged.
+
+        The HDF5 container of an interrupted writer may be inconsistent even where its rows read back (a write that
+        failed on a full disk can leave allocation metadata behind the data: later writes then fail), so a resumed
+        shard never appends to it: its complete rows' stored chunks (data, filters, checksums: the same bytes) go into
+        a new file that replaces the old one. Needs free space for one more copy of those rows while it runs.
+        """
+        tmp = self.partial_path.with_name(self.partial_path.name + ".rebuild")
+        tmp.unlink(missing_ok=True)
+        self._create(tmp)
+        new = self._file
+        try:
+            for name in [*self.fields, "complete"]:
+                src, dst = old[name], new[name]
+                if src.chunks is None:  # no per-row chunks (zero-size rows): nothing stored
+                    continue
+                for row in np.flatnonzero(self._done):
+                    origin = (int(row),) + (0,) * (src.ndim - 1)
+                    mask, raw = src.id.read_direct_chunk(origin)
+                    dst.id.write_direct_chunk(origin, raw, mask)
+            new.flush()
+            new.close()
+            os.replace(tmp, self.partial_path)
+        except (OSError, RuntimeError) as err:
+            self._file = None
+            _close_quietly(new)
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"{tmp}: cannot copy the complete rows of the partial shard: {_write_error(err)}") from None
+        self._file = self._h5py.File(self.partial_path, "r+", rdcc_nbytes=0)
+
+    def _verify_complete_rows(self, f) -> bool:  # noqa: ANN001 - h5py.File
+        """Read every complete row of ``f`` through HDF5's filter pipeline (checksums); record them as done."""
         try:
             done = f["complete"][:].astype(bool)
             for row in np.flatnonzero(done):
@@ -359,7 +404,9 @@ class ShardWriter:
             f.flush()
             f["complete"][row] = True
             f.flush()
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # h5py reports a failed flush (e.g. ENOSPC) as RuntimeError
+            self._file = None
+            _close_quietly(f)  # the container may be inconsistent now; a rerun rebuilds it from the complete rows
             raise UserError(f"{self.partial_path}: cannot write row {row}: {_write_error(err)}") from None
         self._done[row] = True
 
@@ -379,8 +426,10 @@ class ShardWriter:
             f, self._file = self._file, None
             try:
                 f.close()
-            except OSError as err:
-                raise UserError(f"{self.partial_path}: cannot close: {_write_error(err)}") from None
+            except (OSError, RuntimeError) as err:
+                raise UserError(
+                    f"{self.partial_path}: cannot close: {_write_error(err)}; rerun the same command to resume"
+                ) from None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -389,12 +438,41 @@ class ShardWriter:
         self.close()
 
 
-def _write_error(err: OSError) -> str:
+def _write_error(err: OSError | RuntimeError) -> str:
     """One-line reason of a failed write; a full disk is named as such (h5py's messages carry no errno)."""
     text = " ".join(str(err).split())
     if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "errno = 28" in text:
         return "disk full (ENOSPC); free space and rerun the same command to resume"
-    return err.strerror if isinstance(err.strerror, str) and err.strerror else text
+    os_error = re.search(r"errno = (\d+), error message = '([^']*)'", text)  # HDF5's wording of a failed write()
+    if os_error:
+        return f"{os_error.group(2)} (errno {os_error.group(1)}); rerun the same command to resume"
+    strerror = getattr(err, "strerror", None)
+    return " ".join(strerror.split()) if isinstance(strerror, str) and strerror else text
+
+
+def _open_partial(path: Path):  # noqa: ANN201 - h5py.File
+    """Open a partial shard to resume it (read-write: HDF5's file lock then refuses it while another process holds
+    it). A write that failed on a full disk can leave the file shorter than the end of file its superblock records
+    (HDF5 then refuses it as "truncated"); it is padded with zeros (a sparse extension, no disk space) up to that
+    size and opened again: its complete rows are then verified by their checksums, and only copied from it."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r+", rdcc_nbytes=0)
+    except OSError as err:
+        short = re.search(r"truncated file: eof = (\d+),.*stored_eof = (\d+)", " ".join(str(err).split()))
+        if short is None or int(short.group(2)) <= int(short.group(1)):
+            raise
+        os.truncate(path, int(short.group(2)))
+        return h5py.File(path, "r+", rdcc_nbytes=0)
+
+
+def _close_quietly(f) -> None:  # noqa: ANN001 - h5py.File
+    """Close a file whose writes failed; a second failure while flushing it is expected and not reported."""
+    try:
+        f.close()
+    except (OSError, RuntimeError):
+        pass
 
 
 def open_existing(path: Path):  # noqa: ANN201 - h5py.File
