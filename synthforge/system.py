@@ -337,9 +337,9 @@ class FinalCheckpoint(pl.Callback):
     def __init__(self, filename: str = "final.ckpt") -> None:
         self.filename = filename
         self.path: Path | None = None
+        self._at_end = False
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._at_end = False
         ckpt_cb = trainer.checkpoint_callback
         folder = getattr(ckpt_cb, "dirpath", None) or str(Path(trainer.default_root_dir) / "checkpoints")
         self.path = Path(folder) / self.filename
