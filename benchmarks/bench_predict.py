@@ -158,7 +158,7 @@ def bench_speed(predictor, crop_scale: float, min_face: float, n: int) -> None: 
                                              for k, v in split.items()))
 
 
-def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float) -> int:  # noqa: ANN001
+def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, refine: int = 1) -> int:  # noqa: ANN001
     from synthforge.metrics import nme
     from synthforge.predict import FacePipeline
 
@@ -166,7 +166,7 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float) -
         print(f"[afw] {AFW} not found: skipped", file=sys.stderr)
         return 2
     detector = DlibHogDetector(min_face=min_face, threshold=threshold)
-    pipe = FacePipeline(predictor, crop_scale, detector)
+    pipe = FacePipeline(predictor, crop_scale, detector, refine=refine)
     faces = afw_faces()
     det_pred, ann_pred, gts, found = [], [], [], []
     for jpg, gt in faces:
@@ -189,7 +189,7 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float) -
     det_nme = nme(torch.from_numpy(np.stack(det_pred))[f], gt_t[f]) * 100
     n, k = len(faces), int(f.sum())
     print(f"[afw] detection: {k}/{n} faces found ({100 * k / n:.1f}%), dlib HOG, min_face {min_face:g}, "
-          f"threshold {threshold:g}")
+          f"threshold {threshold:g}, {refine} re-crop(s) from landmarks")
     print(f"[afw] NME (%, outer eye corners) on the {k} detected faces: detected boxes {det_nme.mean():.2f}, "
           f"annotation boxes {ann_nme[f].mean():.2f} (ratio {det_nme.mean() / ann_nme[f].mean():.3f}); "
           f"annotation boxes on all {n} faces: {ann_nme.mean():.2f}")
@@ -224,7 +224,9 @@ def main() -> int:
     p.add_argument("--crop-scale", type=float, default=None, help="default: the checkpoint's data.crop_scale")
     p.add_argument("--min-face", type=float, default=40.0, help="detector min face side, px (default 40)")
     p.add_argument("--threshold", type=float, default=-0.3, help="detector score threshold for afw (default -0.3)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--refine", type=int, default=1, help="afw: re-crops from landmarks (default 1, as predict)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1 as synthforge predict; "
+                                                          "0 = torch's default)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -244,7 +246,7 @@ def main() -> int:
     if args.only in (None, "speed"):
         bench_speed(predictor, crop_scale, args.min_face, args.images)
     if args.only in (None, "afw"):
-        status = bench_afw(predictor, crop_scale, args.min_face, args.threshold)
+        status = bench_afw(predictor, crop_scale, args.min_face, args.threshold, args.refine)
     if args.only is None:
         calibrate(args.min_face)
     return status

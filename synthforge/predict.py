@@ -192,7 +192,8 @@ class FacePipeline:
         crop_scale: crop side / landmark-box side the checkpoint was trained with (``data.crop_scale``).
         detector: face detector for :meth:`run` without boxes (None: boxes or ``whole_image`` must be given).
         batch_size: crops per forward pass.
-        second_pass: re-crop from the first pass's landmarks and predict again (the training crop definition).
+        refine: how many times to re-crop from the latest landmarks (the training crop definition) and predict again
+            (1: the two passes of ``synthforge predict``; 0: the detector-box crop only).
     """
 
     def __init__(
@@ -201,7 +202,7 @@ class FacePipeline:
         crop_scale: float,
         detector: FaceDetector | None = None,
         batch_size: int = 16,
-        second_pass: bool = True,
+        refine: int = 1,
     ) -> None:
         if crop_scale <= 0:
             raise ValueError(f"crop_scale must be > 0, got {crop_scale}")
@@ -209,7 +210,7 @@ class FacePipeline:
         self.crop_scale = float(crop_scale)
         self.detector = detector
         self.batch_size = int(batch_size)
-        self.second_pass = second_pass
+        self.refine = int(refine)
 
     @property
     def label_space(self) -> LabelSpace:
@@ -224,19 +225,20 @@ class FacePipeline:
     def predict_windows(
         self, image: np.ndarray, detections: list[Detection], windows: list[Window]
     ) -> ImageResult:
-        """Two passes from explicit first-pass crop ``windows`` (one per detection); see the module docstring."""
+        """First pass from explicit crop ``windows`` (one per detection), then ``refine`` passes from landmarks."""
         h, w = image.shape[:2]
         result = ImageResult(height=h, width=w, label_space=self.label_space)
         if detections:
-            first = self._predict(image, windows)
-            final = first
-            points = [None if p.landmarks is None else crop_to_image(m, p.landmarks) for m, p in first]
-            if self.second_pass and all(p is not None for p in points):
-                second = []
+            final = self._predict(image, windows)
+            for _ in range(self.refine):
+                points = [None if p.landmarks is None else crop_to_image(m, p.landmarks) for m, p in final]
+                if any(p is None for p in points):
+                    break
+                again = []
                 for pts in points:
                     cx, cy, side = landmark_box(pts)
-                    second.append((cx, cy, side * self.crop_scale))
-                final = self._predict(image, second)
+                    again.append((cx, cy, side * self.crop_scale))
+                final = self._predict(image, again)
             for det, (m, p) in zip(detections, final, strict=True):
                 pts = None if p.landmarks is None else crop_to_image(m, p.landmarks)
                 result.faces.append(FaceResult(det.box, det.score, pts, m, p))
