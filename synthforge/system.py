@@ -345,7 +345,7 @@ class FinalCheckpoint(pl.Callback):
         self.path = Path(folder) / self.filename
         self._at_end = True
         try:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full, resumable state
             for cb in trainer.checkpoint_callbacks:
                 self._refresh_last(trainer, cb)
         finally:
