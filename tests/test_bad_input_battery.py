@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,14 @@ class Assets:
 
     def _build_evil_finetune(self) -> Path:
         return add_payload(self.path("finetune"), self.root / "evil_finetune.ckpt")
+
+    # --- predict / demo ------------------------------------------------------------------------------------------
+    def _build_grey_png(self) -> Path:
+        import cv2
+
+        p = self.root / "grey.png"
+        cv2.imwrite(str(p), np.full((64, 64, 3), 128, np.uint8))
+        return p
 
     # --- HDF5 data and generation -------------------------------------------------------------------------------
     def _build_gen_shard(self) -> Path:
@@ -271,6 +280,21 @@ CASES: list[Case] = [
                                             "{tmp}/run"),
          "--model.backbone: {finetune}: this is a fine-tuned checkpoint", no_output=("{tmp}/run",)),
 
+    # --- predict / demo ---
+    Case("predict-evil-ckpt", ("predict", "--ckpt", "{evil_stage1}", "{grey_png}", "--out", "{tmp}/o", "--no-detect"),
+         "{evil_stage1}", no_output=("{tmp}/o",), payload=True),
+    Case("predict-random-bytes", ("predict", "--ckpt", "{random_bytes}", "{grey_png}", "--out", "{tmp}/o"),
+         "{random_bytes}", no_output=("{tmp}/o",)),
+    Case("predict-missing-ckpt", ("predict", "--ckpt", "{tmp}/none.ckpt", "{grey_png}", "--out", "{tmp}/o"),
+         "{tmp}/none.ckpt", no_output=("{tmp}/o",)),
+    Case("predict-unknown-output", ("predict", "--ckpt", "{stage1}", "{grey_png}", "--out", "{tmp}/o", "--save", "foo"),
+         "--save", no_output=("{tmp}/o",)),
+    Case("demo-negative-count", ("demo", "--out", "{tmp}/d", "--num-train", "-5"), "--num-train",
+         no_output=("{tmp}/d",)),
+    Case("demo-not-a-number", ("demo", "--out", "{tmp}/d", "--num-heldout", "abc"), "--num-heldout",
+         no_output=("{tmp}/d",)),
+    Case("demo-image-size-too-large", ("demo", "--out", "{tmp}/d", "--image-size", "100000"), "--image-size",
+         no_output=("{tmp}/d",)),
     # --- HDF5 data and generation ---
     Case("generate-out-not-hdf5", ("generate", *GEN_ARGS, "--out", "{not_hdf5}"), "{not_hdf5}",
          no_output=("{not_hdf5}.partial",)),

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from next3d_gen.errors import UserError
+from next3d_gen.pipeline import check_image_size
+from synthforge.commands import OneLineParser
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -55,7 +57,7 @@ def _newest_final_checkpoint(runs: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="synthforge demo", description=__doc__,
+    parser = OneLineParser(prog="synthforge demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-train", type=int, default=1200, help="training samples (default 1200)")
@@ -65,9 +67,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                         help="extra 'synthforge train' options, e.g. --train-args --trainer.max_steps 50")
     args = parser.parse_args(argv)
-    for name in ("num_train", "num_heldout", "image_size"):
+    for name in ("num_train", "num_heldout"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    check_image_size(args.image_size, "--image-size")  # before anything is written
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,11 @@ import sys
 
 from next3d_gen.errors import UserError
 from next3d_gen.h5 import MAX_IMAGE_SIZE
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2 via UserError
-        raise UserError(message)
+from synthforge.commands import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="synthforge generate",
         description="Write labeled synthetic faces (image, seg, depth, normals, uv, landmarks, camera, FLAME) to HDF5.",
         epilog="Extra options --section.key VALUE override config keys (VALUE parsed as YAML).",

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
 from tqdm import tqdm
 
-from next3d_gen.errors import UserError
 from next3d_gen.importers import IMPORTERS
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2 via UserError
-        raise UserError(message)
+from synthforge.commands import OneLineParser
 
 
 def main(argv: list[str]) -> int:
     """Run the command; returns the exit status (UserError propagates to the dispatcher: exit 2)."""
-    parser = _Parser(prog="synthforge import", description=__doc__)
+    parser = OneLineParser(prog="synthforge import", description=__doc__)
     parser.add_argument("layout", choices=sorted(IMPORTERS), help="source dataset layout")
     parser.add_argument("src", help="folder of the source dataset")
     parser.add_argument("--out", required=True, help="output .h5 file or folder (resumable: rerun to continue)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from next3d_gen.errors import UserError
+from synthforge.commands import OneLineParser
 
 PANELS = ("image", "segmentation", "depth", "normals", "landmarks")
 TILE = 256
@@ -27,13 +28,8 @@ PAD = 4
 HEADER = 22
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synthforge preview", description="Draw a grid of samples of an HDF5 dataset.")
+    p = OneLineParser(prog="synthforge preview", description="Draw a grid of samples of an HDF5 dataset.")
     p.add_argument("path", help="HDF5 file, shard folder or index.json")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--num", type=int, default=16, help="samples to draw (default 16)")
