@@ -6,8 +6,10 @@ landmark embedding (51 static + 79 x 17 dynamic contour), UVs and a per-face reg
 label space (:data:`next3d_gen.labels.SYNTH`). It is our own construction, not derived from FLAME data.
 
 Frame and size (FLAME's): metres, y up, z towards the face front, x towards the subject's left; origin near the
-head centre. About 0.146 m wide (without ears), 0.20 m from forehead to the back of the head, 0.23 m from chin to
-crown; nose tip near (0, -0.02, 0.11), eyeball centres near (+-0.032, 0.012, 0.06), neck stump down to y = -0.20.
+head centre. About 0.16 m wide without ears (0.146 m across the cheeks at y = -0.04: the lower face was widened so
+that the jaw outline matches 300W faces, see ``benchmarks/bench_landmark_definition.py``), 0.20 m from forehead to the
+back of the head, 0.23 m from chin to crown; nose tip near (0, -0.02, 0.11), eyeball centres near (+-0.032, 0.012,
+0.06), neck stump down to y = -0.20.
 
 Construction
 ------------
@@ -274,7 +276,7 @@ def _sdf(p: np.ndarray) -> np.ndarray:
     d_cran = (q - 1.0) * 0.075
     # Lower face: superelliptic prism with a sloping jaw underside.
     ys = [-0.12, -0.105, -0.095, -0.075, -0.04, 0.0, 0.035]
-    W = np.interp(y, ys, [0.018, 0.026, 0.036, 0.052, 0.061, 0.066, 0.068])
+    W = np.interp(y, ys, [0.018, 0.032, 0.047, 0.064, 0.073, 0.075, 0.072])
     Zf = np.interp(y, ys, [0.058, 0.068, 0.074, 0.080, 0.083, 0.082, 0.080])
     Zb = -0.02
     zc = 0.5 * (Zf + Zb)

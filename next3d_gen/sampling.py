@@ -68,7 +68,7 @@ class PoseConfig:
     neck_yaw_deg: Range = (-10.0, 10.0)
     neck_pitch_deg: Range = (-8.0, 8.0)
     neck_roll_deg: Range = (-5.0, 5.0)
-    jaw_open_deg: Range = (0.0, 20.0)
+    jaw_open_deg: Range = (0.0, 10.0)
     jaw_side_deg: Range = (-2.0, 2.0)
     gaze_yaw_deg: Range = (-20.0, 20.0)
     gaze_pitch_deg: Range = (-15.0, 15.0)
