@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("synthforge.commands.evaluate", "stage C: benchmark metrics and the paper's table"),
     "demo": ("synthforge.commands.demo", "generate -> train -> evaluate -> report, no assets needed"),
     "predict": ("synthforge.commands.predict", "parsing, depth and landmarks on every face of photos or videos"),
+    "export": ("synthforge.commands.export", "one ONNX or TorchScript file of a trained network, documented inside"),
 }
 
 
