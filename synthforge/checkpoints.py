@@ -184,6 +184,48 @@ def _init_kwargs(hp: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (hp or {}).items() if not k.startswith("_")}
 
 
+CROP_BOXES = ("landmarks", "label", "image")
+"""What a training crop's square window is sized from (``label_finetune.datasets.common.CropConfig.box``)."""
+
+
+def stage1_crop_scale(ckpt: dict[str, Any]) -> float | None:
+    """``data.crop_scale`` a stage-I checkpoint was trained with (crop side / landmark-box side, from its datamodule
+    hyper-parameters), or None when the checkpoint does not record it."""
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    value = dm.get("crop_scale") if isinstance(dm, dict) else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
+
+
+def finetune_crop(ckpt: dict[str, Any], path: str | Path, option: str | None = None) -> tuple[str, float]:
+    """``(box, scale)`` of the crops a fine-tuned checkpoint was trained on (see :data:`CROP_BOXES`).
+
+    From the datamodule's ``crop`` hyper-parameters when the checkpoint records them; otherwise (``synthforge
+    finetune`` does not save the datamodule's hyper-parameters today) the dataset's default crop
+    (``label_finetune.datasets.datamodule.DATASETS[dataset].crop``), which every shipped finetune config uses.
+
+    Raises:
+        UserError: unknown dataset or a malformed crop entry (damaged checkpoint), naming ``option`` and the file.
+    """
+    from label_finetune.datasets.datamodule import DATASETS
+
+    where = _where(Path(path), option)
+    hp = ckpt.get("hyper_parameters") or {}
+    dataset = hp.get("dataset", "w300") if isinstance(hp, dict) else None  # FinetuneSystem's default
+    if dataset not in DATASETS:
+        raise UserError(f"{where}: damaged checkpoint (unknown fine-tuning dataset {str(dataset)[:40]!r})")
+    default = DATASETS[dataset].crop
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    crop = dm.get("crop") if isinstance(dm, dict) else None
+    if isinstance(crop, dict) and isinstance(crop.get("init_args"), dict):  # jsonargparse's class form
+        crop = crop["init_args"]
+    crop = crop if isinstance(crop, dict) else {}
+    box, scale = crop.get("box", default.box), crop.get("scale", default.scale)
+    if box not in CROP_BOXES or isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise UserError(f"{where}: damaged checkpoint (crop box {str(box)[:20]!r}, scale {str(scale)[:20]!r})")
+    return str(box), float(scale)
+
+
 def build_stage1_system(
     ckpt: dict[str, Any], path: str | Path, option: str | None = None, net: nn.Module | None = None
 ) -> MultiTaskSystem:

@@ -1,22 +1,30 @@
-"""Inference with a trained stage-B checkpoint on arbitrary RGB face crops.
+"""Inference with a trained checkpoint on arbitrary RGB face crops: stage I (``synthforge train``) or stage II
+(``synthforge finetune``).
 
 Example::
 
     from synthforge.inference import Predictor
     predictor = Predictor.from_checkpoint("runs/stage1/lightning_logs/version_0/checkpoints/last.ckpt")
     [pred] = predictor.predict(face_crop_uint8_hwc)
-    pred.seg, pred.depth, pred.landmarks       # in face_crop's own pixel grid
+    pred.seg, pred.depth, pred.landmarks       # in face_crop's own pixel grid; pred.label_space names seg's ids
+
+A stage-I checkpoint predicts the synthetic label space (``next3d_gen.labels.SYNTH``), relative depth, 68 landmarks
+(and normals / UV when the network has those heads). A fine-tuned checkpoint predicts in its dataset's label space:
+300W 68 landmarks (no parsing: ``seg`` is None), LaPa 11 classes (+ 106 landmarks when trained with them),
+CelebAMask-HQ 19 classes; depth when it was fine-tuned for depth. Absent outputs are None.
 
 Each input is padded (zeros, centred) to a square, resized to the network's crop size, and the outputs are mapped
-back: segmentation from bilinearly resized logits, depth bilinearly resized, landmarks by the inverse similarity
-(pixel-centre convention: integer coordinates are pixel centres of the input).
+back (the same for both kinds): segmentation from bilinearly resized logits, depth bilinearly resized, landmarks by
+the inverse similarity (pixel-centre convention: integer coordinates are pixel centres of the input).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,29 +33,81 @@ from torch import nn
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import SYNTH, LabelSpace
+from synthforge.checkpoints import (
+    FINETUNE,
+    STAGE1,
+    build_finetune_system,
+    build_stage1_system,
+    checkpoint_kind,
+    finetune_crop,
+    load_checkpoint,
+    stage1_crop_scale,
+)
+from synthforge.data.transforms import landmark_box
 
 
 @dataclass
 class Prediction:
-    """Outputs for one input image of size H x W.
+    """Outputs for one input image of size H x W (None: the network has no such output).
 
     Attributes:
-        seg: (H, W) int64 class ids of ``label_space``.
-        seg_probs: (C, H, W) float32 class probabilities.
-        depth: (H, W) float32 relative depth in metres (camera z minus the head's median depth, up to an offset).
-        landmarks: (K, 2) float32 (x, y) in the input's pixels (pixel-centre convention); K = 68 for stage I.
+        seg: (H, W) int64 class ids of ``label_space``, or None (300W fine-tuned checkpoints have no parsing).
+        seg_probs: (C, H, W) float32 class probabilities, or None with ``seg``.
+        depth: (H, W) float32 relative depth in metres (camera z minus the head's median depth, up to an offset), or
+            None (fine-tuned checkpoints without a depth adapter).
+        landmarks: (K, 2) float32 (x, y) in the input's pixels (pixel-centre convention), or None; K = 68 for stage I
+            and 300W, 106 for LaPa.
         normal: (H, W, 3) float32 camera-frame unit normals, or None when the network has no normal head.
         uv: (H, W, 2) float32 template UV coordinates, or None when the network has no UV head.
-        label_space: the label space of ``seg`` / ``seg_probs`` (the predictor's).
+        label_space: the label space of ``seg`` / ``seg_probs`` (the predictor's; None without parsing).
     """
 
-    seg: np.ndarray
-    seg_probs: np.ndarray
-    depth: np.ndarray
-    landmarks: np.ndarray
+    seg: np.ndarray | None
+    seg_probs: np.ndarray | None
+    depth: np.ndarray | None
+    landmarks: np.ndarray | None
     normal: np.ndarray | None = None
     uv: np.ndarray | None = None
     label_space: LabelSpace | None = None
+
+
+@dataclass(frozen=True)
+class CropDefinition:
+    """How a checkpoint's training crops were cut around a face, so that a photo's face can be cut the same way.
+
+    The window is a square centred on a box (x0, y0, x1, y1 of pixel centres) with side ``scale`` x the box's longer
+    side, mapped onto the crop's edges (:func:`synthforge.data.transforms.crop_matrix`).
+
+    Attributes:
+        box: what the box is: ``"landmarks"`` (the face's landmarks), ``"label"`` (its non-background parsing labels,
+            LaPa) or ``"image"`` (the whole image: aligned face images, CelebAMask-HQ); values of
+            :data:`synthforge.checkpoints.CROP_BOXES`.
+        scale: window side over the box's longer side.
+        pixel_extent: how the longer side is measured. False (stage I, :func:`~synthforge.data.transforms.
+            landmark_box`): ``max(x1 - x0, y1 - y0, 1)``. True (stage II, ``label_finetune.datasets.common.
+            square_crop_affine``): ``max(x1 - x0 + 1, y1 - y0 + 1)`` (the extreme pixels counted), the window side
+            then at least 1 pixel.
+    """
+
+    box: str
+    scale: float
+    pixel_extent: bool = False
+
+    def window(self, cx: float, cy: float, side: float) -> tuple[float, float, float]:
+        """Crop window (centre x, centre y, side) of a box with centre (cx, cy) and longer side ``side``
+        (measured between extreme pixel centres, as :func:`~synthforge.data.transforms.landmark_box` does)."""
+        if self.pixel_extent:
+            return cx, cy, max(self.scale * (side + 1.0), 1.0)
+        return cx, cy, side * self.scale
+
+    def window_of_points(self, points: np.ndarray) -> tuple[float, float, float]:
+        """Crop window of the box of (K, 2) points (image pixels)."""
+        if self.pixel_extent:
+            pts = np.asarray(points, dtype=np.float64)
+            lo, hi = pts.min(0), pts.max(0)
+            return self.window(float(0.5 * (lo[0] + hi[0])), float(0.5 * (lo[1] + hi[1])),
+                               float(max(hi[0] - lo[0], hi[1] - lo[1])))
+        return self.window(*landmark_box(points))
 
 
 ImageLike = np.ndarray | torch.Tensor
@@ -70,18 +130,40 @@ def _to_chw_float(image: ImageLike) -> torch.Tensor:
     return t.float()
 
 
+def _output(out: Any, name: str) -> torch.Tensor | None:
+    """Field ``name`` of a network's output: a stage-I ``TaskOutputs`` (attributes) or a ``FinetuneSystem`` dict."""
+    return out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+
+
 class Predictor:
-    """Runs a stage-B network on face crops.
+    """Runs a stage-I network or a fine-tuned (stage-II) system on face crops.
 
     Args:
-        net: the trained network (returns :class:`~synthforge.models.TaskOutputs`).
+        net: the trained network: a stage-I network (returns :class:`~synthforge.models.TaskOutputs`) or a
+            :class:`~label_finetune.system.FinetuneSystem` (returns a dict with ``seg`` / ``landmarks`` / ``depth``).
         crop_size: the side the network was trained at.
-        label_space: class names of the segmentation output.
+        label_space: class names of the segmentation output (None when the network has none).
         device: where to run (default: the network's current device).
+        crop: how the training crops were cut (None: unknown; :class:`synthforge.predict.FacePipeline` then needs a
+            crop scale).
+        kind: :data:`synthforge.checkpoints.STAGE1` or :data:`~synthforge.checkpoints.FINETUNE`.
+        dataset: the fine-tuning dataset (``w300``, ``lapa``, ``celebamask_hq``), None for stage I.
+
+    Attributes:
+        crop_scale: the first-pass crop scale of :class:`synthforge.predict.FacePipeline` (window side over the
+            face's landmark-box side): ``crop.scale``, or None when unknown or when the crops are whole images.
     """
 
     def __init__(
-        self, net: nn.Module, crop_size: int, label_space: LabelSpace = SYNTH, device: str | None = None
+        self,
+        net: nn.Module,
+        crop_size: int,
+        label_space: LabelSpace | None = SYNTH,
+        device: str | None = None,
+        *,
+        crop: CropDefinition | None = None,
+        kind: str = STAGE1,
+        dataset: str | None = None,
     ) -> None:
         self.net = net.eval()
         if device is not None:
@@ -89,30 +171,60 @@ class Predictor:
         self.device = next(self.net.parameters()).device
         self.crop_size = int(crop_size)
         self.label_space = label_space
+        self.crop = crop
+        self.crop_scale: float | None = crop.scale if crop is not None and crop.box != "image" else None
+        self.kind = kind
+        self.dataset = dataset
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, net: nn.Module | None = None) -> Predictor:
-        """Load a checkpoint written by ``synthforge train`` (the network is rebuilt from its saved config).
+    def from_checkpoint(
+        cls, path: str | Path, device: str | None = None, net: nn.Module | None = None, option: str | None = None
+    ) -> Predictor:
+        """Load a checkpoint written by ``synthforge train`` or ``synthforge finetune`` (networks rebuilt from their
+        saved config; a fine-tuned checkpoint holds its frozen stage-I network, the stage-I file is not needed).
 
-        The file is read safely (:func:`synthforge.checkpoints.load_checkpoint`): nothing in it is run.
+        The file is read safely (:func:`synthforge.checkpoints.load_checkpoint`): nothing in it is run. The label
+        space, crop size and crop definition come from the checkpoint (:func:`synthforge.checkpoints.finetune_crop`
+        for fine-tuned ones).
 
         Args:
             path: ``.ckpt`` file.
             device: optional device string; default CPU.
-            net: an already built network of the same architecture (for checkpoints saved outside the CLI).
+            net: stage I only: an already built network of the same architecture (for checkpoints saved outside the
+                CLI).
+            option: the command-line option that named the file, for error messages (``--ckpt``).
 
         Raises:
-            UserError: naming the file when it is missing, damaged, holds objects that would run code, or is not a
-                stage-I checkpoint (fine-tuned checkpoints are not supported here yet).
+            UserError: naming the option and the file when it is missing, damaged, holds objects that would run
+                code, or is neither kind of SynthForge checkpoint.
         """
-        from synthforge.checkpoints import STAGE1, build_stage1_system, load_checkpoint
-
-        ckpt = load_checkpoint(path, expect=STAGE1, consumer="Predictor.from_checkpoint")
-        system = build_stage1_system(ckpt, path, net=net)
-        crop = system.crop_size
-        if crop is None:
-            raise UserError(f"{path}: checkpoint has no crop size (not written by synthforge train)")
-        return cls(system.net, crop, system.label_space, device)
+        where = f"{option}: {path}" if option else str(path)
+        ckpt = load_checkpoint(path, option, consumer="Predictor.from_checkpoint")
+        kind = checkpoint_kind(ckpt)
+        if kind == STAGE1:
+            system = build_stage1_system(ckpt, path, option, net=net)
+            crop = system.crop_size
+            if crop is None:
+                raise UserError(f"{where}: checkpoint has no crop size (not written by synthforge train)")
+            scale = stage1_crop_scale(ckpt)
+            definition = CropDefinition("landmarks", scale) if scale is not None else None
+            return cls(system.net, crop, system.label_space, device, crop=definition, kind=STAGE1)
+        if kind == FINETUNE:
+            if net is not None:
+                raise ValueError("net= applies to stage-I checkpoints only")
+            box, scale = finetune_crop(ckpt, path, option)
+            # its "stage I was trained on N px crops, fine-tuning uses M px" notice is about training: not repeated here
+            notices = logging.getLogger("label_finetune.system")
+            level = notices.level
+            notices.setLevel(logging.ERROR)
+            try:
+                system = build_finetune_system(ckpt, path, option)
+            finally:
+                notices.setLevel(level)
+            return cls(system, int(system.hparams.resolution), system.label_space, device,
+                       crop=CropDefinition(box, scale, pixel_extent=True), kind=FINETUNE, dataset=system.dataset)
+        raise UserError(f"{where}: not a SynthForge checkpoint (no net.* or stage1.* weights; expected one written by "
+                        "synthforge train or synthforge finetune)")
 
     @torch.no_grad()
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16) -> list[Prediction]:
@@ -148,30 +260,30 @@ class Predictor:
                 inputs.append(resized[0])
                 geoms.append((h, w, side, ox, oy))
             out = self.net(torch.stack(inputs).to(self.device))
+            seg_out, depth_out, lm_out = _output(out, "seg"), _output(out, "depth"), _output(out, "landmarks")
             for i, (h, w, side, ox, oy) in enumerate(geoms):
-                logits = tnf.interpolate(out.seg[i : i + 1].float(), size=(side, side), mode="bilinear")
-                probs = torch.softmax(logits, 1)[0, :, oy : oy + h, ox : ox + w]
-                depth = tnf.interpolate(out.depth[i : i + 1].float(), size=(side, side), mode="bilinear")
-                depth = depth[0, 0, oy : oy + h, ox : ox + w]
-                lm = (out.landmarks[i].float() + 0.5) * (side / s) - 0.5
-                lm = lm - torch.tensor([ox, oy], dtype=lm.dtype, device=lm.device)
+                seg = probs = depth = lm = None
+                if seg_out is not None:
+                    logits = tnf.interpolate(seg_out[i : i + 1].float(), size=(side, side), mode="bilinear")
+                    probs = torch.softmax(logits, 1)[0, :, oy : oy + h, ox : ox + w]
+                    seg = probs.argmax(0).cpu().numpy().astype(np.int64)
+                    probs = probs.cpu().numpy().astype(np.float32)
+                if depth_out is not None:
+                    up = tnf.interpolate(depth_out[i : i + 1].float(), size=(side, side), mode="bilinear")
+                    depth = up[0, 0, oy : oy + h, ox : ox + w].cpu().numpy().astype(np.float32)
+                if lm_out is not None:
+                    pts = (lm_out[i].float() + 0.5) * (side / s) - 0.5
+                    pts = pts - torch.tensor([ox, oy], dtype=pts.dtype, device=pts.device)
+                    lm = pts.cpu().numpy().astype(np.float32)
                 extra = {}
                 for key in ("normal", "uv"):
-                    dense = getattr(out, key, None)
+                    dense = _output(out, key)
                     if dense is not None:
                         up = tnf.interpolate(dense[i : i + 1].float(), size=(side, side), mode="bilinear")
                         up = up[0, :, oy : oy + h, ox : ox + w]
                         if key == "normal":
                             up = tnf.normalize(up, dim=0)
                         extra[key] = up.permute(1, 2, 0).cpu().numpy().astype(np.float32)
-                results.append(
-                    Prediction(
-                        seg=probs.argmax(0).cpu().numpy().astype(np.int64),
-                        seg_probs=probs.cpu().numpy().astype(np.float32),
-                        depth=depth.cpu().numpy().astype(np.float32),
-                        landmarks=lm.cpu().numpy().astype(np.float32),
-                        label_space=self.label_space,
-                        **extra,
-                    )
-                )
+                results.append(Prediction(seg=seg, seg_probs=probs, depth=depth, landmarks=lm,
+                                          label_space=self.label_space, **extra))
         return results

@@ -4,6 +4,12 @@ Example::
 
     synthforge predict --ckpt final.ckpt photos/ clip.mp4 --out predictions --save seg,depth,overlay
 
+CKPT: a stage-I checkpoint (``synthforge train``: the synthetic label space, relative depth, 68 landmarks,
+normals / UV when the network has those heads) or a fine-tuned one (``synthforge finetune``: 300W 68 landmarks;
+LaPa 11 classes + 106 landmarks when trained with them; CelebAMask-HQ 19 classes; depth when fine-tuned for it).
+The label space, class names, palette and crop definition come from the checkpoint. CelebAMask-HQ checkpoints were
+trained on whole aligned face images: use ``--no-detect`` on such images (or ``--crop-scale`` for found faces).
+
 INPUT: image files, folders (searched recursively for image files), glob patterns, or video files (every frame, or
 every K-th with ``--every K``). Faces come from the dlib HOG detector (its model ships in the ``dlib-bin`` wheel;
 nothing is downloaded), from ``--boxes boxes.json``, or ``--no-detect`` takes each input as one face crop. Each face
@@ -13,11 +19,14 @@ is predicted twice: from the detector box, then re-cropped from its own predicte
 Outputs under ``--out``, named after the input's stem (video frames: ``<stem>_<frame>``, frame numbers from 0; inputs
 found in a folder keep their sub-folder):
 
-* ``<stem>.json``: image size, label space (name, classes, palette), and per face ``box`` [x0, y0, x1, y1],
+* ``<stem>.json``: image size, the checkpoint's kind, dataset and crop, its label space (name, classes, palette;
+  null without parsing, 300W), and per face ``box`` [x0, y0, x1, y1],
   detector ``score``, ``landmarks`` [[x, y], ...] in the original image's pixels (integer values are pixel centres);
   ``"faces": []`` with a note when none is found; the files written and how to read the depth PNG.
-* ``<stem>_seg.png``: 8-bit class ids in the original image's frame (faces pasted back, background 0).
-* ``<stem>_depth.png``: 16-bit relative depth, ``mm = value * mm_per_level + offset_mm`` (0 = background).
+* ``<stem>_seg.png``: 8-bit class ids of the checkpoint's label space in the original image's frame (faces pasted
+  back, background 0); not written without a parsing head.
+* ``<stem>_depth.png``: 16-bit relative depth, ``mm = value * mm_per_level + offset_mm`` (0 = background); written
+  when the network predicts depth and parsing (depth is kept on the parsed foreground).
 * ``<stem>_normals.png`` / ``<stem>_uv.png``: when the network has those heads and ``--save`` asks for them.
 * ``<stem>_overlay.png``: the photo with parsing colours, boxes, landmarks and a legend.
 
@@ -63,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="synthforge predict", description="Predict parsing, depth and landmarks on every face.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns or videos")
-    p.add_argument("--ckpt", required=True, help="checkpoint written by synthforge train")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by synthforge train or synthforge finetune")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="face crops per forward pass (default 16)")
@@ -84,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         f"(default {DEFAULT_SAVE}; 'none' for the JSON only)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
     p.add_argument("--crop-scale", type=float, default=None,
-                   help="crop side / landmark-box side (default: the checkpoint's data.crop_scale; give it for "
-                        "checkpoints that do not record it)")
+                   help="crop side / crop-box side (default: the checkpoint's data.crop_scale, or data.crop.scale "
+                        "when fine-tuned; give it for checkpoints that do not record it)")
     return p
 
 
@@ -262,16 +271,17 @@ def depth_png(depth_m: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 def write_outputs(item: Item, image: np.ndarray, result, out_dir: Path, save: set[str], meta: dict) -> int:  # noqa: ANN001
     """Write the JSON and the chosen PNGs of one image; returns the number of faces."""
+    from next3d_gen.labels import LabelSpace
     from synthforge import draw
 
     space = result.label_space
     stem = item.stem
     files: dict[str, str] = {}
     fg = result.foreground
-    if "seg" in save:
+    if "seg" in save and result.seg is not None:
         files["seg"] = f"{Path(stem).name}_seg.png"
         _write_atomic(out_dir / f"{stem}_seg.png", _png(result.seg))
-    if "depth" in save:
+    if "depth" in save and result.depth is not None:
         files["depth"] = f"{Path(stem).name}_depth.png"
         _write_atomic(out_dir / f"{stem}_depth.png", _png(depth_png(result.depth, fg)))
     if "normals" in save and result.normal is not None:
@@ -285,14 +295,19 @@ def write_outputs(item: Item, image: np.ndarray, result, out_dir: Path, save: se
     if "overlay" in save:
         files["overlay"] = f"{Path(stem).name}_overlay.png"
         faces = [(f.box, f.landmarks) for f in result.faces]
-        _write_atomic(out_dir / f"{stem}_overlay.png", _png(draw.face_overlay(image, result.seg, space, faces)))
+        if result.seg is None or space is None:  # no parsing head: boxes and landmarks only
+            seg, shown = np.zeros(image.shape[:2], np.uint8), LabelSpace("none", ("background",), ((0, 0, 0),))
+        else:
+            seg, shown = result.seg, space
+        _write_atomic(out_dir / f"{stem}_overlay.png", _png(draw.face_overlay(image, seg, shown, faces)))
     doc = {
         "input": str(item.source),
         "frame": item.frame,
         "image_size": {"width": result.width, "height": result.height},
         **meta,
-        "label_space": {"name": space.name, "classes": list(space.classes),
-                        "palette": [list(c) for c in space.palette], "background": space.background},
+        "label_space": None if space is None else {"name": space.name, "classes": list(space.classes),
+                                                    "palette": [list(c) for c in space.palette],
+                                                    "background": space.background},
         "num_faces": len(result.faces),
         "faces": [
             {
@@ -360,15 +375,20 @@ def main(argv: list[str]) -> int:
 
     from synthforge.detect import DLIB_WINDOW, make_detector
     from synthforge.inference import Predictor
-    from synthforge.predict import FacePipeline, checkpoint_crop_scale
+    from synthforge.predict import FacePipeline
 
     torch.set_num_threads(args.threads)
     detector = None
     if boxes is None and not args.no_detect:
         detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW, threshold=args.detect_threshold)
-    predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device))
-    crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None) or checkpoint_crop_scale(args.ckpt)
-    if not crop_scale:
+    predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device), option="--ckpt")
+    crop_scale = args.crop_scale or predictor.crop_scale
+    whole_images = predictor.crop is not None and predictor.crop.box == "image"
+    if not crop_scale and whole_images and not args.no_detect:
+        raise UserError(f"--ckpt: {args.ckpt}: fine-tuned on whole aligned face images ({predictor.dataset}): use "
+                        "--no-detect on such images, or --crop-scale (crop side / face landmark-box side) to crop "
+                        "the faces of other photos")
+    if not crop_scale and not whole_images:
         raise UserError(f"{args.ckpt}: the checkpoint does not record its crop scale: pass --crop-scale "
                         "(the data.crop_scale it was trained with)")
     pipeline = FacePipeline(predictor, crop_scale, detector, batch_size=args.batch_size)
@@ -378,8 +398,10 @@ def main(argv: list[str]) -> int:
     except OSError as err:
         raise UserError(f"--out: cannot create {out_dir}: {err.strerror or err}") from None
     faces_from = "boxes" if boxes is not None else "whole image" if args.no_detect else "detector"
-    meta = {"checkpoint": str(args.ckpt), "faces_from": faces_from,
-            "detector": detector.name if detector is not None else None, "crop_scale": crop_scale}
+    crop = pipeline.crop
+    meta = {"checkpoint": str(args.ckpt), "checkpoint_kind": predictor.kind, "dataset": predictor.dataset,
+            "faces_from": faces_from, "detector": detector.name if detector is not None else None,
+            "crop_scale": pipeline.crop_scale, "crop": {"box": crop.box, "scale": crop.scale}}
     failed: list[str] = [f"{m}: no such file or folder" for m in missing]
     for line in failed:
         print(f"synthforge predict: {line}", file=sys.stderr)
