@@ -9,6 +9,7 @@ Every exported file is read back with the formats' own APIs (``onnx`` / ``onnxru
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import version
 from pathlib import Path
 
@@ -137,6 +138,9 @@ def test_export_matches_pytorch_and_documents_itself(
     printed = capsys.readouterr().out
     assert "seg_logits" in printed and "(1, 68, 2)" in printed and "max |PyTorch" in printed
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's private mode
 
     wrapper = ex.build_wrapper(ex.load_export_source(stage1_ckpt), 64)
     worst = _compare(out, fmt, wrapper, 64)

@@ -25,17 +25,13 @@ from pathlib import Path
 import torch
 
 from next3d_gen.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UserError(message)
+from synthforge.commands import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from synthforge.export import FORMATS
 
-    p = _Parser(prog="synthforge export", description="Export a trained network to ONNX or TorchScript.")
+    p = OneLineParser(prog="synthforge export", description="Export a trained network to ONNX or TorchScript.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by synthforge train or synthforge finetune")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (needs the 'export' extra) or torchscript")
     p.add_argument("--out", required=True, help="file to write")
@@ -94,6 +90,9 @@ def main(argv: list[str]) -> int:
             print(f"synthforge export: error: the exported model differs from PyTorch by more than "
                   f"{ex.SELF_CHECK_ATOL:g} x max(1, |output|); nothing written", file=sys.stderr)
             return 1
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it the permissions of a normally created file
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
