@@ -1,4 +1,11 @@
-"""The HDF5 dataset schema (version 1) in one place: dataset names, dtypes, per-sample shapes, file attributes.
+"""The HDF5 dataset schema (version 2) in one place: dataset names, dtypes, per-sample shapes, file attributes.
+
+Versions: 2 (written now) = 1 with the synthetic label space extended to 22 classes (``hair`` = 20,
+``eyeglasses`` = 21 appended, ids 0-19 unchanged: :data:`next3d_gen.labels.SYNTH`); the datasets, dtypes and
+attributes are the same. Version-1 files (20-class :data:`next3d_gen.labels.SYNTH_V1`) are still read: their label
+space is presented as the 22-class one (:func:`next3d_gen.labels.current_label_space`), so they train a 22-class
+network as they are (they have no hair / eyeglasses pixels). A shard is never resumed or finished by a writer of
+another schema version or label space (its rows would mix label rules).
 
 Writers and readers import these constants; nothing else spells a dataset name or dtype.
 
@@ -30,7 +37,10 @@ from next3d_gen.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Schema version written in every new file (see the module docstring for what changed)."""
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Schema versions :class:`SampleReader` accepts."""
 
 
 @dataclass(frozen=True)
@@ -169,12 +179,13 @@ class ShardWriter:
     * Each row: every field except ``complete`` is written, the file is flushed, then ``complete[row] = True`` is
       written and the file flushed again. A row is complete on disk only after its data is.
     * Every dataset carries a Fletcher-32 checksum per chunk, so a torn chunk is detected on read, not returned.
-    * Reopening a ``.partial``: the stored ``generator_config``, row count and field shapes must equal the new ones
-      (else :class:`UserError`); every complete row is read back once (checksums verified); if the file cannot be
-      opened or any complete row fails to read, the partial shard is deleted and started over (its rows are
-      regenerated: generation is deterministic, so the result is the same bytes). The verified rows' stored chunks
-      are then copied unchanged into a fresh container that replaces the partial file (an interrupted writer's
-      container may be inconsistent even where its rows read back), and only incomplete rows are (re)written.
+    * Reopening a ``.partial``: the stored schema version, label space, ``generator_config``, row count and field
+      shapes must equal the new ones (else :class:`UserError`); every complete row is read back once (checksums
+      verified); if the file cannot be opened or any complete row fails to read, the partial shard is deleted and
+      started over (its rows are regenerated: generation is deterministic, so the result is the same bytes). The
+      verified rows' stored chunks are then copied unchanged into a fresh container that replaces the partial file
+      (an interrupted writer's container may be inconsistent even where its rows read back), and only incomplete
+      rows are (re)written.
     * Reopening a finished ``.h5``: the config check, then every row is read back once (checksums verified);
       a file that is not readable HDF5 (e.g. truncated) or a damaged row is a :class:`UserError` naming the file
       (and row): it is never silently accepted or overwritten. Nothing is written.
@@ -312,6 +323,14 @@ class ShardWriter:
         self._file = f
 
     def _check_matches(self, f, where: Path) -> None:  # noqa: ANN001 - h5py.File
+        version = _decode_attr(f.attrs.get(ATTR_SCHEMA_VERSION))
+        if version != self.attrs.get(ATTR_SCHEMA_VERSION):
+            raise UserError(
+                f"{where} was written with schema version {version}, not {self.attrs.get(ATTR_SCHEMA_VERSION)}; "
+                "use another --out or delete the file"
+            )
+        if _decode_attr(f.attrs.get(ATTR_LABEL_SPACE)) != self.attrs.get(ATTR_LABEL_SPACE):
+            raise UserError(f"{where} was written with another label space; use another --out or delete the file")
         stored = _decode_attr(f.attrs.get(ATTR_GENERATOR_CONFIG, "null"))
         wanted = self.attrs.get(ATTR_GENERATOR_CONFIG, "null")
         if json.loads(stored) != json.loads(wanted):
@@ -782,8 +801,9 @@ class SampleReader:
                     missing = [a for a in REQUIRED_ATTRS if a not in attrs]
                     if missing:
                         raise UserError(f"{p}: not a SynthForge dataset (missing attributes {missing})")
-                    if attrs[ATTR_SCHEMA_VERSION] != SCHEMA_VERSION:
-                        raise UserError(f"{p}: schema version {attrs[ATTR_SCHEMA_VERSION]}, expected {SCHEMA_VERSION}")
+                    if attrs[ATTR_SCHEMA_VERSION] not in READABLE_SCHEMA_VERSIONS:
+                        readable = " or ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
+                        raise UserError(f"{p}: schema version {attrs[ATTR_SCHEMA_VERSION]}, expected {readable}")
                     names = [n for n in f.keys() if n in FIELD_BY_NAME and n != "complete"]
                     complete = f["complete"][:].astype(bool) if "complete" in f else None
                     n_rows = f[names[0]].shape[0] if names else 0
@@ -795,7 +815,7 @@ class SampleReader:
                 self.attrs = attrs
                 stored = names
             else:
-                for key in (ATTR_LABEL_SPACE, ATTR_IMAGE_SIZE):
+                for key in (ATTR_LABEL_SPACE, ATTR_IMAGE_SIZE, ATTR_SCHEMA_VERSION):
                     if attrs[key] != self.attrs[key]:
                         raise UserError(f"{p}: attribute '{key}' differs from {self.files[0]}")
             good = np.flatnonzero(complete) if complete is not None else np.arange(n_rows)
@@ -816,10 +836,11 @@ class SampleReader:
 
     @property
     def label_space(self):  # noqa: ANN201 - LabelSpace, imported lazily
-        """The file's :class:`~next3d_gen.labels.LabelSpace`."""
-        from next3d_gen.labels import LabelSpace
+        """The file's :class:`~next3d_gen.labels.LabelSpace`, as read: a version-1 file's 20-class synthetic space
+        is presented as the current 22-class one (same ids; :func:`~next3d_gen.labels.current_label_space`)."""
+        from next3d_gen.labels import LabelSpace, current_label_space
 
-        return LabelSpace.from_json(self.attrs[ATTR_LABEL_SPACE])
+        return current_label_space(LabelSpace.from_json(self.attrs[ATTR_LABEL_SPACE]))
 
     @property
     def image_size(self) -> int:

@@ -94,9 +94,10 @@ class LabelSpace:
         )
 
 
-# The 20-class synthetic space. Colours of classes 1-19 are the published SynthForge UV label texture's colours
-# (reference: official_synthforge.md section 1.12), so the importer can decode its colour-coded maps with this table.
-SYNTH = LabelSpace(
+# The 20-class synthetic space of schema-version-1 files. Colours of classes 1-19 are the published SynthForge UV label
+# texture's colours (reference: official_synthforge.md section 1.12), so the importer decodes its colour-coded maps
+# with this table.
+SYNTH_V1 = LabelSpace(
     name="synthforge20",
     classes=(
         "background",
@@ -151,6 +152,47 @@ SYNTH = LabelSpace(
         "ears": (15, 16),
     },
 )
+"""The 20-class synthetic label space (ids 0-19) of HDF5 schema version 1 and of the published SynthForge release.
+
+Kept for reading version-1 files: :func:`current_label_space` reads it as :data:`SYNTH` (ids 0-19 keep their meaning;
+such a file simply has no ``hair`` / ``eyeglasses`` pixels)."""
+
+SYNTH = LabelSpace(
+    name="synthforge22",
+    classes=SYNTH_V1.classes + ("hair", "eyeglasses"),
+    palette=SYNTH_V1.palette + ((0x3C, 0x1E, 0x0A), (0x00, 0xFF, 0xFF)),
+    flip_pairs=SYNTH_V1.flip_pairs,
+    merges=dict(SYNTH_V1.merges),
+)
+"""The synthetic label space (22 classes, HDF5 schema version 2): :data:`SYNTH_V1`'s 20 classes, then
+
+* ``hair`` = 20: hair in front of whatever is behind it: scalp hair, a fringe over the forehead / brows / ears, hair
+  volume around the head on the background, beard or sideburns where a renderer draws them as a hair layer (the
+  procedural renderer's stubble is a shade of the skin and keeps the skin's class). A pixel is
+  ``hair`` where hair covers at least half of it (coverage >= :data:`LAYER_COVERAGE_THRESHOLD`); skin seen through thin
+  hair (coverage below that) keeps its skin class. ``scalp`` remains the class of *bare* scalp.
+* ``eyeglasses`` = 21: glasses frames (rims, bridge, temple arms) and lenses, clear or dark, where they are in front
+  of the head or the background (same coverage rule); what is seen through a clear lens is labelled eyeglasses, not
+  eye.
+
+Flip pairs and merges are those of :data:`SYNTH_V1` (hair and eyeglasses are their own mirror images). The head
+models label faces 1-19 only: ``hair`` and ``eyeglasses`` come from the renderer's layers
+(:attr:`next3d_gen.render.base.RenderOutput.label_override`; the procedural renderer reports them, the Next3D adapter
+does not yet, so its images' hair keeps the mesh labels).
+"""
+
+LAYER_COVERAGE_THRESHOLD = 0.5
+"""A layer drawn over the head or the background (hair, glasses, a hand) owns a pixel's label where its coverage of
+the pixel (alpha, 0-1) is at least this value."""
+
+
+def current_label_space(space: LabelSpace) -> LabelSpace:
+    """The label space a file's ``seg`` is read in: :data:`SYNTH` for a file written with :data:`SYNTH_V1` (schema
+    version 1: the same ids 0-19, no hair / eyeglasses pixels), else ``space`` itself."""
+    if space.classes == SYNTH_V1.classes:
+        return SYNTH
+    return space
+
 
 # LaPa (official ids). 106 landmarks; flips are not used for LaPa.
 LAPA = LabelSpace(
@@ -283,7 +325,9 @@ FACESYNTHETICS = LabelSpace(
     merges={"mouth": (9, 10, 11)},
 )
 
-LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (SYNTH, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)}
+LABEL_SPACES: dict[str, LabelSpace] = {
+    s.name: s for s in (SYNTH, SYNTH_V1, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)
+}
 
 
 def _landmark_flip_permutation() -> tuple[int, ...]:
@@ -428,8 +472,8 @@ class RealMergeTable:
         unlabelled: ``(merged class, merged class)`` pairs for merged classes this annotation does not have, naming
             the merged class its annotators gave those pixels: a prediction of the first is scored as the second on
             this source's images, so that the first's F1 is computed from the other sources alone.
-        optional_names: source class names that the space may or may not have (e.g. ``hair`` and ``eyeglasses``,
-            appended to the synthetic space later); the others must all exist in the space.
+        optional_names: source class names that the space may or may not have (``hair`` and ``eyeglasses``: in
+            :data:`SYNTH`, not in :data:`SYNTH_V1`); the others must all exist in the space.
     """
 
     space: str

@@ -19,7 +19,7 @@ from next3d_gen import h5
 from next3d_gen.errors import UserError
 from next3d_gen.flame import FlameLayer, FlameModel
 from next3d_gen.labels import SYNTH, LabelSpace
-from next3d_gen.render.base import Renderer, RenderOutput, Scene
+from next3d_gen.render.base import NO_OVERRIDE, Renderer, RenderOutput, Scene
 from next3d_gen.sampling import GenerateConfig, ModelConfig, SampleParams, sample_params, sample_params_from_seed
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,16 @@ class SamplePipeline:
         return self.to_record(p, ann, rendered)
 
     def to_record(self, p: SampleParams, ann: Any, rendered: RenderOutput) -> dict[str, np.ndarray]:
-        """Apply the renderer's occluders / depth to the labels and cast everything to the schema."""
+        """Apply the renderer's occluders, label layers and depth to the labels and cast everything to the schema.
+
+        Order (see :class:`~next3d_gen.render.base.RenderOutput`): ``occluder_mask`` pixels lose the head geometry
+        (seg background, depth 0, normal 0, uv -1, landmarks under them not visible, bbox from the rest), then
+        ``label_override`` sets seg wherever it is not 255 (hair, eyeglasses, background), on head and background
+        pixels alike.
+
+        Raises:
+            ValueError: the renderer returned an override class outside :attr:`label_space`.
+        """
         size = self.config.image_size
         seg = ann.seg[0].cpu().numpy().astype(np.uint8)
         mask = ann.mask[0].cpu().numpy().astype(bool)
@@ -192,6 +201,14 @@ class SamplePipeline:
                 under[inside] = occ[row[inside], col[inside]]
                 visible = visible & ~under
                 bbox = _mask_bbox(mask)
+        if rendered.label_override is not None:
+            override = rendered.label_override.detach().cpu().numpy()
+            if override.shape != seg.shape:
+                raise ValueError(f"renderer returned label_override {override.shape}, expected {seg.shape}")
+            drawn = override != NO_OVERRIDE
+            if drawn.any() and int(override[drawn].max()) >= self.label_space.num_classes:
+                raise ValueError(f"renderer returned label_override ids beyond the {self.label_space.name} space")
+            seg[drawn] = override[drawn]
 
         image = rendered.image.detach().cpu().numpy()
         if image.dtype != np.uint8 or image.shape != (size, size, 3):

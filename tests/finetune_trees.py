@@ -103,10 +103,12 @@ def rendered_faces(count: int = 4) -> tuple[tuple[np.ndarray, np.ndarray, np.nda
     return tuple((r["image"], r["seg"], r["landmarks_2d"]) for r in (pipe.generate(i) for i in range(count)))
 
 
-SYNTH_TO_LAPA = np.array([0, 1, 1, 1, 1, 1, 1, 5, 4, 3, 2, 6, 7, 9, 8, 1, 1, 10, 0, 0], np.uint8)
-"""SYNTH id -> LaPa id (skin regions and ears -> skin, eyeballs -> eyes, scalp -> hair, neck -> background)."""
+SYNTH_TO_LAPA = np.array([0, 1, 1, 1, 1, 1, 1, 5, 4, 3, 2, 6, 7, 9, 8, 1, 1, 10, 0, 0, 10, 1], np.uint8)
+"""SYNTH id -> LaPa id (skin regions and ears -> skin, eyeballs -> eyes, scalp and hair -> hair, neck ->
+background, eyeglasses -> skin: LaPa has no glasses class and paints them as what they cover)."""
 SYNTH_TO_CELEBA_PART = {7: "r_eye", 8: "l_eye", 9: "r_brow", 10: "l_brow", 11: "nose", 12: "u_lip", 13: "l_lip",
-                        14: "mouth", 15: "r_ear", 16: "l_ear", 17: "hair", 18: "neck", 19: "neck"}
+                        14: "mouth", 15: "r_ear", 16: "l_ear", 17: "hair", 18: "neck", 19: "neck", 20: "hair",
+                        21: "eye_g"}
 
 
 def rendered_face(i: int, rng: np.random.Generator, canvas: tuple[int, int],

@@ -14,7 +14,7 @@ from next3d_gen.camera import intrinsics_from_fov, look_at, to_eg3d_label
 from next3d_gen.errors import UserError
 from next3d_gen.h5 import SampleReader
 from next3d_gen.importers.synthforge_release import decode_seg, import_synthforge_release
-from next3d_gen.labels import FACESYNTHETICS, IGNORE_INDEX, SYNTH
+from next3d_gen.labels import FACESYNTHETICS, IGNORE_INDEX, SYNTH, SYNTH_V1
 from next3d_gen.render.next3d import world_to_flame
 from synthforge.cli import main
 
@@ -65,13 +65,16 @@ def _release_tree(root: Path, n: int = 2) -> dict:
 
 
 def test_decode_seg_nearest_colour_with_threshold():
-    palette = np.asarray(SYNTH.palette, np.uint8)
+    palette = np.asarray(SYNTH_V1.palette, np.uint8)  # the release's colours: the 20-class space
     noisy = (palette[1:].astype(int) + np.array([4, -4, 3])).clip(0, 255)
     rgb = np.stack([palette[1:], noisy, np.full((19, 3), 255)], axis=0).astype(np.uint8)
     ids = decode_seg(rgb)
     assert ids[0].tolist() == list(range(1, 20))
     assert ids[1].tolist() == list(range(1, 20))  # small colour noise still matches
     assert (ids[2] == 0).all()  # white background
+    # the release has no hair / eyeglasses class: their SYNTH colours never decode to those ids
+    extra = np.asarray(SYNTH.palette[SYNTH_V1.num_classes :], np.uint8)[None]
+    assert np.isin(decode_seg(extra), [*range(SYNTH_V1.num_classes), IGNORE_INDEX]).all()
 
 
 def test_synthforge_release_import(tmp_path: Path):

@@ -24,6 +24,7 @@ from next3d_gen.labels import (
     REAL_MERGED_OPTIONAL,
     SYNTH,
     SYNTH_TO_REAL,
+    SYNTH_V1,
     LabelSpace,
     real_merged_active,
     relabel_lut,
@@ -32,15 +33,8 @@ from synthforge.data.transforms import face_crop_matrix, mask_box_points, transf
 
 BASE = ("background", "skin", "nose", "eyes", "brows", "lips", "inner_mouth", "ears", "neck")
 
-# The synthetic space as later parts of issue 10 extend it: hair = 20, eyeglasses = 21.
-SYNTH22 = LabelSpace(
-    name="synthforge22",
-    classes=SYNTH.classes + ("hair", "eyeglasses"),
-    palette=SYNTH.palette + ((60, 30, 10), (0, 255, 255)),
-    flip_pairs=SYNTH.flip_pairs,
-)
 
-SPACES = {"synthforge20": SYNTH, "synthforge22": SYNTH22, "celebamask_hq19": CELEBAMASK_HQ, "lapa11": LAPA}
+SPACES = {"synthforge20": SYNTH_V1, "synthforge22": SYNTH, "celebamask_hq19": CELEBAMASK_HQ, "lapa11": LAPA}
 TABLE_OF = {"synthforge20": SYNTH_TO_REAL, "synthforge22": SYNTH_TO_REAL, "celebamask_hq19": CELEBAMASK_HQ_TO_REAL,
             "lapa11": LAPA_TO_REAL}
 
@@ -65,7 +59,7 @@ def test_every_source_class_appears_once_and_names_exist(space_name: str) -> Non
 @pytest.mark.parametrize("with_optional", [False, True])
 def test_lut_length_and_values(space_name: str, with_optional: bool) -> None:
     space, table = SPACES[space_name], TABLE_OF[space_name]
-    active = real_merged_active(SYNTH22 if with_optional else SYNTH)
+    active = real_merged_active(SYNTH if with_optional else SYNTH_V1)
     if table is SYNTH_TO_REAL:  # the predicting space itself decides which optional classes are active
         active = real_merged_active(space)
     lut = table.lut(space, active)
@@ -79,8 +73,8 @@ def test_lut_length_and_values(space_name: str, with_optional: bool) -> None:
 
 
 def test_active_merged_classes() -> None:
-    assert real_merged_active(SYNTH) == BASE
-    assert real_merged_active(SYNTH22) == BASE + ("hair", "eyeglasses")
+    assert real_merged_active(SYNTH_V1) == BASE
+    assert real_merged_active(SYNTH) == BASE + ("hair", "eyeglasses")
     assert set(REAL_MERGED.classes) == set(BASE) | set(REAL_MERGED_OPTIONAL)
     assert len(REAL_MERGED.classes) == 11  # background + ten merged classes
 
@@ -91,7 +85,7 @@ def _merged(table, space: LabelSpace, name: str, active: tuple[str, ...]) -> str
 
 
 def test_expected_mappings_without_and_with_hair_and_eyeglasses() -> None:
-    base, full = real_merged_active(SYNTH), real_merged_active(SYNTH22)
+    base, full = real_merged_active(SYNTH_V1), real_merged_active(SYNTH)
     expected_synth = {
         "face": "skin", "forehead": "skin", "glabella": "skin", "brow_band": "skin", "right_eye_region": "skin",
         "left_eye_region": "skin", "right_eyeball": "eyes", "left_eyeball": "eyes", "right_eyebrow": "brows",
@@ -99,13 +93,13 @@ def test_expected_mappings_without_and_with_hair_and_eyeglasses() -> None:
         "inner_mouth": "inner_mouth", "right_ear": "ears", "left_ear": "ears", "neck": "neck", "neck_back": "neck",
     }
     for name, merged in expected_synth.items():
-        assert _merged(SYNTH_TO_REAL, SYNTH, name, base) == merged
-        assert _merged(SYNTH_TO_REAL, SYNTH22, name, full) == merged
+        assert _merged(SYNTH_TO_REAL, SYNTH_V1, name, base) == merged
+        assert _merged(SYNTH_TO_REAL, SYNTH, name, full) == merged
     # scalp: skin under hair -> hair when the class exists, else background (as real hair then is)
-    assert _merged(SYNTH_TO_REAL, SYNTH, "scalp", base) == "background"
-    assert _merged(SYNTH_TO_REAL, SYNTH22, "scalp", full) == "hair"
-    assert _merged(SYNTH_TO_REAL, SYNTH22, "hair", full) == "hair"
-    assert _merged(SYNTH_TO_REAL, SYNTH22, "eyeglasses", full) == "eyeglasses"
+    assert _merged(SYNTH_TO_REAL, SYNTH_V1, "scalp", base) == "background"
+    assert _merged(SYNTH_TO_REAL, SYNTH, "scalp", full) == "hair"
+    assert _merged(SYNTH_TO_REAL, SYNTH, "hair", full) == "hair"
+    assert _merged(SYNTH_TO_REAL, SYNTH, "eyeglasses", full) == "eyeglasses"
     # real hair / glasses: scored when active; otherwise hair is background and glasses are not scored
     assert _merged(CELEBAMASK_HQ_TO_REAL, CELEBAMASK_HQ, "hair", base) == "background"
     assert _merged(CELEBAMASK_HQ_TO_REAL, CELEBAMASK_HQ, "eye_g", base) is None
@@ -122,7 +116,7 @@ def test_expected_mappings_without_and_with_hair_and_eyeglasses() -> None:
 def test_left_right_pooled_so_merging_commutes_with_a_flip(space_name: str) -> None:
     space, table = SPACES[space_name], TABLE_OF[space_name]
     assert space.flip_pairs, "every source space declares its left/right pairs"
-    lut = table.lut(space, real_merged_active(SYNTH22))
+    lut = table.lut(space, real_merged_active(SYNTH))
     for a, b in space.flip_pairs:
         assert lut[a] == lut[b] != IGNORE_INDEX, (space.classes[a], space.classes[b])
     # A mirrored image with its left/right classes swapped merges to the mirror of the merged map.
@@ -132,7 +126,7 @@ def test_left_right_pooled_so_merging_commutes_with_a_flip(space_name: str) -> N
 
 
 def test_lapa_folds_unlabelled_predictions() -> None:
-    fold = LAPA_TO_REAL.prediction_fold(real_merged_active(SYNTH22))
+    fold = LAPA_TO_REAL.prediction_fold(real_merged_active(SYNTH))
     assert fold[REAL_MERGED.id("ears")] == REAL_MERGED.id("skin")
     assert fold[REAL_MERGED.id("neck")] == REAL_MERGED.id("background")
     assert fold[REAL_MERGED.id("eyeglasses")] == REAL_MERGED.id("skin")
@@ -153,7 +147,7 @@ def test_gmask_order_relabel() -> None:
 
 
 def test_lut_rejects_a_space_with_unknown_classes() -> None:
-    odd = LabelSpace(name="synthforge20", classes=SYNTH.classes + ("beard",), palette=SYNTH.palette + ((1, 2, 3),))
+    odd = LabelSpace(name="synthforge22", classes=SYNTH.classes + ("beard",), palette=SYNTH.palette + ((1, 2, 3),))
     with pytest.raises(ValueError, match="beard"):
         SYNTH_TO_REAL.lut(odd, BASE)
     with pytest.raises(ValueError, match="lacks"):

@@ -9,9 +9,11 @@ Layout (facts: reference official_synthforge.md 1.9 and 1.12)::
 
 Conversion:
 
-* seg: every pixel takes the nearest colour of the 19 class colours of :data:`next3d_gen.labels.SYNTH`
-  (same ids) when its RGB distance is below :data:`COLOUR_THRESHOLD`; white and the texture's two unlisted colours
-  (lower-neck cyan, unused-UV orange) are background; anything else (anti-aliased borders) is 255 = ignore.
+* seg: every pixel takes the nearest colour of the 19 class colours of :data:`next3d_gen.labels.SYNTH_V1` (same ids)
+  when its RGB distance is below :data:`COLOUR_THRESHOLD`; white and the texture's two unlisted colours (lower-neck
+  cyan, unused-UV orange) are background; anything else (anti-aliased borders) is 255 = ignore. The release has no
+  hair or eyeglasses class, so the file's label space is that 20-class space (readers present it as
+  :data:`next3d_gen.labels.SYNTH`, ids unchanged, like a schema-version-1 file).
 * depth: resized to the image size (bilinear) and stored as the unitless value in (0, 1] on the foreground
   (0 = background); the file attribute ``depth_kind`` is ``"relative"``.
 * landmarks: ``2d_kps`` are in the continuous convention (0 = left image edge); 0.5 is subtracted to reach ours.
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from next3d_gen.camera import from_eg3d_label
 from next3d_gen.errors import UserError
 from next3d_gen.importers import bbox_of_mask, read_image, write_samples
-from next3d_gen.labels import IGNORE_INDEX, SYNTH
+from next3d_gen.labels import IGNORE_INDEX, SYNTH_V1
 from next3d_gen.render.next3d import world_to_flame
 
 COLOUR_THRESHOLD = 10.0
@@ -46,10 +48,10 @@ FIELDS = ("image", "seg", "depth", "landmarks_2d", "bbox", "camera_K", "camera_c
 
 
 def decode_seg(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 colour-coded map -> (H, W) uint8 SYNTH ids (0 background, 255 ignore)."""
-    classes = np.asarray(SYNTH.palette[1:], dtype=np.float32)  # ids 1..19
+    """(H, W, 3) uint8 colour-coded map -> (H, W) uint8 SYNTH_V1 ids (0 background, 255 ignore)."""
+    classes = np.asarray(SYNTH_V1.palette[1:], dtype=np.float32)  # ids 1..19
     colours = np.concatenate([classes, np.asarray(BACKGROUND_COLOURS, np.float32)])
-    ids = np.concatenate([np.arange(1, SYNTH.num_classes), np.zeros(len(BACKGROUND_COLOURS), np.int64)])
+    ids = np.concatenate([np.arange(1, SYNTH_V1.num_classes), np.zeros(len(BACKGROUND_COLOURS), np.int64)])
     flat = rgb.reshape(-1, 3).astype(np.float32)
     d2 = ((flat[:, None, :] - colours[None]) ** 2).sum(-1)
     nearest = d2.argmin(1)
@@ -129,5 +131,5 @@ def import_synthforge_release(src: str | Path, out: str | Path, progress=None) -
         "flame_expression": (50,), "flame_pose": (15,), "latent": (z_dim,), "sample_seed": (),
     }
     config = {"importer": "synthforge", "source": str(src.resolve()), "num_samples": len(stems)}
-    return write_samples(out, stems, shapes, SYNTH.to_json(), config, size, "relative",
+    return write_samples(out, stems, shapes, SYNTH_V1.to_json(), config, size, "relative",
                          lambda stem: load_sample(src, stem, size), progress)

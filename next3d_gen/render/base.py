@@ -1,8 +1,9 @@
 """The image-renderer protocol shared by the procedural renderer and the Next3D adapter.
 
 The generation pipeline rasterizes and annotates the posed head first (labels), then asks a renderer for the RGB
-image of the same scene. A renderer may report pixels it covered with something that is not the head (hair,
-accessories): the pipeline then relabels them (see :class:`RenderOutput`), so labels always agree with the pixels.
+image of the same scene. A renderer may report pixels it covered with something that is not the head surface (hair,
+glasses, hands, objects): the pipeline then relabels them (see :class:`RenderOutput`), so labels always agree with the
+pixels.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Scene:
     params: dict[str, Any]
 
 
+NO_OVERRIDE = 255
+"""Value of :attr:`RenderOutput.label_override` where the renderer drew nothing that changes the label."""
+
+
 @dataclass
 class RenderOutput:
     """What a renderer returns for one :class:`Scene`.
@@ -50,9 +55,18 @@ class RenderOutput:
     Attributes:
         image: (H, W, 3) uint8 RGB.
         latent: (Z,) float32 generator latent (empty for the procedural renderer).
-        occluder_mask: (H, W) bool pixels where something other than the head (hair, accessory) is in front;
-            the pipeline sets seg = 0 (background), depth = 0, normal = 0, uv = -1 there and marks landmarks under
-            it not visible. None = nothing in front of the head.
+        occluder_mask: (H, W) bool *head* pixels hidden by something in front of the head surface (a hair fringe, a
+            glasses frame, a dark lens, a hand, an object); the pipeline sets depth = 0, normal = 0, uv = -1 there,
+            marks landmarks under it not visible and sets seg to the pixel's ``label_override``, or to 0
+            (background) where it has none. None = nothing in front of the head.
+        label_override: (H, W) uint8 class id (of the pipeline's label space) of the topmost layer the renderer drew
+            over a pixel, :data:`NO_OVERRIDE` (255) = none (the rasterized label stands): ``hair`` where hair covers
+            the pixel, ``eyeglasses`` where a frame or lens is in front, 0 (background) where a hand or object is,
+            each where its coverage is at least :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`, later layers over
+            earlier ones. Outside ``occluder_mask`` only seg changes: on head pixels (hair lying on the scalp, a clear
+            lens) depth, normal, uv and landmark visibility stay the head's; on background pixels (hair volume, a lens
+            beyond the silhouette) depth stays 0, so the depth loss (foreground = depth > 0) leaves them out. None =
+            no override anywhere.
         depth: optional (H, W) float32 camera-z depth in metres from the renderer itself (Next3D's volume depth,
             converted from ray distance); None = use the rasterized depth.
     """
@@ -61,6 +75,7 @@ class RenderOutput:
     latent: Tensor
     occluder_mask: Tensor | None = None
     depth: Tensor | None = None
+    label_override: Tensor | None = None
 
 
 @runtime_checkable

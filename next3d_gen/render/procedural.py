@@ -15,17 +15,24 @@ The renderer paints the head in the label rasterization the pipeline already mad
   noise-modulated strokes on the eyebrow classes, lips a lip tone on the lip classes, the inner mouth dark with
   optional teeth, eyeballs get sclera / iris (radial streaks, dark limbal ring) / pupil from the direction out of
   each eyeball's centre in the rest pose (the iris follows the eye joint), lash lines darken the lids next to the
-  eyeball. The scalp gets hair (strand noise, sheen) or bare skin.
+  eyeball. The scalp gets hair (strand noise, sheen; opaque) or bare skin.
 * **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient + 1-3 coloured directional
   lights, wrapped Lambert diffuse + Blinn-Phong specular (per-region strength and exponent), in linear RGB, then
   sRGB encoding.
 * **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
-  shoulders below the neck and hair volume around the head (background pixels only, so labels stay background).
+  shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha).
 * **Occluders** in front of the head: hair fringe over the forehead, glasses (ray-cast in 3D against a frame built
   from the posed landmarks, depth-tested against the head), hands and random objects (screen space). Their
-  head pixels are returned in ``occluder_mask``; the pipeline relabels those pixels as background (seg 0, depth 0,
-  normal 0, uv -1) and marks landmarks under them not visible (see :class:`next3d_gen.render.base.RenderOutput`).
+  head pixels are returned in ``occluder_mask``; the pipeline clears the head geometry there (depth 0, normal 0,
+  uv -1) and marks landmarks under them not visible (see :class:`next3d_gen.render.base.RenderOutput`).
   Clear lenses are not occluders; sunglasses are.
+* **Labels of the layers** (``label_override``, :data:`next3d_gen.labels.SYNTH` ids), in drawing order, a layer
+  owning a pixel where its coverage (alpha) is >= :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`: ``hair`` on
+  the scalp pixels and fringe pixels painted with hair (both opaque: coverage 1, so no skin shows through; a bare
+  scalp keeps ``scalp``) and on background pixels where the hair volume's alpha, upsampled like the image layer it
+  is drawn on, reaches the threshold; ``eyeglasses`` where the frame's (rims, bridge, arms) or a lens's coverage
+  does, depth-tested against the head, over the head or the background, clear lenses included; ``background``
+  where a hand or object covers the pixel. Head pixels under scalp hair or a clear lens keep their geometry.
 * **Anti-aliasing**: the silhouette and depth discontinuities inside the head are blended with a small filter
   (coverage estimate from the mask); occluders are drawn from signed distances with analytic coverage.
 
@@ -51,8 +58,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from next3d_gen.errors import UserError
-from next3d_gen.labels import SYNTH
-from next3d_gen.render.base import RenderOutput, Scene
+from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
 
 Range = tuple[float, float]
 
@@ -128,7 +135,7 @@ class ProceduralConfig:
         hair_colour_weights: relative weights of :data:`HAIR_COLOURS` (8 values).
         hair_volume_prob: probability of hair volume drawn on the background around the scalp silhouette.
         hair_volume_range: its thickness as a fraction of the head height in pixels.
-        fringe_prob: probability of a fringe over the forehead (an occluder: those pixels are relabelled).
+        fringe_prob: probability of a fringe over the forehead (an occluder of the head surface, labelled hair).
         fringe_length_range: how far the fringe reaches down the forehead (0 = hairline, 1 = brows).
         num_lights_range: (min, max) number of directional lights (integers, inclusive).
         light_azimuth_deg_range, light_elevation_deg_range: direction towards the key light in the camera frame
@@ -710,8 +717,10 @@ class ProceduralRenderer:
             generator: every random choice is drawn from it.
 
         Returns:
-            :class:`RenderOutput` with ``image`` (H, W, 3) uint8 RGB, ``latent`` (0,) float32 and ``occluder_mask``
-            (H, W) bool (head pixels covered by hair fringe, sunglasses, glasses frames, hands or objects) or None.
+            :class:`RenderOutput` with ``image`` (H, W, 3) uint8 RGB, ``latent`` (0,) float32, ``occluder_mask``
+            (H, W) bool (head pixels covered by hair fringe, sunglasses, glasses frames, hands or objects) or None,
+            and ``label_override`` (H, W) uint8 (hair / eyeglasses / background layers, 255 = none; see the module
+            docstring) or None.
         """
         cfg = self.config
         ann, frag = scene.annotations, scene.fragments
@@ -932,6 +941,7 @@ class ProceduralRenderer:
 
         # ---------------- scalp / hair ----------------
         occl = torch.zeros(H * W, dtype=torch.bool, device=device)
+        layer = torch.full((H * W,), NO_OVERRIDE, dtype=torch.uint8, device=device)  # label_override, flat
         has_hair = rng.chance(cfg.hair_prob)
         scalp = is_["scalp"]
         hi = mi[:0]  # pixels painted with hair
@@ -963,6 +973,7 @@ class ProceduralRenderer:
             clumps = _noise2(rng, (6, 30), ae, 1)
             hair_tex = (1 + 0.25 * strands + 0.2 * clumps).clamp(0.3, 1.6)
             albedo[hi] = hair_col * hair_tex
+            layer[pix[hi]] = _C["hair"]  # painted opaque: coverage 1
         else:
             # bare or shaved scalp: skin, optionally with a dark stubble shadow
             if rng.chance(0.4) and bool(scalp.any()):
@@ -1052,7 +1063,11 @@ class ProceduralRenderer:
         if has_hair and rng.chance(cfg.hair_volume_prob):
             hair_img = torch.zeros(H * W, device=device)
             hair_img[pix[hi]] = 1.0
-            bg = self._hair_volume(rng, bg, hair_img.view(H, W), head_px, hair_col, key, amb, f_bg)
+            bg, alpha = self._hair_volume(rng, bg, hair_img.view(H, W), head_px, hair_col, key, amb, f_bg)
+            if (bh, bw) != (H, W):  # the coverage of a full-size pixel: the alpha upsampled like the layer itself
+                alpha = F.interpolate(alpha[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+            volume = (alpha.reshape(-1) >= LAYER_COVERAGE_THRESHOLD) & ~mask.reshape(-1)  # behind the head
+            layer[volume] = _C["hair"]
         bg = bg[None].contiguous(memory_format=torch.channels_last)
         if (bh, bw) != (H, W):
             bg = F.interpolate(bg, size=(H, W), mode="bilinear", align_corners=False)
@@ -1068,12 +1083,14 @@ class ProceduralRenderer:
 
         # ---------------- occluders in front ----------------
         if rng.chance(cfg.glasses_prob):
-            g_occ = self._glasses(rng, img, ann, depth_img, mask, K, L_cols, amb)
+            g_occ, g_seen = self._glasses(rng, img, ann, depth_img, mask, K, L_cols, amb)
             occl |= g_occ.reshape(-1)
+            layer[g_seen.reshape(-1)] = _C["eyeglasses"]
         for kind, p in (("hand", cfg.hand_prob), ("object", cfg.object_prob)):
             if rng.chance(p):
                 o_occ = self._blob_occluder(rng, img, H, W, bbox, kind, skin)
                 occl |= o_occ.reshape(-1)
+                layer[o_occ.reshape(-1)] = _C["background"]
 
         # ---------------- camera effects ----------------
         if rng.chance(cfg.blur_prob):
@@ -1083,10 +1100,12 @@ class ProceduralRenderer:
             img = img + (rng.rand(H * W, 1) - 0.5) * (sigma * math.sqrt(12.0))  # luminance grain
         image = img.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).reshape(H, W, 3).contiguous()
         occluder = occl.view(H, W) & mask
+        layer = layer.view(H, W)
         return RenderOutput(
             image=image,
             latent=torch.zeros(0, dtype=torch.float32, device=device),
             occluder_mask=occluder if bool(occluder.any()) else None,
+            label_override=layer if bool((layer != NO_OVERRIDE).any()) else None,
         )
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -1212,11 +1231,15 @@ class ProceduralRenderer:
         key: float,
         amb: float,
         f: int,
-    ) -> Tensor:
-        """Hair around the scalp silhouette, drawn on the low-resolution background layer (behind the head)."""
+    ) -> tuple[Tensor, Tensor]:
+        """Hair around the scalp silhouette, drawn on the low-resolution (3, h, w) background layer (behind the head).
+
+        Returns:
+            ``(bg, alpha)``: the layer with the hair composited, and the hair's (h, w) float32 alpha in [0, 1].
+        """
         _, bh, bw = bg.shape
         if not bool((hair_img > 0.5).any()):
-            return bg
+            return bg, bg.new_zeros(bh, bw)
         small = F.avg_pool2d(hair_img[None, None], f, ceil_mode=True)[0] if f > 1 else hair_img[None]
         small = small[:, :bh, :bw]
         thick = rng.u(self.config.hair_volume_range) * head_px / f
@@ -1227,13 +1250,17 @@ class ProceduralRenderer:
         strands = 1 + 0.2 * _field(rng, 60, bh, bw, 1)[0]
         shade = (0.5 + 0.5 * (spread / peak).clamp(0, 1)) * strands
         col = _srgb(hair_col[:, None, None] * shade[None] * (amb + 0.6 * key))
-        return bg * (1 - region[None]) + col * region[None]
+        return bg * (1 - region[None]) + col * region[None], region
 
     def _glasses(
         self, rng: _Rng, img: Tensor, ann: Any, depth: Tensor, mask: Tensor, K: Tensor, lights: list, amb: float
-    ) -> Tensor:
-        """Glasses ray-cast in 3D, drawn into the (H*W, 3) image in place; returns the (H, W) bool head pixels the
-        frame (or dark lenses) covers.
+    ) -> tuple[Tensor, Tensor]:
+        """Glasses ray-cast in 3D, drawn into the (H*W, 3) image in place.
+
+        Returns:
+            ``(occluded, seen)``: (H, W) bool head pixels the frame (or dark lenses) covers, and (H, W) bool pixels,
+            head or background, where the frame or a lens (clear or dark) is in front with coverage >=
+            :data:`~next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`.
 
         The frame is built from the posed 3D landmarks: a lens plane just in front of the nose bridge carries two
         superellipse rims; the bridge and the temple arms are capsules; everything is depth-tested against the head.
@@ -1241,6 +1268,7 @@ class ProceduralRenderer:
         H, W = depth.shape
         device = img.device
         covered = torch.zeros(H, W, dtype=torch.bool, device=device)
+        seen = torch.zeros(H, W, dtype=torch.bool, device=device)
         L = ann.landmarks_3d[0].to(device, torch.float32)
         c_r, c_l = L[36:42].mean(0), L[42:48].mean(0)
         x = F.normalize(c_l - c_r, dim=0)
@@ -1265,7 +1293,7 @@ class ProceduralRenderer:
         arm_len = ipd * rng.u((1.3, 1.6))
         tint = _lin(rng.colour()) * 0.08
         if not bool(torch.isfinite(origin).all()) or float(origin[2]) <= 0.01:
-            return covered
+            return covered, seen
 
         # 3D control points -> crop box on the image
         ends = []
@@ -1278,7 +1306,7 @@ class ProceduralRenderer:
         )
         corners = corners[corners[:, 2] > 0.01]
         if len(corners) == 0:
-            return covered
+            return covered, seen
         uvp = corners[:, :2] / corners[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
         pad = rim / float(corners[:, 2].min()) * float(K[0, 0]) + 3
         box = _crop_box(
@@ -1290,7 +1318,7 @@ class ProceduralRenderer:
             W,
         )
         if box is None:
-            return covered
+            return covered, seen
         r0, r1, c0, c1 = box
         yy, xx = torch.meshgrid(torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device), indexing="ij")
         ids = (yy * W + xx).reshape(-1)
@@ -1354,13 +1382,16 @@ class ProceduralRenderer:
         shade = amb + 0.8 * float(sum(float(c.mean()) for c in lights)) / max(len(lights), 1)
         fc = _srgb(frame_col * shade * (1.0 + 0.3 * _smoothstep(0.0, 1.0, -v / b))[:, None])
         img[ids] = (base * (1 - cover[:, None]) + fc * cover[:, None]).clamp(0, 1)
-        cov = (cover > 0.5) | ((lens > 0.5) if dark else torch.zeros_like(cover, dtype=torch.bool))
+        t = LAYER_COVERAGE_THRESHOLD
+        cov = (cover >= t) | ((lens >= t) if dark else torch.zeros_like(cover, dtype=torch.bool))
         covered.view(-1)[ids] = cov
-        return covered & mask
+        seen.view(-1)[ids] = (cover >= t) | (lens >= t)  # cover and lens are 0 where the head is in front
+        return covered & mask, seen
 
     def _blob_occluder(self, rng: _Rng, img: Tensor, H: int, W: int, bbox: Tensor, kind: str, skin: Tensor) -> Tensor:
         """A hand (palm, fingers, thumb, arm) or a random object entering over the head bounding box, drawn into
-        the (H*W, 3) image in place; returns the (H, W) bool pixels it covers (> 50 %)."""
+        the (H*W, 3) image in place; returns the (H, W) bool pixels it covers (coverage >=
+        :data:`~next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`)."""
         device = img.device
         covered = torch.zeros(H, W, dtype=torch.bool, device=device)
         x0, y0, x1, y1 = (float(v) for v in bbox)
@@ -1446,5 +1477,5 @@ class ProceduralRenderer:
         alpha = (0.5 - sd).clamp(0, 1).reshape(-1, 1)
         ids = (ys.long() * W + xs.long()).reshape(-1)
         img[ids] = img[ids] * (1 - alpha) + col.clamp(0, 1).reshape(3, -1).T * alpha
-        covered.view(-1)[ids] = alpha[:, 0] > 0.5
+        covered.view(-1)[ids] = alpha[:, 0] >= LAYER_COVERAGE_THRESHOLD
         return covered

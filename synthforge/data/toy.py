@@ -1,10 +1,10 @@
 """A tiny, label-consistent toy dataset in the stage-A HDF5 schema (for tests and benchmarks, no head model needed).
 
-Each sample is a 2-D cartoon face: an elliptic face region (class ``face``) with eye regions, eyeballs, brows, a
-nose and lips of the 20-class SYNTH space drawn at positions that follow a random similarity (centre, size,
-in-plane rotation); the 68 landmarks sit on the matching parts in iBUG order (subject's right = image left), depth
-is an ellipsoidal bulge (camera z in metres, 0 on background), normals are the bulge's analytic normals and UV is the
-face-frame coordinate. Images are the palette colours with shading and noise.
+Each sample is a 2-D cartoon face: an elliptic face region (class ``face``) with eye regions, eyeballs, brows, a nose
+and lips of the SYNTH space (classes 0-19 only: no hair or eyeglasses) drawn at positions that follow a random
+similarity (centre, size, in-plane rotation); the 68 landmarks sit on the matching parts in iBUG order (subject's right
+= image left), depth is an ellipsoidal bulge (camera z in metres, 0 on background), normals are the bulge's analytic
+normals and UV is the face-frame coordinate. Images are the palette colours with shading and noise.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from next3d_gen import h5
-from next3d_gen.labels import SYNTH
+from next3d_gen.labels import SYNTH, SYNTH_V1
 
 _C = {name: SYNTH.id(name) for name in SYNTH.classes}
 
@@ -126,7 +126,12 @@ def make_toy_sample(rng: np.random.Generator, size: int = 64) -> dict[str, np.nd
 
 
 def write_toy_dataset(
-    path: str | Path, num_samples: int, image_size: int = 64, seed: int = 0, incomplete: tuple[int, ...] = ()
+    path: str | Path,
+    num_samples: int,
+    image_size: int = 64,
+    seed: int = 0,
+    incomplete: tuple[int, ...] = (),
+    schema_version: int = h5.SCHEMA_VERSION,
 ) -> Path:
     """Write ``num_samples`` toy samples to one HDF5 file in the stage-A schema.
 
@@ -136,13 +141,19 @@ def write_toy_dataset(
         image_size: image side in pixels.
         seed: sample i uses ``numpy.random.default_rng((seed, i))``.
         incomplete: rows left with ``complete = False`` (to test that readers skip them).
+        schema_version: 1 writes a file as the version-1 writer did (attribute ``schema_version`` = 1, label space
+            the 20-class :data:`~next3d_gen.labels.SYNTH_V1`; the same datasets), else the current schema.
 
     Returns:
         The file path.
     """
     path = Path(path)
     shapes = h5.sample_shapes(image_size, image_size, 4, 4, 0)
-    attrs = h5.make_attrs(SYNTH.to_json(), {"toy": True, "seed": seed, "num": num_samples}, image_size)
+    if schema_version not in h5.READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"schema_version must be one of {h5.READABLE_SCHEMA_VERSIONS}, got {schema_version}")
+    space = SYNTH_V1 if schema_version == 1 else SYNTH
+    attrs = h5.make_attrs(space.to_json(), {"toy": True, "seed": seed, "num": num_samples}, image_size)
+    attrs[h5.ATTR_SCHEMA_VERSION] = int(schema_version)
     writer = h5.ShardWriter(path, num_samples, shapes, attrs)
     for i in range(num_samples):
         sample = make_toy_sample(np.random.default_rng((seed, i)), image_size)

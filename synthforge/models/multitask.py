@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from next3d_gen.labels import SYNTH
 from synthforge.models.heads import DenseHead, HourglassLandmarkHead
 
 
@@ -115,7 +116,7 @@ class MultiTaskNet(nn.Module):
 
 
 def build_default_net(
-    num_classes: int = 20,
+    num_classes: int = SYNTH.num_classes,
     features: int = 64,
     encoder_name: str = "resnet18",
     encoder_depth: int = 4,
