@@ -202,6 +202,37 @@ def test_finetuned_network_exports_as_one_graph(fmt: str, lapa_ckpt: Path, tmp_p
     assert [o["shape"] for o in meta["outputs"]] == [["batch", LAPA.num_classes, 32, 32], ["batch", 106, 2]]
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_normal_and_uv_heads_are_exported_after_the_others(fmt: str, tmp_path: Path) -> None:
+    """A network with normal and UV heads (none of the shipped tiny configs has them): built here, untrained."""
+    from synthforge.models import DenseHead, HourglassLandmarkHead, MultiTaskNet, UNetTrunk
+
+    torch.manual_seed(0)
+    net = MultiTaskNet(
+        UNetTrunk("resnet18", 3, (16, 8, 8), 8),
+        DenseHead(8, 5, 8, 1),
+        DenseHead(8, 1, 8, 1, output_scale=0.1),
+        HourglassLandmarkHead(8, 68, 16, 1, 2),
+        normal_head=DenseHead(8, 3, 8, 1, activation="normalize"),
+        uv_head=DenseHead(8, 2, 8, 1, activation="tanh"),
+    ).eval()
+    source = ex.ExportSource(net, "stage1", 32, net.size_divisor, None, None, None, None, "made-here.ckpt")
+    wrapper = ex.build_wrapper(source, 32)
+    assert wrapper.output_names == ("seg_logits", "depth", "landmarks", "normal", "uv")
+    image = _random_images(2, 32, 5)
+    with torch.no_grad():
+        named = dict(zip(wrapper.output_names, wrapper(image), strict=True))
+        out = net(image)
+    torch.testing.assert_close(named["normal"], out.normal, rtol=0, atol=0)
+    torch.testing.assert_close(named["uv"], out.uv, rtol=0, atol=0)
+    path = tmp_path / f"net.{fmt}"
+    ex.EXPORTERS[fmt](wrapper, 32, path, ex.export_metadata(source, wrapper, 32, fmt))
+    _compare(path, fmt, wrapper, 32)
+    meta = _file_metadata(path, fmt)
+    assert [o["shape"] for o in meta["outputs"]][3:] == [["batch", 3, 32, 32], ["batch", 2, 32, 32]]
+    assert meta["label_space"] is None and meta["crop"]["scale"] is None
+
+
 def test_failed_self_check_writes_nothing(
     stage1_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
