@@ -55,13 +55,15 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                       "--data.crop.flip_prob", "0"],
              "w300": [], "celebamask_hq": ["--data.cache_dir", str(root / "cache")]}
     out: dict[str, Path] = {"stage1": stage1, **{f"{k}_root": v for k, v in trees.items()}}
-    for ds, tree in trees.items():
-        run = root / f"run_{ds}"
-        code = cli_main(["finetune", "--config", str(TINY / f"{ds}.yaml"), "--data.root", str(tree),
+    runs = [(ds, ds, extra[ds]) for ds in trees]
+    runs.append(("lapa_depth", "lapa", ["--model.tasks", "[seg, depth]"]))  # a depth adapter (no depth labels)
+    for name, ds, args in runs:
+        run = root / f"run_{name}"
+        code = cli_main(["finetune", "--config", str(TINY / f"{ds}.yaml"), "--data.root", str(trees[ds]),
                          "--model.backbone", str(stage1), "--trainer.default_root_dir", str(run),
-                         "--trainer.max_steps=1", *extra[ds]])
+                         "--trainer.max_steps=1", *args])
         assert code == 0
-        out[ds] = run / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        out[name] = run / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     return out
 
 
@@ -110,6 +112,19 @@ def test_w300_predictions_equal_the_systems_forward(assets: dict[str, Path]) -> 
     [wide] = predictor.predict(big[RES // 2 : RES // 2 + RES])
     [square] = predictor.predict(big)
     np.testing.assert_allclose(wide.landmarks + [0, RES // 2], square.landmarks, atol=1e-3)
+
+
+def test_depth_adapter_output_and_paste(assets: dict[str, Path]) -> None:
+    predictor = Predictor.from_checkpoint(assets["lapa_depth"])
+    crop = _crop(3)
+    [pred] = predictor.predict(crop)
+    ref = _reference(assets["lapa_depth"], crop)
+    assert pred.landmarks is None and pred.depth.shape == (RES, RES)
+    np.testing.assert_allclose(pred.depth, ref["depth"][0, 0].numpy(), atol=1e-5)
+    res = FacePipeline(predictor, refine=0).run(crop, whole_image=True)  # identity window, first pass only
+    fg = pred.seg != LAPA.background
+    np.testing.assert_allclose(res.depth[fg], pred.depth[fg], atol=1e-5)
+    assert (res.depth[~fg] == 0).all()
 
 
 def test_celebamask_predictor_whole_image_crops(assets: dict[str, Path]) -> None:
