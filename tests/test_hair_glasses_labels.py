@@ -101,13 +101,15 @@ def test_hair_labels_are_where_hair_is_painted_on_the_head(toy, view: dict, seed
     np.testing.assert_array_equal(occ, fringe)
 
 
+@pytest.mark.parametrize("long_hair", [0.0, 1.0])
 @pytest.mark.parametrize("seed", [0, 3])
-def test_hair_volume_label_follows_its_coverage(toy, seed: int) -> None:
+def test_hair_volume_label_follows_its_coverage(toy, seed: int, long_hair: float) -> None:
     """Background pixels: ``hair`` exactly where the hair volume's coverage, measured from the pixels of renders over
-    a black and a white background, is >= LAYER_COVERAGE_THRESHOLD."""
+    a black and a white background, is >= LAYER_COVERAGE_THRESHOLD (short and long hair)."""
     scene = make_scene(toy, 80, pitch=-20.0)
     head = scene.annotations.mask[0].numpy()
-    cfg = ProceduralConfig(**HAIR_ON, background_max_side=40)  # the layer is drawn at 40 px and upsampled
+    # the layer is drawn at 40 px and upsampled
+    cfg = ProceduralConfig(**HAIR_ON, background_max_side=40, long_hair_prob=long_hair)
     black, white = (_render(scene, seed, _FlatBackground(cfg, level)) for level in (0.0, 1.0))
     lab = _override(black, scene)
     np.testing.assert_array_equal(lab, _override(white, scene))
@@ -121,6 +123,17 @@ def test_hair_volume_label_follows_its_coverage(toy, seed: int) -> None:
     # no hair anywhere when the renderer draws none
     bare = _render(scene, seed, ProceduralRenderer(ProceduralConfig(**dict(HAIR_ON, hair_prob=0.0))))
     assert not (_override(bare, scene) == HAIR).any()
+
+
+def test_long_hair_falls_below_the_short_hair(toy) -> None:
+    """Long hair reaches lower in the image than the same sample's short hair volume (sanity of the sweep)."""
+    scene = make_scene(toy, 80, pitch=-20.0)
+    low = {}
+    for long_hair in (0.0, 1.0):
+        out = _render(scene, 0, ProceduralRenderer(ProceduralConfig(**HAIR_ON, long_hair_prob=long_hair,
+                                                                    long_hair_length_range=(1.0, 1.0))))
+        low[long_hair] = int(np.flatnonzero((_override(out, scene) == HAIR).any(1)).max())
+    assert low[1.0] > low[0.0] + 10, low
 
 
 @pytest.mark.parametrize("view", [dict(), dict(yaw=60.0)])

@@ -135,6 +135,9 @@ class ProceduralConfig:
         hair_colour_weights: relative weights of :data:`HAIR_COLOURS` (8 values).
         hair_volume_prob: probability of hair volume drawn on the background around the scalp silhouette.
         hair_volume_range: its thickness as a fraction of the head height in pixels.
+        long_hair_prob: probability that the hair volume also falls down from the scalp (long hair: beside the face
+            and neck, behind the head, over the shoulders).
+        long_hair_length_range: how far it falls, as a fraction of the head size in pixels.
         fringe_prob: probability of a fringe over the forehead (an occluder of the head surface, labelled hair).
         fringe_length_range: how far the fringe reaches down the forehead (0 = hairline, 1 = brows).
         num_lights_range: (min, max) number of directional lights (integers, inclusive).
@@ -193,6 +196,8 @@ class ProceduralConfig:
     )
     hair_volume_prob: float = 0.7
     hair_volume_range: Range = (0.04, 0.15)
+    long_hair_prob: float = 0.4
+    long_hair_length_range: Range = (0.3, 1.3)
     fringe_prob: float = 0.2
     fringe_length_range: Range = (0.2, 0.8)
     num_lights_range: tuple[int, int] = (1, 3)
@@ -556,6 +561,20 @@ class _ClassMasks:
             m = self.cls == _C[name]
             self._m[name] = m
         return m
+
+
+def _sweep(m: Tensor, direction: tuple[float, float], length: int) -> Tensor:
+    """Max of the (C, H, W) map ``m`` shifted by ``k * direction`` (x, y) pixels (rounded, zero fill), k = 0..length."""
+    out = m.clone()
+    _, H, W = m.shape
+    for k in range(1, max(0, length) + 1):
+        dx, dy = int(round(k * direction[0])), int(round(k * direction[1]))
+        if abs(dx) >= W or abs(dy) >= H:
+            break
+        src = m[:, max(0, -dy) : H - max(0, dy), max(0, -dx) : W - max(0, dx)]
+        rows, cols = slice(max(0, dy), H - max(0, -dy)), slice(max(0, dx), W - max(0, -dx))
+        out[:, rows, cols] = torch.maximum(out[:, rows, cols], src)
+    return out
 
 
 def _crop_box(x0: float, y0: float, x1: float, y1: float, H: int, W: int) -> tuple[int, int, int, int] | None:
@@ -1063,7 +1082,7 @@ class ProceduralRenderer:
         if has_hair and rng.chance(cfg.hair_volume_prob):
             hair_img = torch.zeros(H * W, device=device)
             hair_img[pix[hi]] = 1.0
-            bg, alpha = self._hair_volume(rng, bg, hair_img.view(H, W), head_px, hair_col, key, amb, f_bg)
+            bg, alpha = self._hair_volume(rng, bg, hair_img.view(H, W), head_px, hair_col, key, amb, f_bg, lm2)
             if (bh, bw) != (H, W):  # the coverage of a full-size pixel: the alpha upsampled like the layer itself
                 alpha = F.interpolate(alpha[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
             volume = (alpha.reshape(-1) >= LAYER_COVERAGE_THRESHOLD) & ~mask.reshape(-1)  # behind the head
@@ -1231,8 +1250,11 @@ class ProceduralRenderer:
         key: float,
         amb: float,
         f: int,
+        lm2: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Hair around the scalp silhouette, drawn on the low-resolution (3, h, w) background layer (behind the head).
+        """Hair around the scalp silhouette, drawn on the low-resolution (3, h, w) background layer (behind the head);
+        long hair (``long_hair_prob``) is the scalp hair's silhouette swept down the face's down direction (eyes to
+        chin, from the (68, 2) image landmarks ``lm2``) before the volume is grown around it.
 
         Returns:
             ``(bg, alpha)``: the layer with the hair composited, and the hair's (h, w) float32 alpha in [0, 1].
@@ -1242,6 +1264,11 @@ class ProceduralRenderer:
             return bg, bg.new_zeros(bh, bw)
         small = F.avg_pool2d(hair_img[None, None], f, ceil_mode=True)[0] if f > 1 else hair_img[None]
         small = small[:, :bh, :bw]
+        long_hair = rng.chance(self.config.long_hair_prob)
+        fall = rng.u(self.config.long_hair_length_range) * head_px / f  # low-resolution pixels
+        down = F.normalize(lm2[8] - 0.5 * (lm2[36:42].mean(0) + lm2[42:48].mean(0)), dim=0)
+        if long_hair and bool(torch.isfinite(down).all()):
+            small = _sweep(small, (float(down[0]), float(down[1])), int(round(fall)))
         thick = rng.u(self.config.hair_volume_range) * head_px / f
         spread = _blur_lowres(small, max(0.7, thick / 2), max_side=64)[0]
         wav = _field(rng, 24, bh, bw, 1)[0]
