@@ -20,7 +20,8 @@ The renderer paints the head in the label rasterization the pipeline already mad
   lights, wrapped Lambert diffuse + Blinn-Phong specular (per-region strength and exponent), in linear RGB, then
   sRGB encoding.
 * **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
-  shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha).
+  shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha; long hair
+  also falls from the scalp beside the face and neck).
 * **Occluders** in front of the head: hair fringe over the forehead, glasses (ray-cast in 3D against a frame built
   from the posed landmarks, depth-tested against the head), hands and random objects (screen space). Their
   head pixels are returned in ``occluder_mask``; the pipeline clears the head geometry there (depth 0, normal 0,
