@@ -160,7 +160,7 @@ such a file simply has no ``hair`` / ``eyeglasses`` pixels)."""
 SYNTH = LabelSpace(
     name="synthforge22",
     classes=SYNTH_V1.classes + ("hair", "eyeglasses"),
-    palette=SYNTH_V1.palette + ((0x3C, 0x1E, 0x0A), (0x00, 0xFF, 0xFF)),
+    palette=SYNTH_V1.palette + ((0xFF, 0x7F, 0x00), (0x00, 0xFF, 0xFF)),  # hair orange (not the scalp brown)
     flip_pairs=SYNTH_V1.flip_pairs,
     merges=dict(SYNTH_V1.merges),
 )
