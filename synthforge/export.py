@@ -40,7 +40,7 @@ from torch import nn
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LabelSpace
-from synthforge.checkpoints import FINETUNE, STAGE1
+from synthforge.inference import CropDefinition
 
 FORMATS = ("onnx", "torchscript")
 """``--format`` values."""
@@ -73,12 +73,12 @@ SELF_CHECK_ATOL = 1e-4
 
 
 BOX_SIDE = {
-    STAGE1: "max(x1 - x0, y1 - y0, 1) of the box through the extreme points' pixel centres "
-              "(synthforge.data.transforms.landmark_box)",
-    FINETUNE: "max(x1 - x0 + 1, y1 - y0 + 1): the extreme pixels counted (label_finetune.datasets.common."
-                "square_crop_affine)",
+    False: "max(x1 - x0, y1 - y0, 1) of the box through the extreme points' pixel centres "
+           "(synthforge.data.transforms.landmark_box)",
+    True: "max(x1 - x0 + 1, y1 - y0 + 1): the extreme pixels counted (label_finetune.datasets.common."
+          "square_crop_affine)",
 }
-"""How the box side the crop scale multiplies is measured, by checkpoint kind."""
+"""How the box side the crop scale multiplies is measured, by ``CropDefinition.pixel_extent``."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,8 @@ class ExportSource:
         crop_size: side of the training crops, pixels.
         size_divisor: input sides must be multiples of this.
         label_space: classes of ``seg_logits`` (None when the network has no segmentation output).
-        crop_scale: crop side / side of the box the crop is centred on (None when the checkpoint does not say).
-        crop_box: what that box is: ``"landmarks"`` (the box of the face's landmarks), ``"label"`` or ``"image"``.
+        crop: how the training crops were cut (:class:`synthforge.inference.CropDefinition`: box kind, scale, how
+            the box side is measured), None when the checkpoint does not record it.
         dataset: the fine-tuning benchmark (stage II), else None.
         checkpoint: the checkpoint's file name.
     """
@@ -193,8 +193,7 @@ class ExportSource:
     crop_size: int
     size_divisor: int
     label_space: LabelSpace | None
-    crop_scale: float | None
-    crop_box: str | None
+    crop: CropDefinition | None
     dataset: str | None
     checkpoint: str
 
@@ -202,60 +201,28 @@ class ExportSource:
 def load_export_source(path: str | Path, option: str | None = "--ckpt") -> ExportSource:
     """Load a stage-I (``synthforge train``) or fine-tuned (``synthforge finetune``) checkpoint for export.
 
-    The file is read once by :func:`synthforge.checkpoints.load_checkpoint` (``torch.load(weights_only=True)``:
-    nothing in it runs) and the network rebuilt from its stored config.
+    Through :meth:`synthforge.inference.Predictor.from_checkpoint`: the file is read with ``torch.load(
+    weights_only=True)`` (nothing in it runs) and the network rebuilt from its stored config; the crop size, crop
+    definition, label space and kind come from there.
 
     Raises:
         UserError: naming ``option`` and the file when it is missing, damaged, unsafe, not a SynthForge checkpoint,
             or lacks its crop size.
     """
-    from synthforge.checkpoints import (
-        build_finetune_system,
-        build_stage1_system,
-        checkpoint_kind,
-        load_checkpoint,
-    )
+    from synthforge.inference import Predictor
 
-    ckpt = load_checkpoint(path, option)
-    where = f"{option}: {path}" if option else str(path)
-    kind = checkpoint_kind(ckpt)
-    if kind is None:
-        raise UserError(f"{where}: not a SynthForge checkpoint (no net.* or stage1.* weights)")
-    dm = ckpt.get("datamodule_hyper_parameters")
-    dm = dm if isinstance(dm, dict) else {}
-    if kind == FINETUNE:
-        system = build_finetune_system(ckpt, path, option)
-        from label_finetune.datasets.datamodule import DATASETS
-
-        crop_size = int(system.hparams.resolution)
-        dataset = str(system.dataset)
-        crop = dm.get("crop")
-        if isinstance(crop, dict) and isinstance(crop.get("init_args"), dict):  # jsonargparse's class form
-            crop = crop["init_args"]
-        default = DATASETS[dataset].crop
-        scale = crop.get("scale") if isinstance(crop, dict) else default.scale
-        box = crop.get("box") if isinstance(crop, dict) else default.box
-        # the adapters' own divisors (their small UNets) are checked by the probe in build_wrapper
-        divisor = int(getattr(system.stage1, "size_divisor", 1))
-        net, label_space = system, system.label_space
-    else:  # stage I
-        system = build_stage1_system(ckpt, path, option)
-        if system.crop_size is None:
-            raise UserError(f"{where}: the checkpoint has no crop size (not written by synthforge train)")
-        crop_size, dataset = int(system.crop_size), None
-        scale, box = dm.get("crop_scale"), "landmarks"
-        divisor = int(getattr(system.net, "size_divisor", 1))
-        net, label_space = system.net, system.label_space
-    ok = isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0
+    predictor = Predictor.from_checkpoint(path, option=option)
+    net = predictor.net.eval()
+    # every module's own rule (trunk, heads, hourglass); a fine-tuning adapter without one is checked by the probe
+    divisor = max(int(getattr(m, "size_divisor", 1) or 1) for m in net.modules())
     return ExportSource(
-        net=net.eval(),
-        kind=kind,
-        crop_size=crop_size,
-        size_divisor=max(divisor, 1),
-        label_space=label_space,
-        crop_scale=float(scale) if ok else None,
-        crop_box=box if ok else None,
-        dataset=dataset,
+        net=net,
+        kind=predictor.kind,
+        crop_size=predictor.crop_size,
+        size_divisor=divisor,
+        label_space=predictor.label_space,
+        crop=predictor.crop,
+        dataset=predictor.dataset,
         checkpoint=Path(path).name,
     )
 
@@ -351,9 +318,9 @@ def export_metadata(source: ExportSource, wrapper: ExportWrapper, image_size: in
         "crop_size": image_size,
         "train_crop_size": source.crop_size,
         "crop": {
-            "scale": source.crop_scale,
-            "box": source.crop_box,
-            "box_side": BOX_SIDE[source.kind],
+            "scale": source.crop.scale if source.crop is not None else None,
+            "box": source.crop.box if source.crop is not None else None,
+            "box_side": BOX_SIDE[source.crop.pixel_extent] if source.crop is not None else None,
             "meaning": "a square crop of side scale x box_side, centred on the box, resized to crop_size (box "
                        "'landmarks': the box of the face's landmarks; 'label': of its labelled pixels; 'image': the "
                        "whole image); scale and box are null when the checkpoint does not record them",

@@ -113,7 +113,7 @@ def test_wrapper_returns_the_network_outputs_in_the_documented_order(stage1_ckpt
     from synthforge.inference import Predictor
 
     source = ex.load_export_source(stage1_ckpt)
-    assert (source.kind, source.crop_size, source.crop_scale, source.crop_box) == ("stage1", 64, 1.6, "landmarks")
+    assert (source.kind, source.crop_size, source.crop.scale, source.crop.box) == ("stage1", 64, 1.6, "landmarks")
     wrapper = ex.build_wrapper(source, 64)
     assert wrapper.output_names == ("seg_logits", "depth", "landmarks")
     image = _random_images(2, 64, 0)
@@ -216,7 +216,7 @@ def test_normal_and_uv_heads_are_exported_after_the_others(fmt: str, tmp_path: P
         normal_head=DenseHead(8, 3, 8, 1, activation="normalize"),
         uv_head=DenseHead(8, 2, 8, 1, activation="tanh"),
     ).eval()
-    source = ex.ExportSource(net, "stage1", 32, net.size_divisor, None, None, None, None, "made-here.ckpt")
+    source = ex.ExportSource(net, "stage1", 32, net.size_divisor, None, None, None, "made-here.ckpt")
     wrapper = ex.build_wrapper(source, 32)
     assert wrapper.output_names == ("seg_logits", "depth", "landmarks", "normal", "uv")
     image = _random_images(2, 32, 5)
