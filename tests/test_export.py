@@ -180,6 +180,7 @@ def test_torchscript_at_another_image_size(stage1_ckpt: Path, tmp_path: Path) ->
     assert meta["outputs"][0]["shape"] == ["batch", SYNTH.num_classes, 96, 96]
 
 
+@pytest.mark.slow  # a fine-tuning run (1 step) on top of the stage-I one
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_finetuned_network_exports_as_one_graph(fmt: str, lapa_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / f"lapa.{fmt}"
