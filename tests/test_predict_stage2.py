@@ -8,9 +8,6 @@ References: the fine-tuned system's own ``forward`` on the same crop, and the cr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -19,6 +16,7 @@ import pytest
 import torch
 from finetune_trees import make_celebamask_hq, make_lapa, make_w300
 from test_finetune_system import write_tiny_stage1_checkpoint
+from test_predict import _run, _write
 
 from label_finetune.datasets.common import square_crop_affine
 from label_finetune.datasets.datamodule import build_dataset
@@ -177,17 +175,6 @@ def test_second_pass_uses_the_checkpoints_crop(ds: str, assets: dict[str, Path])
     np.testing.assert_allclose(final.matrix, square_crop_affine(box, predictor.crop.scale, RES), atol=1e-4)
     n = 68 if ds == "w300" else 106
     assert final.landmarks.shape == (n, 2)
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "synthforge.cli", "predict", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
-    return path
 
 
 def test_cli_lapa_no_detect_and_unreadable(assets: dict[str, Path], tmp_path: Path) -> None:
