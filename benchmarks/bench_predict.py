@@ -237,9 +237,7 @@ def main() -> int:
     from synthforge.inference import Predictor
 
     predictor = Predictor.from_checkpoint(args.ckpt)
-    from synthforge.predict import checkpoint_crop_scale
-
-    crop_scale = args.crop_scale or getattr(predictor, "crop_scale", None) or checkpoint_crop_scale(args.ckpt)
+    crop_scale = args.crop_scale or predictor.crop_scale  # from the checkpoint (None for whole-image crops)
     if not crop_scale:
         p.error("the checkpoint does not record its crop scale: pass --crop-scale")
     status = 0

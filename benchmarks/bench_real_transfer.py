@@ -94,19 +94,6 @@ def _fail(message: str) -> int:
     return 2
 
 
-def read_crop_scale(path: Path) -> float:
-    """The ``data.crop_scale`` a stage-I checkpoint was trained with (tensors and plain containers only are read)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        value = float(ckpt["datamodule_hyper_parameters"]["crop_scale"])
-    except Exception as err:  # noqa: BLE001 - any failure means the file does not tell us
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: no data.crop_scale in the checkpoint ({first}); pass --crop-scale") from None
-    if not value > 0:
-        raise UserError(f"{path}: invalid data.crop_scale {value}; pass --crop-scale")
-    return value
-
-
 def _checked_labels(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
     bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
     if bad.any():
@@ -338,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--{opt}: folder not found: {out.parent}")
         ckpt = run_demo(args.demo, args.demo_args) if args.demo is not None else args.ckpt
         predictor = Predictor.from_checkpoint(ckpt)
-        crop_scale = args.crop_scale if args.crop_scale is not None else read_crop_scale(ckpt)
+        crop_scale = args.crop_scale if args.crop_scale is not None else predictor.crop_scale  # data.crop_scale
+        if crop_scale is None:
+            raise UserError(f"{ckpt}: no data.crop_scale in the checkpoint; pass --crop-scale")
         active = real_merged_active(predictor.label_space)
         parsing_items = load_parsing(args.realdata, active)
         n_afw = len(list((args.realdata / "afw68").glob("*.pts")))

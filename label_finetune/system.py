@@ -8,7 +8,6 @@ so its BatchNorm statistics never move (the published code let them drift in two
 from __future__ import annotations
 
 import logging
-from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,26 +75,19 @@ def load_stage1(path: str | Path) -> tuple[nn.Module, dict[str, Any] | None]:
         UserError: naming ``--model.backbone`` and the file when it is missing, damaged, holds objects that would run
             code, is not a stage-I checkpoint (e.g. a fine-tuned one) or does not match its own network config.
     """
-    from synthforge.checkpoints import STAGE1, load_checkpoint
+    from synthforge.checkpoints import STAGE1, build_stage1_system, load_checkpoint
 
     ckpt = load_checkpoint(path, "--model.backbone", expect=STAGE1)  # safe: nothing in the file runs
     hparams = ckpt.get("hyper_parameters") or {}
     if not isinstance(hparams.get("net"), dict):
         raise UserError(f"--model.backbone: {path}: the stage-I checkpoint has no network config "
                         "(not written by synthforge train)")
+    net = build_stage1_system(ckpt, path, "--model.backbone").net
     config = dict(hparams)
     meta = ckpt.get("synthforge")
     crop = meta.get("crop_size") if isinstance(meta, dict) else None
-    try:
-        if crop is not None:
-            config["_crop_size"] = int(crop)
-        net = build_stage1(config)
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, ImportError, ArgumentError) as err:
-        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise UserError(f"--model.backbone: {path}: stage-I checkpoint does not match its network config ({msg})"
-                        ) from None
+    if crop is not None:  # validated by load_checkpoint (a positive int)
+        config["_crop_size"] = int(crop)
     return net, config
 
 

@@ -132,6 +132,16 @@ def shard_filename(shard_index: int, num_shards: int) -> str:
     return SHARD_PATTERN.format(index=shard_index, count=num_shards)
 
 
+def installed_version() -> str:
+    """The installed ``synthforge`` distribution's version ("unknown" when running from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synthforge")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
 def make_attrs(
     label_space_json: str,
     generator_config: dict,
@@ -142,12 +152,7 @@ def make_attrs(
 ) -> dict[str, int | float | str]:
     """File attributes of a shard (the generator config is stored as sorted-key JSON)."""
     if package_version is None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            package_version = version("synthforge")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            package_version = "unknown"
+        package_version = installed_version()
     if depth_kind not in ("metric", "relative", "none"):
         raise ValueError(f"depth_kind must be 'metric', 'relative' or 'none', got {depth_kind!r}")
     return {

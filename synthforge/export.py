@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from next3d_gen.errors import UserError
+from next3d_gen.h5 import installed_version
 from next3d_gen.labels import LabelSpace
 from synthforge.inference import CropDefinition
 
@@ -254,15 +255,6 @@ def build_wrapper(source: ExportSource, image_size: int, option: str = "--image-
     return ExportWrapper(source.net, tuple(shapes))
 
 
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("synthforge")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
-
-
 def _input_normalisation(net: nn.Module) -> dict[str, Any]:
     """What the graph does to ``image`` before its first convolution (read from the network's trunk)."""
     from synthforge.models.trunk import UNetTrunk
@@ -298,7 +290,7 @@ def export_metadata(source: ExportSource, wrapper: ExportWrapper, image_size: in
         "metadata_version": METADATA_VERSION,
         "format": fmt,
         "package": "synthforge",
-        "package_version": _package_version(),
+        "package_version": installed_version(),
         "checkpoint_kind": source.kind,
         "checkpoint": source.checkpoint,
         "dataset": source.dataset,

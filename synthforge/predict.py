@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -191,15 +190,6 @@ def paste_faces(result: ImageResult) -> None:
             result.normal[y0:y1, x0:x1][fg] = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
         if result.uv is not None and p.uv is not None:
             result.uv[y0:y1, x0:x1][fg] = _to_roi(p.uv, face.matrix, roi)[fg]
-
-
-def checkpoint_crop_scale(path: str | Path) -> float | None:
-    """``data.crop_scale`` of a stage-I checkpoint (None otherwise), read safely. Superseded by
-    ``Predictor.from_checkpoint(path).crop_scale``, which has it (both checkpoint kinds) without reading the file
-    again; kept for callers of the earlier API."""
-    from synthforge.checkpoints import load_checkpoint, stage1_crop_scale
-
-    return stage1_crop_scale(load_checkpoint(path))
 
 
 class FacePipeline:

@@ -26,14 +26,7 @@ RENDERED = renderer_available()
 """End-to-end trees hold procedural renders of the built-in head when stage A is present (else drawings)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads spinning against other processes make these
-    tiny networks several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyStage1(nn.Module):

@@ -40,12 +40,7 @@ ONE_HOT = {"black": (1.0,) + (0.0,) * 7, "white": (0.0,) * 7 + (1.0,)}
 assert HAIR_COLOURS[0] == (18, 15, 14) and HAIR_COLOURS[-1] == (214, 210, 204)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

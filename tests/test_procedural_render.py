@@ -180,13 +180,7 @@ def make_scene(
     return Scene(V[0], lmk[0], faces, K, cam2world, size, width, frags, ann, model, {})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Many small tensor ops: one thread is much faster than two on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
