@@ -216,11 +216,17 @@ _NH = 58  # half the number of grid columns
 _NC = 2 * _NH
 _BETA_EYE = 8.0
 _PHI_EYE = 22.0
-_BETA_MOUTH = -36.0
-_MOUTH_HALF_X = 0.0245
+# Mouth line, mouth width and subnasale from the AFW definition check (benchmarks/bench_landmark_definition.py,
+# near-frontal mean |offset| in % of the outer inter-ocular distance): with the mouth at -36 degrees, 24.5 mm half
+# width and the subnasale at -20.5 degrees, the nose base sat 5-7 % too high and the mouth 5 % too low and 7 % too
+# narrow per corner (nose 3.6, mouth 6.0); now nose 2.0, mouth 2.3. The network trained on the old head showed the
+# same offsets on the real faces (nose base 7.5 % too high, corners 4-6 % too narrow).
+_BETA_MOUTH = -34.0
+_MOUTH_HALF_X = 0.029
+_LIP_PHI = 20.6  # longitude (degrees) where the lip bands end, just beyond the mouth corners
 _BETA_NASION = 10.5
 _BETA_TIP = -13.0
-_BETA_SUB = -20.5
+_BETA_SUB = -24.0
 _PHI_EAR = 93.0
 _BETA_EAR = -1.0
 _MOUTH_BAG_RINGS = (  # depth behind the lip line, half height, width factor
@@ -350,11 +356,11 @@ def _features(phi: np.ndarray, beta: np.ndarray) -> np.ndarray:
     # Nasolabial groove.
     d -= 0.0012 * _gauss((aphi - 14.0 - 0.35 * (beta - _BETA_SUB)) / 2.0, (beta + 28.0) / 6.0)
     # Muzzle, lips, mouth corners.
-    lipw = np.clip(1.0 - (aphi / 17.5) ** 2, 0.0, 1.0) ** 0.7
-    d += 0.0040 * _gauss(phi / 15.0, (beta - _BETA_MOUTH) / 8.0)
+    lipw = np.clip(1.0 - (aphi / _LIP_PHI) ** 2, 0.0, 1.0) ** 0.7
+    d += 0.0040 * _gauss(phi / (_LIP_PHI - 2.5), (beta - _BETA_MOUTH) / 8.0)
     d += 0.0040 * _gauss((beta - (_BETA_MOUTH + 2.6)) / 1.9) * lipw
     d += 0.0042 * _gauss((beta - (_BETA_MOUTH - 3.0)) / 2.3) * lipw
-    d -= 0.0022 * _gauss((aphi - 17.0) / 2.5, (beta - _BETA_MOUTH) / 2.5)
+    d -= 0.0022 * _gauss((aphi - (_LIP_PHI - 0.5)) / 2.5, (beta - _BETA_MOUTH) / 2.5)
     d -= 0.0008 * _gauss(phi / 2.0, (beta - (_BETA_MOUTH + 8.0)) / 3.0)  # philtrum
     # Mentolabial sulcus and chin.
     d -= 0.0020 * _gauss(phi / 12.0, (beta - (_BETA_MOUTH - 10.0)) / 2.5)
@@ -1345,10 +1351,10 @@ def _static_landmarks(ctx: _Ctx) -> tuple[np.ndarray, np.ndarray]:
     for a in (2 / 3, 1 / 3, 0.0, -1 / 3, -2 / 3):
         at(_BETA_MOUTH - 0.85 * lo_h(a * half), a * half)
     at(_BETA_MOUTH, 0.0, "upper", col=float(jm0))
-    for a in (-0.5, 0.0, 0.5):
+    for a in (-0.3, 0.0, 0.3):
         at(_BETA_MOUTH, a * half, "upper")
     at(_BETA_MOUTH, 0.0, "upper", col=float(jm1))
-    for a in (0.5, 0.0, -0.5):
+    for a in (0.3, 0.0, -0.3):
         at(_BETA_MOUTH, a * half, "lower")
     assert len(pts) == NUM_STATIC_LANDMARKS
     return np.array([p[0] for p in pts], np.int64), np.stack([p[1] for p in pts])
