@@ -453,6 +453,33 @@ def test_generate_and_preview_commands_end_to_end(tiny_cli, tmp_path, capsys):
     assert pixels.std() > 10  # not a blank canvas
 
 
+def test_generate_options_are_the_config_dataclasses(tmp_path):
+    """jsonargparse reads every GenerateConfig key as --section.key; values given replace the file's, a mapping given
+    entry by entry is merged into the file's section; the older option spellings still work."""
+    from next3d_gen.sampling import load_config
+    from synthforge.commands.generate import parse_args
+
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\ncamera:\n  fov_deg: [15, 16]\nrenderer:\n  procedural:\n    hair_prob: 0.5\n")
+    args, overrides = parse_args(["--config", str(path), "--num", "4", "--out", "o", "--camera.yaw_deg", "[-5, 5]",
+                                  "--renderer", "procedural", "--renderer.procedural.glasses_prob", "0",
+                                  "--image_size", "40", "--seed", "7"])
+    assert (args.num, args.out, args.image_size, args.num_shards, args.shard_index) == (4, "o", 40, 1, 0)
+    assert args.workers is None and args.threads == 1 and not args.no_progress
+    assert overrides == {"camera.yaw_deg": (-5.0, 5.0), "renderer.name": "procedural",
+                         "renderer.procedural.glasses_prob": 0, "seed": 7}
+    cfg = load_config(path, overrides)
+    assert cfg.seed == 7 and cfg.camera.fov_deg == (15.0, 16.0) and cfg.camera.yaw_deg == (-5.0, 5.0)
+    assert cfg.renderer.procedural == {"hair_prob": 0.5, "glasses_prob": 0}
+    args, overrides = parse_args(["--num", "1", "--out", "o", "--image-size", "48", "--no-progress"])
+    assert overrides == {} and args.image_size == 48 and args.config is None and args.no_progress
+    for bad, needle in ((["--camera.fov_deg", "[1]"], "camera.fov_deg"), (["--shape.count", "1.5"], "shape.count"),
+                        (["--camera.fov_degs", "[1, 2]"], "--camera.fov_degs"), (["--threads", "x"], "threads")):
+        with pytest.raises(UserError, match=needle) as err:
+            parse_args(["--num", "1", "--out", "o", *bad])
+        assert "\n" not in str(err.value)
+
+
 # Bad generate / preview / import inputs (one stderr line, exit 2) run in fresh processes: rows of
 # tests/test_bad_input_battery.py (section "HDF5 data and generation").
 

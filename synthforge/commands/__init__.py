@@ -13,3 +13,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override] - raises instead of exiting
         raise UserError(message)
+
+
+def one_line(text: str) -> str:
+    """A jsonargparse error message as one line: its first three non-empty lines joined by `` | `` (jsonargparse
+    nests the reason under a header, e.g. ``Parser key "data.batch_size":`` then ``Expected a <class 'int'>``),
+    at most 400 characters."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return " | ".join(lines[:3])[:400]

@@ -6,89 +6,118 @@ Example::
     synthforge generate --config configs/generate/default.yaml --num 10000 --out data/synth \\
         --num-shards 8 --shard-index 3 --camera.fov_deg '[15, 20]'
 
-Any config key can be overridden as ``--section.key VALUE`` (VALUE is parsed as YAML). Rerunning an interrupted
-command resumes it (also after a full disk, once space is freed): only incomplete samples are generated, and every
-row of the result (each field's stored bytes) and the file attributes equal those of an uninterrupted run; the HDF5
-container layout around them may differ (see :mod:`next3d_gen.h5`).
+Options are parsed by jsonargparse from :class:`~next3d_gen.sampling.GenerateConfig` and its section dataclasses,
+like ``train`` / ``finetune`` parse theirs: every config key is an option ``--section.key VALUE`` (VALUE parsed as
+YAML, checked against the key's type; ``--help`` lists them), and a mapping key takes single entries too
+(``--renderer.procedural.long_hair_prob 0``). Values given here replace those of ``--config`` (read by
+:func:`~next3d_gen.sampling.load_config`, whose errors name the file); a mapping given here is merged into the
+file's. Rerunning an interrupted command resumes it (also after a full disk, once space is freed): only incomplete
+samples are generated, and every row of the result (each field's stored bytes) and the file attributes equal those
+of an uninterrupted run; the HDF5 container layout around them may differ (see :mod:`next3d_gen.h5`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from argparse import ArgumentError, Namespace
+from typing import TYPE_CHECKING, Any
 
 from next3d_gen.errors import UserError
 from next3d_gen.h5 import MAX_IMAGE_SIZE
-from synthforge.commands import OneLineParser
+from synthforge.commands import one_line
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
+
+RUN_KEYS = ("config", "num", "out", "image_size", "num_shards", "shard_index", "workers", "threads", "no_progress")
+"""Destinations of the options that are not :class:`~next3d_gen.sampling.GenerateConfig` keys (``image_size`` is
+one, given as ``--image-size``: its range is checked before the config is read)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+def build_parser() -> ArgumentParser:
+    """The jsonargparse parser of ``synthforge generate`` (run options, then every config key as ``--section.key``)."""
+    from jsonargparse import ArgumentParser
+
+    from next3d_gen.sampling import GenerateConfig
+
+    p = ArgumentParser(
         prog="synthforge generate",
-        description="Write labeled synthetic faces (image, seg, depth, normals, uv, landmarks, camera, FLAME) to HDF5.",
-        epilog="Extra options --section.key VALUE override config keys (VALUE parsed as YAML).",
+        description="Write labeled synthetic faces (image, seg, depth, normals, uv, landmarks, camera, FLAME) to HDF5."
+        " Config keys default to the built-in values shown; --config replaces them, options given here replace that.",
+        exit_on_error=False,
     )
-    p.add_argument("--config", help="YAML generation config (default: built-in defaults)")
+    p.add_argument("--config", type=str | None, default=None, help="YAML generation config (default: built-in)")
     p.add_argument("--num", type=int, required=True, help="number of samples of the whole dataset (all shards)")
-    p.add_argument("--out", required=True, help="output folder (shards + index.json), or a .h5 file for one shard")
-    p.add_argument("--seed", type=int, help="global seed (overrides the config's seed)")
-    p.add_argument(
-        "--image-size", type=int, help=f"square image side in pixels, 8 to {MAX_IMAGE_SIZE} (overrides image_size)"
-    )
-    p.add_argument("--renderer", help="renderer name (overrides renderer.name): procedural | next3d")
+    p.add_argument("--out", type=str, required=True, help="output folder (shards + index.json), or a .h5 file")
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=int | None, default=None,
+                   help=f"square image side in pixels, 8 to {MAX_IMAGE_SIZE} (overrides image_size)")
     p.add_argument("--num-shards", type=int, default=1, help="split the sample indices into K contiguous shards")
     p.add_argument("--shard-index", type=int, default=0, help="which shard this process writes (0-based)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="generating processes, one torch thread each (default: the number of CPU cores; 1 = this process)",
-    )
+    p.add_argument("--workers", type=int | None, default=None,
+                   help="generating processes, one torch thread each (default: the CPU cores; 1 = this process)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process when --workers 1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_class_arguments(GenerateConfig, skip={"image_size"}, instantiate=False)
+    # the section's own option (a whole section as YAML) is taken over by the renderer's name; see _renderer_alias
+    renderer = p._option_string_actions["--renderer"]  # noqa: SLF001 - argparse's table of options
+    renderer.help, renderer.metavar = "renderer name, same as --renderer.name: procedural | next3d", "NAME"
     return p
 
 
-def parse_overrides(extra: list[str]) -> dict[str, object]:
-    """``["--a.b", "1", "--c.d=[1, 2]"]`` -> ``{"a.b": 1, "c.d": [1, 2]}`` (values parsed as YAML)."""
-    import yaml
-
-    out: dict[str, object] = {}
-    i = 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--") or len(token) < 3:
-            raise UserError(f"unexpected argument {token!r}")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(extra):
-                raise UserError(f"option --{key} needs a value")
-            value = extra[i + 1]
-            i += 1
-        i += 1
-        key = key.replace("-", "_")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--{key}: cannot parse value {value!r}") from None
+def _renderer_alias(argv: list[str]) -> list[str]:
+    """``--renderer NAME`` / ``--renderer=NAME`` -> ``--renderer.name ...`` (the option predates the config keys)."""
+    out = []
+    for token in argv:
+        if token == "--renderer" or token.startswith("--renderer="):
+            token = "--renderer.name" + token[len("--renderer"):]
+        out.append(token)
     return out
+
+
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"camera": {"fov_deg": (1, 2)}}`` -> ``{"camera.fov_deg": (1, 2)}``: leaves of nested mappings by dotted key
+    (so that a mapping given on the command line is merged into the config file's, entry by entry)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def parse_args(argv: list[str]) -> tuple[Namespace, dict[str, Any]] | None:
+    """``(run options, config overrides by dotted key)``, or None after ``--help``.
+
+    Raises:
+        UserError: an unknown option, a value of the wrong type (one line naming the option).
+    """
+    parser = build_parser()
+    try:
+        given = parser.parse_args(_renderer_alias(argv), defaults=False).as_dict()
+    except ArgumentError as err:
+        raise UserError(one_line(str(err))) from None
+    except SystemExit as err:  # --help
+        if err.code in (0, None):
+            return None
+        raise UserError("invalid arguments (see the message above)") from None
+    run = Namespace(**{key: given.pop(key, parser.get_default(key)) for key in RUN_KEYS})
+    return run, dotted(given)
 
 
 def main(argv: list[str]) -> int:
     """Run the command; returns the exit status (UserError propagates to the dispatcher: exit 2)."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    overrides = parse_overrides(extra)
-    if args.seed is not None:
-        overrides["seed"] = args.seed
+    parsed = parse_args(argv)
+    if parsed is None:
+        return 0
+    args, overrides = parsed
+    from next3d_gen.pipeline import check_image_size
+
     if args.image_size is not None:
-        if not 8 <= args.image_size <= MAX_IMAGE_SIZE:
-            raise UserError(f"--image-size must be in [8, {MAX_IMAGE_SIZE}] pixels, got {args.image_size}")
+        check_image_size(args.image_size, "--image-size")
         overrides["image_size"] = args.image_size
-    if args.renderer is not None:
-        overrides["renderer.name"] = args.renderer
     if args.num < 0:
         raise UserError(f"--num must be >= 0, got {args.num}")
     if args.num_shards < 1:

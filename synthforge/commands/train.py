@@ -16,15 +16,9 @@ import warnings
 from argparse import ArgumentError
 
 from next3d_gen.errors import UserError
+from synthforge.commands import one_line
 
 LOG_ROOT = "runs/stage1"
-
-
-def _one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    # jsonargparse nests the reason under a header ("Problem with given args: ..." / "Parser key ..."); keep both.
-    msg = " | ".join(lines[:3])
-    return msg[:400]
 
 
 def _build_cli_class():  # noqa: ANN202 - returns a LightningCLI subclass (imported lazily)
@@ -88,7 +82,7 @@ def instantiate_cli(  # noqa: ANN201 - a LightningCLI instance or None
                 **kwargs,
             )
     except ArgumentError as err:
-        raise UserError(_one_line(str(err))) from None
+        raise UserError(one_line(str(err))) from None
     except SystemExit as err:
         if err.code in (0, None):
             return None
