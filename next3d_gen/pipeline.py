@@ -119,19 +119,24 @@ class SamplePipeline:
         return self.generate_from_params(p)
 
     def _pose_and_label(self, p: SampleParams) -> tuple[torch.Tensor, torch.Tensor, Any, Any]:
-        """Posed (1, V, 3) vertices and (1, 68, 3) layer landmarks (world), fragments and annotations of ``p``."""
+        """Posed (1, V, 3) vertices and (1, 68, 3) layer landmarks (world), fragments and annotations of ``p``.
+
+        The vertices and landmarks returned are the head model's output (what the renderer draws); the labels are
+        made on the mesh moved by the renderer's ``label_transform`` when it has one.
+        """
         size = self.config.image_size
         out = self.layer(shape=p.shape[None], expression=p.expression[None], pose=p.pose[None])
         vertices, landmarks = out.vertices, out.landmarks
+        label_vertices, label_landmarks = vertices, landmarks
         transform = getattr(self.renderer, "label_transform", None)
         if transform is not None:  # e.g. Next3D's alignment: label the mesh where the image puts the face
-            vertices, landmarks = transform(vertices), transform(landmarks)
+            label_vertices, label_landmarks = transform(vertices), transform(landmarks)
         K = p.K.to(vertices)
         cam2world = p.cam2world.to(vertices)
         contour = self.config.model.contour_mode()
         faces = self.layer.faces
         fragments, ann = self.labeler(
-            vertices, faces, K[None], cam2world[None], size, size, landmarks, self.model, contour=contour
+            label_vertices, faces, K[None], cam2world[None], size, size, label_landmarks, self.model, contour=contour
         )
         return vertices, landmarks, fragments, ann
 

@@ -10,7 +10,8 @@ Defaults follow the SynthForge paper and fill in what its published code left ou
 * identity (100) and expression (50) coefficients i.i.d. uniform in [-2, 2] (``normal`` also offered; the counts are
   clipped to the model's available columns by the pipeline);
 * jaw opening, eye gaze and a small neck rotation (the published code kept every pose at zero);
-* camera on a sphere around a look-at pivot, yaw +-45 degrees and pitch +-30 degrees (the published +-0.8 rad yaw and
+* camera on a sphere around a look-at pivot (or around a separate ``orbit_center``, as Next3D's cameras orbit the
+  world origin while looking at a pivot), yaw +-45 degrees and pitch +-30 degrees (the published +-0.8 rad yaw and
   its arccos-mapped +-0.8 rad pitch), true horizontal field of view uniform in 12-27 degrees;
 * camera distance from a framing rule (the view spans ``frame_width_m`` metres at the pivot, so the head fills the
   same part of the frame at every field of view and only the perspective changes), or a fixed distance
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from next3d_gen.camera import intrinsics_from_fov, orbit_camera
+from next3d_gen.camera import intrinsics_from_fov, look_at, orbit_camera
 from next3d_gen.errors import UserError
 
 Range = tuple[float, float]
@@ -76,7 +77,7 @@ class PoseConfig:
 
 @dataclass
 class CameraConfig:
-    """Look-at camera on a sphere around ``pivot`` (head-model frame, metres).
+    """Look-at camera on a sphere around ``orbit_center`` (default: the ``pivot``), looking at ``pivot``.
 
     Attributes:
         yaw_deg: azimuth; positive moves the camera towards the subject's left.
@@ -84,9 +85,12 @@ class CameraConfig:
         fov_deg: true full horizontal field of view.
         distance_mode: ``"framing"`` (distance = ``frame_width / (2 tan(fov / 2))``) or ``"fixed"`` (``distance_m``).
         frame_width_m: framing: width of the view at the pivot, metres (a head is about 0.15 m wide).
-        distance_m: fixed: camera-to-pivot distance, metres.
+        distance_m: fixed: camera distance from the orbit centre, metres.
         pivot: look-at point, head-model frame, metres.
         pivot_jitter_m: each pivot coordinate is shifted uniformly in [-j, j] (moves the head off-centre).
+        orbit_center: centre of the camera sphere, head-model frame, metres (yaw and pitch are measured around it);
+            None = the (jittered) pivot. Next3D's cameras orbit its world origin at 2.7 units and look at its
+            pivot, 0.2 units in front of the origin.
     """
 
     yaw_deg: Range = (-45.0, 45.0)
@@ -97,6 +101,7 @@ class CameraConfig:
     distance_m: Range = (1.08, 1.08)
     pivot: tuple[float, float, float] = (0.0, 0.0, 0.03)
     pivot_jitter_m: float = 0.01
+    orbit_center: tuple[float, float, float] | None = None
 
 
 LANDMARK_CONTOUR_MODES = ("auto", "outline", "embedding")
@@ -349,7 +354,7 @@ class SampleParams:
         shape: (S,) identity coefficients. expression: (E,) expression coefficients.
         pose: (15,) axis-angle radians [global, neck, jaw, left eye, right eye], FLAME joint order.
         yaw_deg, pitch_deg, fov_deg, radius: camera azimuth / elevation (degrees), full horizontal FOV (degrees),
-            camera-to-pivot distance (metres).
+            camera distance from the orbit centre (metres; the pivot unless ``camera.orbit_center`` is set).
         pivot: (3,) look-at point, head-model frame, metres.
         K: (3, 3) pixel intrinsics. cam2world: (4, 4) OpenCV camera-to-world (head-model frame, metres).
         sample_seed: the seed of this sample's generator.
@@ -465,7 +470,11 @@ def sample_params_from_seed(
 
     size = config.image_size
     K = intrinsics_from_fov(fov, size, size, dtype=torch.float64)
-    cam2world = orbit_camera(yaw, pitch, radius, pivot)
+    if c.orbit_center is None:
+        cam2world = orbit_camera(yaw, pitch, radius, pivot)
+    else:
+        eye = orbit_camera(yaw, pitch, radius, torch.tensor(c.orbit_center, dtype=torch.float64))[:3, 3]
+        cam2world = look_at(eye, pivot)
     return SampleParams(
         shape=shape,
         expression=expression,
