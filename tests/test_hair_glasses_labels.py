@@ -21,7 +21,7 @@ from next3d_gen import h5
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH, SYNTH_TO_REAL, SYNTH_V1, real_merged_active
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
-from next3d_gen.render.procedural import HAIR_COLOURS, ProceduralConfig, ProceduralRenderer
+from next3d_gen.render.procedural import HAIR_COLOURS, NO_CAMERA_EFFECTS, ProceduralConfig, ProceduralRenderer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_procedural_render import make_scene, toy_head_model  # noqa: E402
@@ -32,8 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Everything that is not hair or glasses is switched off or made deterministic in pixels (no blur, no noise, no
 # anti-aliasing filter, no shoulders), so that two renders differ only by what a test changes.
-QUIET = dict(hand_prob=0.0, object_prob=0.0, blur_prob=0.0, noise_sigma_range=(0.0, 0.0), antialias=False,
-             shoulders_prob=0.0)  # fmt: skip
+QUIET = dict(NO_CAMERA_EFFECTS, hand_prob=0.0, object_prob=0.0, antialias=False, shoulders_prob=0.0)
 HAIR_ON = dict(QUIET, hair_prob=1.0, fringe_prob=1.0, fringe_length_range=(0.5, 0.9), hair_volume_prob=1.0,
                hair_volume_range=(0.12, 0.2), glasses_prob=0.0)  # fmt: skip
 ONE_HOT = {"black": (1.0,) + (0.0,) * 7, "white": (0.0,) * 7 + (1.0,)}
@@ -66,7 +65,7 @@ class _FlatBackground(ProceduralRenderer):
         super().__init__(config)
         self.level = level
 
-    def _background(self, rng, H, W, device):  # noqa: ANN001, ANN202 - same signature as the parent
+    def _background(self, rng, kind, H, W, device):  # noqa: ANN001, ANN202 - same signature as the parent
         return torch.full((3, H, W), self.level, device=device)
 
 

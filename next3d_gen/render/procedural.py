@@ -61,11 +61,14 @@ from torch import Tensor
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
+from next3d_gen.render.camera_effects import apply_camera_effects
+from next3d_gen.render.clutter import draw_clutter
 
 Range = tuple[float, float]
 
 # Class ids (from the label space, never literals).
 _C = {name: SYNTH.id(name) for name in SYNTH.classes}
+_CLUTTER = 5  # index of the clutter kind in ProceduralConfig.background_weights
 
 # Light-to-dark skin-tone scale (sRGB 0-255), roughly Fitzpatrick I-VI plus a very dark tone. Position 0 = lightest.
 SKIN_TONES: tuple[tuple[int, int, int], ...] = (
@@ -150,7 +153,9 @@ class ProceduralConfig:
         light_saturation_range: saturation of the light colours (0 = white), warm or cool.
         specular_range: skin specular strength; exponent in ``shininess_range``.
         wrap_range: wrap-lighting amount (soft terminator of skin).
-        background_weights: relative weights of background kinds: gradient, radial, noise, field, shapes.
+        background_weights: relative weights of background kinds: gradient, radial, noise, field, shapes,
+            clutter (a sharp photo-like scene at full resolution, :mod:`next3d_gen.render.clutter`).
+        other_faces_prob: in clutter backgrounds, probability of another face near a border (and of a second).
         background_blur_prob: probability of a defocus blur of the background.
         background_max_side: the background (with shoulders and hair volume) is drawn at most this many pixels
             on its longer side and upsampled (it is smooth; this keeps the renderer fast at large sizes).
@@ -160,9 +165,21 @@ class ProceduralConfig:
         hand_prob: probability of a hand-like shape in front of the face.
         object_prob: probability of a random object in front of the face.
         occluder_cover_range: how far into the head bounding box a hand/object reaches (fraction of its size).
-        noise_sigma_range: sensor noise standard deviation (in [0, 1] units of the sRGB image).
-        blur_prob: probability of a slight whole-image blur (sigma in ``blur_sigma_range`` pixels).
         exposure_range: global exposure multiplier.
+        Camera effects (:mod:`next3d_gen.render.camera_effects`; pixel lengths are for a 256-pixel image and scale
+        with the image size; :data:`NO_CAMERA_EFFECTS` switches them all off):
+        defocus_prob, defocus_radius_range: probability and radius (pixels) of a lens defocus (disc kernel).
+        motion_blur_prob, motion_blur_length_range: probability and length (pixels) of a straight motion blur.
+        blur_prob: probability of a slight whole-image Gaussian blur (sigma in ``blur_sigma_range`` pixels).
+        white_balance_range: colour temperature error, log gain of red against blue (positive = warmer).
+        tint_range: green-magenta error, log gain of green (positive = more magenta).
+        saturation_range, contrast_range, gamma_range: tone-curve changes (1 = none).
+        vignette_range: darkening of the image corners (0 = none, 0.3 = 30 % at the corners).
+        low_res_prob, low_res_scale_range: probability and factor of a down- and up-sampling (a small face in a
+            large photo, enlarged).
+        shot_noise_range: signal-dependent noise per channel, standard deviation at full white.
+        noise_sigma_range: luminance grain standard deviation (in [0, 1] units of the sRGB image).
+        jpeg_prob, jpeg_quality_range: probability and quality (1-100) of a JPEG compression.
         antialias: blend silhouette and depth-discontinuity pixels with a small filter.
     """
 
@@ -211,7 +228,8 @@ class ProceduralConfig:
     specular_range: Range = (0.03, 0.12)
     shininess_range: Range = (12.0, 40.0)
     wrap_range: Range = (0.1, 0.35)
-    background_weights: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    background_weights: tuple[float, float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0, 4.0)
+    other_faces_prob: float = 0.35
     background_blur_prob: float = 0.4
     background_max_side: int = 96
     shoulders_prob: float = 0.7
@@ -220,10 +238,25 @@ class ProceduralConfig:
     hand_prob: float = 0.08
     object_prob: float = 0.12
     occluder_cover_range: Range = (0.1, 0.4)
-    noise_sigma_range: Range = (0.0, 0.02)
+    exposure_range: Range = (0.9, 1.15)
+    defocus_prob: float = 0.15
+    defocus_radius_range: Range = (0.6, 2.0)
+    motion_blur_prob: float = 0.1
+    motion_blur_length_range: Range = (3.0, 9.0)
     blur_prob: float = 0.15
     blur_sigma_range: Range = (0.3, 0.8)
-    exposure_range: Range = (0.9, 1.15)
+    white_balance_range: Range = (-0.15, 0.15)
+    tint_range: Range = (-0.05, 0.05)
+    saturation_range: Range = (0.7, 1.2)
+    contrast_range: Range = (0.85, 1.15)
+    gamma_range: Range = (0.85, 1.2)
+    vignette_range: Range = (0.0, 0.3)
+    low_res_prob: float = 0.3
+    low_res_scale_range: Range = (0.3, 0.8)
+    shot_noise_range: Range = (0.0, 0.03)
+    noise_sigma_range: Range = (0.0, 0.02)
+    jpeg_prob: float = 0.6
+    jpeg_quality_range: Range = (35.0, 95.0)
     antialias: bool = True
 
     def __post_init__(self) -> None:
@@ -285,6 +318,24 @@ class ProceduralConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+NO_CAMERA_EFFECTS: dict[str, Any] = {
+    "defocus_prob": 0.0,
+    "motion_blur_prob": 0.0,
+    "blur_prob": 0.0,
+    "white_balance_range": (0.0, 0.0),
+    "tint_range": (0.0, 0.0),
+    "saturation_range": (1.0, 1.0),
+    "contrast_range": (1.0, 1.0),
+    "gamma_range": (1.0, 1.0),
+    "vignette_range": (0.0, 0.0),
+    "low_res_prob": 0.0,
+    "shot_noise_range": (0.0, 0.0),
+    "noise_sigma_range": (0.0, 0.0),
+    "jpeg_prob": 0.0,
+}
+""":class:`ProceduralConfig` options that switch every camera effect off (the image is the shaded scene, quantised)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1074,9 +1125,10 @@ class ProceduralRenderer:
         head_rgb = _srgb(rad)  # (N, 3) sRGB
 
         # ---------------- background layer (low resolution, then upsampled; behind the head) ----------------
-        f_bg = max(1, math.ceil(max(H, W) / cfg.background_max_side))
+        bg_kind = rng.choice(cfg.background_weights)
+        f_bg = 1 if bg_kind == _CLUTTER else max(1, math.ceil(max(H, W) / cfg.background_max_side))
         bh, bw = math.ceil(H / f_bg), math.ceil(W / f_bg)
-        bg = self._background(rng, bh, bw, device)
+        bg = self._background(rng, bg_kind, bh, bw, device)
         lm2 = ann.landmarks_2d[0].to(device, torch.float32)
         if rng.chance(cfg.shoulders_prob):
             bg = self._shoulders(rng, bg, seg, lm2, head_px, skin, f_bg)
@@ -1113,12 +1165,7 @@ class ProceduralRenderer:
                 layer[o_occ.reshape(-1)] = _C["background"]
 
         # ---------------- camera effects ----------------
-        if rng.chance(cfg.blur_prob):
-            img = _blur(img.T.reshape(3, H, W), rng.u(cfg.blur_sigma_range)).reshape(3, -1).T
-        sigma = rng.u(cfg.noise_sigma_range)
-        if sigma > 0:
-            img = img + (rng.rand(H * W, 1) - 0.5) * (sigma * math.sqrt(12.0))  # luminance grain
-        image = img.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).reshape(H, W, 3).contiguous()
+        image = apply_camera_effects(img.T.reshape(3, H, W), rng, cfg)
         occluder = occl.view(H, W) & mask
         layer = layer.view(H, W)
         return RenderOutput(
@@ -1129,10 +1176,9 @@ class ProceduralRenderer:
         )
 
     # ------------------------------------------------------------------------------------------------------------------
-    def _background(self, rng: _Rng, H: int, W: int, device: torch.device) -> Tensor:
+    def _background(self, rng: _Rng, kind: int, H: int, W: int, device: torch.device) -> Tensor:
         """(3, H, W) sRGB background in [0, 1]."""
         cfg = self.config
-        kind = rng.choice(cfg.background_weights)
         ys, xs = torch.meshgrid(
             torch.linspace(-1, 1, H, device=device), torch.linspace(-1, 1, W, device=device), indexing="ij"
         )
@@ -1169,6 +1215,9 @@ class ProceduralRenderer:
             grid = grey + (grid - grey) * rng.u((0.3, 0.9))
             bg = F.interpolate(grid, size=(H, W), mode="bicubic", align_corners=False)[0]
             bg = bg + 0.04 * _fractal(rng, H, W, 3, 8, 3)
+        elif kind == _CLUTTER:
+            bg = draw_clutter(rng, H, W, _palette(SKIN_TONES, device), _palette(HAIR_COLOURS, device),
+                              cfg.other_faces_prob)
         else:  # random shapes on a flat/gradient base
             t = (ys * 0.5 + 0.5)[None]
             bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t
