@@ -5,7 +5,9 @@ Versions: 2 (written now) = 1 with the synthetic label space extended to 22 clas
 attributes are the same. Version-1 files (20-class :data:`next3d_gen.labels.SYNTH_V1`) are still read: their label
 space is presented as the 22-class one (:func:`next3d_gen.labels.current_label_space`), so they train a 22-class
 network as they are (they have no hair / eyeglasses pixels). A shard is never resumed or finished by a writer of
-another schema version or label space (its rows would mix label rules).
+another schema version or label space (its rows would mix label rules). Optional per-sample datasets
+(:data:`OPTIONAL_FIELDS`, e.g. the ``guide_score`` of loss-guided generation) may be present in a file of either
+version; they change no other dataset, so readers that do not know them simply ignore them.
 
 Writers and readers import these constants; nothing else spells a dataset name or dtype.
 
@@ -72,7 +74,13 @@ FIELDS: tuple[Field, ...] = (
     Field("sample_seed", "int64", (), "regenerates this one sample alone"),
     Field("complete", "bool", (), "written last for each sample; readers skip incomplete rows"),
 )
-FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+OPTIONAL_FIELDS: tuple[Field, ...] = (
+    Field("guide_score", "float32", (), "loss-guided generation: the guiding network's training loss on this sample"),
+)
+"""Per-sample datasets that only some writers store (same schema version: readers that do not know one ignore it).
+``guide_score`` is written by ``synthforge generate --guide`` (:mod:`synthforge.guide`). A writer stores one only
+when asked (:class:`ShardWriter` ``fields``); :class:`SampleReader` returns the fields every file of a dataset has."""
+FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS + OPTIONAL_FIELDS}
 
 NORMAL_SCALE = 127.0
 """int8 normals store round(n * 127)."""
@@ -95,9 +103,9 @@ anything is allocated."""
 
 
 def sample_shapes(height: int, width: int, num_shape: int, num_expression: int, latent_dim: int) -> dict[str, tuple]:
-    """Resolve every field's per-sample shape for one file."""
+    """Resolve every field's per-sample shape for one file (the optional fields' too)."""
     sym = {"H": height, "W": width, "S": num_shape, "E": num_expression, "Z": latent_dim}
-    return {f.name: tuple(sym[d] if isinstance(d, str) else d for d in f.shape) for f in FIELDS}
+    return {f.name: tuple(sym[d] if isinstance(d, str) else d for d in f.shape) for f in FIELDS + OPTIONAL_FIELDS}
 
 
 def dtype_of(name: str) -> np.dtype:
@@ -784,7 +792,8 @@ class SampleReader:
 
     Args:
         path: an HDF5 file, a shard folder, or an ``index.json``.
-        fields: field names to return (default: every field stored, except ``complete``).
+        fields: field names to return (default: every field stored in every file, except ``complete``; a field
+            only some files hold, e.g. an optional one, is left out).
 
     Attributes:
         files: the files, in sample order.
@@ -799,6 +808,7 @@ class SampleReader:
         file_ids: list[np.ndarray] = []
         self.attrs: dict = {}
         stored: list[str] | None = None
+        stored_by_file: list[list[str]] = []
         for k, p in enumerate(self.files):
             try:
                 with h5py.File(p, "r") as f:
@@ -823,6 +833,8 @@ class SampleReader:
                 for key in (ATTR_LABEL_SPACE, ATTR_IMAGE_SIZE, ATTR_SCHEMA_VERSION):
                     if attrs[key] != self.attrs[key]:
                         raise UserError(f"{p}: attribute '{key}' differs from {self.files[0]}")
+                stored = [n for n in stored if n in names]
+            stored_by_file.append(names)
             good = np.flatnonzero(complete) if complete is not None else np.arange(n_rows)
             rows.append(good)
             file_ids.append(np.full(len(good), k))
@@ -832,9 +844,10 @@ class SampleReader:
         if fields is None:
             self.fields = list(stored)
         else:
-            bad = [n for n in fields if n not in stored]
-            if bad:
-                raise UserError(f"{self.files[0]}: no field(s) {bad} (stored: {', '.join(stored)})")
+            for names, p in zip(stored_by_file, self.files, strict=True):
+                bad = [n for n in fields if n not in names]
+                if bad:
+                    raise UserError(f"{p}: no field(s) {bad} (stored: {', '.join(names)})")
             self.fields = list(fields)
         self._pid: int | None = None
         self._handles: dict[int, tuple] = {}

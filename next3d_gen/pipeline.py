@@ -9,7 +9,8 @@ to rasterization and rendering, so there is nothing to gain.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -267,6 +268,28 @@ def _generate_in_worker(index: int) -> dict[str, np.ndarray]:
     return _WORKER_PIPELINE.generate(index)
 
 
+def iter_samples(
+    pipeline: SamplePipeline, indices: Sequence[int], workers: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+    """Samples ``indices`` of ``pipeline``'s dataset, in that order, as :meth:`SamplePipeline.generate` records.
+
+    Args:
+        pipeline: the sample pipeline.
+        indices: sample indices.
+        workers: processes that generate them (each with one torch thread, each rebuilding the pipeline from
+            ``pipeline.config``); 1 = this process. The records are the same bytes for any value.
+    """
+    if workers > 1 and len(indices) > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process whose thread pools are running
+        with ctx.Pool(min(workers, len(indices)), _init_worker, (pipeline.config,)) as pool:
+            yield from pool.imap(_generate_in_worker, [int(i) for i in indices], chunksize=2)
+    else:
+        for i in indices:
+            yield pipeline.generate(int(i))
+
+
 def generate_shard(
     pipeline: SamplePipeline,
     out: str,
@@ -276,6 +299,9 @@ def generate_shard(
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     workers: int = 1,
+    sample_indices: Sequence[int] | None = None,
+    extra_fields: dict[str, np.ndarray] | None = None,
+    config_extra: dict[str, Any] | None = None,
 ) -> h5.ShardWriter:
     """Generate (or resume) one shard of a dataset of ``num_samples`` samples.
 
@@ -289,6 +315,11 @@ def generate_shard(
         on_start: called once, before generating, with the number of rows already complete (resumed run).
         workers: processes that generate samples (each with one torch thread, each rebuilding the pipeline from
             ``pipeline.config``); this process writes them in order. Samples are the same bytes for any value.
+        sample_indices: dataset row ``i`` holds sample ``sample_indices[i]`` of the config's seed (default ``i``);
+            ``num_samples`` long (e.g. the candidates chosen by ``synthforge.guide``).
+        extra_fields: optional schema fields (:data:`next3d_gen.h5.OPTIONAL_FIELDS`) stored beside the samples:
+            name -> array of ``num_samples`` rows (row ``i`` goes to dataset row ``i``).
+        config_extra: entries added to the stored generator config (what else determines the rows).
 
     Returns:
         The (finalized) writer.
@@ -307,10 +338,15 @@ def generate_shard(
     else:
         path = outp / h5.shard_filename(shard_index, num_shards)
     start, stop = h5.shard_range(num_samples, num_shards, shard_index)
+    extra = dict(extra_fields or {})
+    for name, rows in (("sample_indices", sample_indices), *extra.items()):
+        if rows is not None and len(rows) != num_samples:
+            raise ValueError(f"{name} has {len(rows)} rows for {num_samples} samples")
+    index_of = (lambda i: i) if sample_indices is None else (lambda i: int(sample_indices[i]))
     cfg = pipeline.config
     attrs = h5.make_attrs(
         pipeline.label_space.to_json(),
-        generator_config(cfg, num_samples, num_shards),
+        {**generator_config(cfg, num_samples, num_shards), **(config_extra or {})},
         cfg.image_size,
         depth_kind="metric",
         shard_index=shard_index,
@@ -325,8 +361,9 @@ def generate_shard(
     writer = h5.ShardWriter(
         path,
         stop - start,
-        pipeline.shapes,
+        {**pipeline.shapes, **{name: rows.shape[1:] for name, rows in extra.items()}},
         attrs,
+        fields=[*(f.name for f in h5.FIELDS), *extra] if extra else None,
         compression=st.filter("compression"),
         image_compression=st.filter("image_compression"),
         compression_level=st.compression_level,
@@ -335,19 +372,10 @@ def generate_shard(
         pending = writer.pending_rows()
         if on_start is not None:
             on_start(stop - start - len(pending))
-        if workers > 1 and len(pending) > 1:
-            import multiprocessing
-
-            ctx = multiprocessing.get_context("spawn")  # no fork of a process whose thread pools are running
-            with ctx.Pool(min(workers, len(pending)), _init_worker, (pipeline.config,)) as pool:
-                samples = pool.imap(_generate_in_worker, [start + row for row in pending], chunksize=2)
-                for row, sample in zip(pending, samples, strict=True):
-                    writer.write(row, sample)
-                    if progress is not None:
-                        progress(1)
-        else:
-            for row in pending:
-                writer.write(row, pipeline.generate(start + row))
+        # closing(): a failed write stops the worker processes at once
+        with closing(iter_samples(pipeline, [index_of(start + row) for row in pending], workers)) as samples:
+            for row, sample in zip(pending, samples, strict=True):
+                writer.write(row, {**sample, **{name: rows[start + row] for name, rows in extra.items()}})
                 if progress is not None:
                     progress(1)
         writer.finalize()

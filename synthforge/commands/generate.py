@@ -5,6 +5,13 @@ Example::
     synthforge generate --config configs/generate/default.yaml --num 10000 --out data/synth
     synthforge generate --config configs/generate/default.yaml --num 10000 --out data/synth \\
         --num-shards 8 --shard-index 3 --camera.fov_deg '[15, 20]'
+    synthforge generate --config configs/generate/default.yaml --num 2000 --out data/hard \
+        --guide runs/stage1/.../final.ckpt --pool 8000 --guide-uniform 0.5
+
+``--guide CKPT``: loss-guided sampling (:mod:`synthforge.guide`): ``--pool`` candidates (samples 0 .. P-1 of the
+seed) are scored by the checkpoint's training loss, and the dataset is written from the hardest ones plus a
+``--guide-uniform`` fraction drawn uniformly from the others, each row with its score (``guide_score``); the selection
+is saved beside the output first, so reruns and other shards reuse it.
 
 Options are parsed by jsonargparse from :class:`~next3d_gen.sampling.GenerateConfig` and its section dataclasses,
 like ``train`` / ``finetune`` parse theirs: every config key is an option ``--section.key VALUE`` (VALUE parsed as
@@ -31,7 +38,8 @@ from synthforge.commands import one_line
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser
 
-RUN_KEYS = ("config", "num", "out", "image_size", "num_shards", "shard_index", "workers", "threads", "no_progress")
+RUN_KEYS = ("config", "num", "out", "image_size", "num_shards", "shard_index", "workers", "threads", "no_progress",
+            "guide", "pool", "guide_uniform", "guide_batch")
 """Destinations of the options that are not :class:`~next3d_gen.sampling.GenerateConfig` keys (``image_size`` is
 one, given as ``--image-size``: its range is checked before the config is read)."""
 
@@ -59,6 +67,12 @@ def build_parser() -> ArgumentParser:
                    help="generating processes, one torch thread each (default: the CPU cores; 1 = this process)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process when --workers 1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--guide", type=str | None, default=None,
+                   help="stage-I checkpoint: write the candidates it finds hardest (loss-guided sampling)")
+    p.add_argument("--pool", type=int | None, default=None, help="--guide: candidates scored (default: 4 x --num)")
+    p.add_argument("--guide-uniform", type=float, default=0.5,
+                   help="--guide: fraction of the samples drawn uniformly from the other candidates")
+    p.add_argument("--guide-batch", type=int, default=32, help="--guide: crops per scoring forward pass")
     p.add_class_arguments(GenerateConfig, skip={"image_size"}, instantiate=False)
     # the section's own option (a whole section as YAML) is taken over by the renderer's name; see _renderer_alias
     renderer = p._option_string_actions["--renderer"]  # noqa: SLF001 - argparse's table of options
@@ -130,6 +144,16 @@ def main(argv: list[str]) -> int:
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
 
+    guide = None
+    if args.guide is not None:
+        from synthforge.guide import GuideOptions
+
+        pool = args.pool if args.pool is not None else 4 * args.num
+        guide = GuideOptions(args.guide, pool, args.guide_uniform, args.guide_batch)
+        guide.check(args.num)
+    elif args.pool is not None:
+        raise UserError("--pool needs --guide CKPT")
+
     from next3d_gen.sampling import load_config
 
     config = load_config(args.config, overrides)
@@ -144,6 +168,10 @@ def main(argv: list[str]) -> int:
     start, stop = h5.shard_range(args.num, args.num_shards, args.shard_index)
     pipeline = SamplePipeline(config)
     bars: list[tqdm] = []
+
+    def on_score_start(pool: int) -> None:
+        bars.append(tqdm(total=pool, unit="candidate", desc="scoring", disable=args.no_progress, dynamic_ncols=True,
+                         file=sys.stderr))
 
     def on_start(already_done: int) -> None:
         bars.append(
@@ -161,10 +189,15 @@ def main(argv: list[str]) -> int:
     threads_before = torch.get_num_threads()  # restored on return: callers (the demo) train in this process next
     torch.set_num_threads(args.threads)
     try:
-        writer = generate_shard(
-            pipeline, args.out, args.num, args.num_shards, args.shard_index, lambda n: bars[0].update(n), on_start,
-            workers=workers,
-        )
+        shard = (pipeline, args.out, args.num)
+        if guide is None:
+            writer = generate_shard(*shard, args.num_shards, args.shard_index, lambda n: bars[-1].update(n), on_start,
+                                    workers=workers)
+        else:
+            from synthforge.guide import generate_guided
+
+            writer = generate_guided(*shard, guide, args.num_shards, args.shard_index, lambda n: bars[-1].update(n),
+                                     on_start, workers, lambda n: bars[-1].update(n), on_score_start)
     finally:
         for bar in bars:
             bar.close()
