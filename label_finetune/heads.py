@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from synthforge.models.heads import Hourglass, Residual
+
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
     """Two 3x3 conv + BatchNorm + ReLU layers (spatial size kept)."""
@@ -92,63 +94,33 @@ class SegmentationAdapter(nn.Module):
         return self.net(x)
 
 
-class Residual(nn.Module):
-    """Pre-activation bottleneck residual block (channels kept)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        mid = max(channels // 2, 1)
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, mid, 1),
-            nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Conv2d(mid, mid, 3, padding=1),
-            nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Conv2d(mid, channels, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+OLD_HOURGLASS_NAMES = {"skip": "upper", "down": "low1", "inner": "low2", "up": "low3"}
+"""Block names (``old: new``) of the adapter's hourglasses in checkpoints from before they were :class:`Hourglass`."""
 
 
-class Hourglass(nn.Module):
-    """Recursive hourglass of ``depth`` levels (input size divisible by 2 ** depth)."""
-
-    def __init__(self, channels: int, depth: int) -> None:
-        super().__init__()
-        self.skip = Residual(channels)
-        self.down = Residual(channels)
-        self.inner: nn.Module = Hourglass(channels, depth - 1) if depth > 1 else Residual(channels)
-        self.up = Residual(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.up(self.inner(self.down(nnf.max_pool2d(x, 2))))
-        return self.skip(x) + nnf.interpolate(y, size=x.shape[-2:], mode="nearest")
-
-
-def soft_argmax(heatmaps: torch.Tensor, stride: float, beta: float = 1.0) -> torch.Tensor:
-    """Expected position under a softmax over each heatmap.
-
-    Args:
-        heatmaps: (B, K, h, w) float logits.
-        stride: crop pixels per heatmap cell (H / h).
-        beta: softmax temperature multiplier.
-
-    Returns:
-        (B, K, 2) float (x, y) in crop pixel coordinates (pixel-centre convention: heatmap cell j covers crop pixels
-        [j * stride - 0.5, (j + 1) * stride - 0.5], its centre is (j + 0.5) * stride - 0.5).
-    """
-    b, k, h, w = heatmaps.shape
-    prob = torch.softmax(heatmaps.float().reshape(b, k, h * w) * beta, dim=-1).reshape(b, k, h, w)
-    xs = (torch.arange(w, device=heatmaps.device, dtype=prob.dtype) + 0.5) * stride - 0.5
-    ys = (torch.arange(h, device=heatmaps.device, dtype=prob.dtype) + 0.5) * stride - 0.5
-    x = (prob.sum(2) * xs).sum(-1)
-    y = (prob.sum(3) * ys).sum(-1)
-    return torch.stack([x, y], -1)
+def _rename_old_hourglass_keys(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object
+) -> None:
+    """Load-state-dict pre-hook: ``hourglasses.0.inner.skip.body.2.weight`` -> ``hourglasses.0.low2.upper.body.2...``
+    (a checkpoint of the adapter's own hourglass, whose layers and order were those of :class:`Hourglass`)."""
+    start = prefix + "hourglasses."
+    for key in [k for k in state_dict if k.startswith(start)]:
+        stack, _, rest = key[len(start):].partition(".")
+        blocks, sep, tail = rest.partition(".body.")
+        names = blocks.split(".")
+        if sep and all(name in OLD_HOURGLASS_NAMES for name in names):
+            new = ".".join(OLD_HOURGLASS_NAMES[name] for name in names)
+            state_dict[f"{start}{stack}.{new}{sep}{tail}"] = state_dict.pop(key)
 
 
 class LandmarkAdapter(nn.Module):
     """Landmark hourglass on the frozen stage-I heatmaps (+ optionally pooled trunk features).
 
     The stem maps [heatmaps, F] to ``width`` channels; ``stacks`` hourglasses follow, each with its own heatmap
-    output (intermediate supervision); the last one is decoded by :func:`soft_argmax`.
+    output (intermediate supervision); the last one is decoded by :func:`~synthforge.models.heads.soft_argmax`.
+    The residual blocks and hourglasses are stage I's (:class:`~synthforge.models.heads.Residual`,
+    :class:`~synthforge.models.heads.Hourglass`) with biases on every conv; checkpoints written before they were
+    shared load unchanged (their block names are mapped on loading).
 
     Args:
         stage1_points: heatmap channels of stage I (68).
@@ -167,11 +139,12 @@ class LandmarkAdapter(nn.Module):
         self.feature_channels = feature_channels
         self.stem = nn.Sequential(
             nn.Conv2d(stage1_points + feature_channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True), Residual(width),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True), Residual(width, width, bias=True),
         )
-        self.hourglasses = nn.ModuleList(Hourglass(width, depth) for _ in range(stacks))
+        self.hourglasses = nn.ModuleList(Hourglass(depth, width, bias=True) for _ in range(stacks))
         self.heads = nn.ModuleList(nn.Conv2d(width, num_points, 1) for _ in range(stacks))
         self.remaps = nn.ModuleList(nn.Conv2d(num_points, width, 1) for _ in range(stacks - 1))
+        self.register_load_state_dict_pre_hook(_rename_old_hourglass_keys)
 
     def forward(self, heatmaps: torch.Tensor, features: torch.Tensor | None = None) -> list[torch.Tensor]:
         """heatmaps (B, 68, h, w), features (B, F, H, W) or None -> list (one per stack) of (B, K, h, w) logits."""

@@ -20,9 +20,10 @@ from torch import nn
 
 from label_finetune.datasets.datamodule import DATASETS
 from label_finetune.datasets.lapa import INTER_OCULAR_106
-from label_finetune.heads import DepthAdapter, LandmarkAdapter, SegmentationAdapter, soft_argmax
+from label_finetune.heads import DepthAdapter, LandmarkAdapter, SegmentationAdapter
 from next3d_gen.errors import UserError
 from next3d_gen.labels import IGNORE_INDEX, INTER_OCULAR
+from synthforge.models.heads import heatmap_to_image, soft_argmax
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,11 @@ class FinetuneSystem(L.LightningModule):
         self.stage1.eval()
         return stage1_outputs(self.stage1(image))
 
+    def decode_landmarks(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) float landmark-adapter logits -> (B, K, 2) float soft-argmax (x, y) in crop pixels
+        (pixel-centre convention; heatmap cell j is centred on crop pixel ``(j + 0.5) * stride - 0.5``)."""
+        return heatmap_to_image(soft_argmax(heatmaps)[0], self.heatmap_stride)
+
     # ---------------------------------------------------------------------------------------------------- forward
 
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
@@ -231,7 +237,7 @@ class FinetuneSystem(L.LightningModule):
         if self.landmark_head is not None:
             hms = self.landmark_head(s1.heatmaps, feats)
             out["heatmaps"] = hms
-            out["landmarks"] = soft_argmax(hms[-1], self.heatmap_stride)
+            out["landmarks"] = self.decode_landmarks(hms[-1])
         if self.depth_head is not None:
             out["depth"] = self.depth_head(s1.depth, feats)
         return out
@@ -251,7 +257,7 @@ class FinetuneSystem(L.LightningModule):
             if "landmarks" not in batch:
                 raise UserError("model.tasks has 'landmarks' but the data has none (set --data.with_landmarks true)")
             target = batch["landmarks"]
-            per_stack = [(soft_argmax(h, self.heatmap_stride) - target).abs().mean() / res for h in out["heatmaps"]]
+            per_stack = [(self.decode_landmarks(h) - target).abs().mean() / res for h in out["heatmaps"]]
             parts["landmarks"] = torch.stack(per_stack).mean()
             total = total + self.hparams.landmark_weight * parts["landmarks"]
         if "depth" in out and "depth" in batch:

@@ -17,9 +17,10 @@ import label_finetune.system as lf_system
 from label_finetune.datasets import FinetuneDataModule
 from label_finetune.datasets.common import square_crop_affine
 from label_finetune.evaluation import landmarks_to_original, markdown_table, seg_to_original
-from label_finetune.heads import LandmarkAdapter, SegmentationAdapter, SmallUNet, soft_argmax
+from label_finetune.heads import LandmarkAdapter, SegmentationAdapter, SmallUNet
 from label_finetune.system import FinetuneSystem
 from synthforge.cli import main as cli_main
+from synthforge.models.heads import heatmap_to_image, soft_argmax
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 RENDERED = renderer_available()
@@ -46,8 +47,8 @@ class TinyStage1(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, object]:
         f = self.trunk(x)
         hm = self.hm(nnf.avg_pool2d(f, 4))
-        return {"seg": self.seg(f), "depth": self.depth(f), "heatmaps": [hm, hm], "landmarks": soft_argmax(hm, 4.0),
-                "features": f}
+        return {"seg": self.seg(f), "depth": self.depth(f), "heatmaps": [hm, hm],
+                "landmarks": heatmap_to_image(soft_argmax(hm)[0], 4), "features": f}
 
 
 def real_stage1_available() -> bool:
@@ -109,10 +110,36 @@ def test_soft_argmax_hand_values() -> None:
     hm[0, 0, 1, 2] = 0.0  # one-hot at row 1, column 2
     hm[0, 1, 3, 0] = 0.0
     hm[0, 1, 3, 1] = 0.0  # half at column 0, half at column 1
-    out = soft_argmax(hm, stride=4.0)
+    out = heatmap_to_image(soft_argmax(hm)[0], 4.0)
     # cell j centre in crop pixels: (j + 0.5) * 4 - 0.5
     torch.testing.assert_close(out[0, 0], torch.tensor([9.5, 5.5]))
     torch.testing.assert_close(out[0, 1], torch.tensor([3.5, 13.5]))
+
+
+def test_landmark_adapter_loads_checkpoints_from_before_the_shared_hourglass() -> None:
+    """A LandmarkAdapter state dict written by the adapter's own Residual/Hourglass classes (label_finetune/heads.py
+    before they became synthforge.models.heads', block names skip/down/inner/up; fixture made with
+    ``LandmarkAdapter(4, 3, feature_channels=2, width=4, stacks=2, depth=2)``, random BatchNorm statistics and
+    conv biases, eval mode) loads strictly and gives the outputs that code computed."""
+    with np.load(Path(__file__).parent / "data" / "landmark_adapter_before_shared_hourglass.npz") as f:
+        index, values = json.loads(str(f["index"])), f["values"]
+    tensors, at = {}, 0
+    for name, shape, dtype in index:
+        n = int(np.prod(shape))
+        tensors[name] = torch.from_numpy(values[at:at + n].reshape(shape)).to(getattr(torch, dtype))
+        at += n
+    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
+    assert any(".inner.skip.body." in k for k in state)  # really the old names
+    net = LandmarkAdapter(4, 3, feature_channels=2, width=4, stacks=2, depth=2).eval()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        outs = net(tensors["input.heatmaps"], tensors["input.features"])
+    assert len(outs) == 2
+    for i, out in enumerate(outs):
+        torch.testing.assert_close(out, tensors[f"output.{i}"], rtol=1e-5, atol=1e-5)
+    resaved = net.state_dict()  # and the current names load as they are
+    assert not any(".skip.body." in k for k in resaved)
+    LandmarkAdapter(4, 3, feature_channels=2, width=4, stacks=2, depth=2).load_state_dict(resaved)
 
 
 def test_heads_shapes() -> None:

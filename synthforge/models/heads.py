@@ -75,18 +75,29 @@ class DenseHead(nn.Module):
 
 
 class Residual(nn.Module):
-    """Pre-activation bottleneck residual block (BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1) + identity / 1x1 skip."""
+    """Pre-activation bottleneck residual block (BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1) + identity / 1x1 skip.
 
-    def __init__(self, cin: int, cout: int) -> None:
+    The one residual block of the landmark hourglasses (stage I here, the stage-II
+    :class:`~label_finetune.heads.LandmarkAdapter`).
+
+    Args:
+        cin, cout: input and output channels (a 1x1 conv skip when they differ).
+        bias: biases on the two convs followed by a BatchNorm too (redundant there; the fine-tuning adapters have
+            them, so that their checkpoints load); the last conv always has one.
+
+    Shapes: (B, cin, H, W) float -> (B, cout, H, W).
+    """
+
+    def __init__(self, cin: int, cout: int, bias: bool = False) -> None:
         super().__init__()
         mid = max(cout // 2, 1)
         self.body = nn.Sequential(
             nn.BatchNorm2d(cin),
             nn.ReLU(inplace=False),
-            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.Conv2d(cin, mid, 1, bias=bias),
             nn.BatchNorm2d(mid),
             nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=bias),
             nn.BatchNorm2d(mid),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, cout, 1),
@@ -98,14 +109,18 @@ class Residual(nn.Module):
 
 
 class Hourglass(nn.Module):
-    """Recursive hourglass of ``depth`` levels (max-pool down, nearest up, residual skips)."""
+    """Recursive hourglass of ``depth`` levels (max-pool down, nearest up, :class:`Residual` blocks of ``width``
+    channels; ``bias`` as there).
 
-    def __init__(self, depth: int, width: int) -> None:
+    Shapes: (B, width, H, W) float -> (B, width, H, W); H and W must be divisible by ``2**depth``.
+    """
+
+    def __init__(self, depth: int, width: int, bias: bool = False) -> None:
         super().__init__()
-        self.upper = Residual(width, width)
-        self.low1 = Residual(width, width)
-        self.low2 = Hourglass(depth - 1, width) if depth > 1 else Residual(width, width)
-        self.low3 = Residual(width, width)
+        self.upper = Residual(width, width, bias)
+        self.low1 = Residual(width, width, bias)
+        self.low2 = Hourglass(depth - 1, width, bias) if depth > 1 else Residual(width, width, bias)
+        self.low3 = Residual(width, width, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = self.low3(self.low2(self.low1(tnf.max_pool2d(x, 2))))
@@ -132,12 +147,14 @@ def soft_argmax(heatmaps: torch.Tensor, beta: torch.Tensor | float = 1.0) -> tup
     return torch.stack([x, y], -1), prob
 
 
-def heatmap_to_image(coords: torch.Tensor, stride: int) -> torch.Tensor:
-    """Heatmap pixel-centre coordinates -> input-image pixel-centre coordinates: ``(c + 0.5) * stride - 0.5``."""
+def heatmap_to_image(coords: torch.Tensor, stride: float) -> torch.Tensor:
+    """Heatmap pixel-centre coordinates -> input-image pixel-centre coordinates: ``(c + 0.5) * stride - 0.5``
+    (``stride``: input pixels per heatmap cell; heatmap cell j covers input pixels [j * stride - 0.5,
+    (j + 1) * stride - 0.5])."""
     return (coords + 0.5) * stride - 0.5
 
 
-def image_to_heatmap(coords: torch.Tensor, stride: int) -> torch.Tensor:
+def image_to_heatmap(coords: torch.Tensor, stride: float) -> torch.Tensor:
     """Inverse of :func:`heatmap_to_image`."""
     return (coords + 0.5) / stride - 0.5
 
