@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("synthforge.commands.finetune", "stage C: label fine-tuning on a real benchmark"),
     "evaluate": ("synthforge.commands.evaluate", "stage C: benchmark metrics and the paper's table"),
     "demo": ("synthforge.commands.demo", "generate -> train -> evaluate -> report, no assets needed"),
+    "rounds": ("synthforge.commands.rounds", "alternate training and loss-guided generation (a stage-I recipe)"),
     "predict": ("synthforge.commands.predict", "parsing, depth and landmarks on every face of photos or videos"),
     "export": ("synthforge.commands.export", "one ONNX or TorchScript file of a trained network, documented inside"),
 }

@@ -219,3 +219,54 @@ def test_generate_guide_command_in_a_fresh_process(ckpt: Path, tmp_path: Path) -
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "synthforge generate: error: --pool must be >= --num (3), got 2"
     ]
+
+
+# ------------------------------------------------------------------------------------------------ rounds
+
+
+def test_rounds_alternate_training_and_guided_generation_and_resume(tmp_path: Path) -> None:
+    from synthforge.rounds import load_recipe, round_data, run_rounds
+
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(
+        f"train_config: {TINY_TRAIN}\ngenerate_config: {ROOT / 'configs/generate/tiny.yaml'}\nimage_size: 48\n"
+        "seed: 5\nuniform_fraction: 0.34\nrounds:\n  - {num: 6, steps: 2}\n  - {num: 3, pool: 6, steps: 2}\n"
+    )
+    recipe = load_recipe(recipe_path)
+    out = tmp_path / "run"
+    ckpts = run_rounds(recipe, out, show_progress=False, log=lambda _: None)
+    final = torch.load(ckpts[1], map_location="cpu", weights_only=True)
+    assert final["global_step"] == 4  # continued round 0's run (AdamW counted all 4 steps)
+    assert float(next(iter(final["optimizer_states"][0]["state"].values()))["step"]) == 4.0
+    assert final["hyper_parameters"]["schedule_steps"] == 4
+    with h5.SampleReader(round_data(out, 0)) as r0, h5.SampleReader(round_data(out, 1)) as r1:
+        assert len(r0) == 6 and guide.SCORE_FIELD not in r0.fields
+        assert len(r1) == 3 and guide.SCORE_FIELD in r1.fields
+        seeds = json.loads(r1.attrs[h5.ATTR_GENERATOR_CONFIG])
+        assert seeds["config"]["seed"] == 6 and seeds["guide"]["num_hard"] == 2
+    index = json.loads((out / "data" / "train-01.json").read_text())
+    assert [s["file"] for s in index["shards"]] == ["round-00.h5", "round-01.h5"]
+    assert json.loads((out / "rounds.json").read_text())["rounds"][1]["checkpoint"] == str(ckpts[1])
+    # a rerun keeps everything: same checkpoints, no new training run, data untouched
+    stamp = round_data(out, 1).stat().st_mtime_ns
+    assert run_rounds(recipe, out, show_progress=False, log=lambda _: None) == ckpts
+    assert round_data(out, 1).stat().st_mtime_ns == stamp
+    assert len(list((out / "train" / "round-01" / "lightning_logs").iterdir())) == 1
+    shipped = load_recipe(ROOT / "configs" / "stage1" / "guided_rounds.yaml")
+    assert shipped.train_config.name == "demo.yaml" and shipped.rounds[0].pool is None
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("rounds:\n  - {num: 4, pool: 8, steps: 2}\n", r"rounds\[0\]\.pool: round 0 has no network"),
+    ("rounds:\n  - {num: 4, steps: 2}\n  - {num: 4, pool: 3, steps: 2}\n",
+     r"rounds\[1\]\.pool must be an integer >= 4"),
+    ("rounds: []\n", "'rounds' must be a non-empty list"),
+    ("rounds:\n  - {num: 4, steps: 2}\nseeds: 3\n", r"unknown key\(s\) \['seeds'\]"),
+])
+def test_bad_recipe_is_one_line_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    from synthforge.rounds import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"train_config: {TINY_TRAIN}\ngenerate_config: {ROOT / 'configs/generate/tiny.yaml'}\n{text}")
+    with pytest.raises(UserError, match=needle):
+        load_recipe(path)
