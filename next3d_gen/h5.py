@@ -93,7 +93,9 @@ ATTR_PACKAGE_VERSION = "package_version"
 ATTR_IMAGE_SIZE = "image_size"
 ATTR_DEPTH_KIND = "depth_kind"
 """``"metric"`` (camera z, metres), ``"relative"`` (imported 8-bit per-image-normalised depth, unitless) or
-``"none"`` (the file has no depth)."""
+``"none"`` (the file has no depth). A file without the attribute (older writers) holds metric depth."""
+DEPTH_KINDS = ("metric", "relative", "none")
+"""The values of :data:`ATTR_DEPTH_KIND`; training batches carry a sample's kind as its index in this tuple."""
 REQUIRED_ATTRS = (ATTR_SCHEMA_VERSION, ATTR_LABEL_SPACE, ATTR_IMAGE_SIZE)
 
 MAX_IMAGE_SIZE = 2048
@@ -161,8 +163,8 @@ def make_attrs(
     """File attributes of a shard (the generator config is stored as sorted-key JSON)."""
     if package_version is None:
         package_version = installed_version()
-    if depth_kind not in ("metric", "relative", "none"):
-        raise ValueError(f"depth_kind must be 'metric', 'relative' or 'none', got {depth_kind!r}")
+    if depth_kind not in DEPTH_KINDS:
+        raise ValueError(f"depth_kind must be one of {DEPTH_KINDS}, got {depth_kind!r}")
     return {
         ATTR_SCHEMA_VERSION: SCHEMA_VERSION,
         ATTR_LABEL_SPACE: label_space_json,

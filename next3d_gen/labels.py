@@ -644,3 +644,119 @@ def relabel_lut(source_names: tuple[str, ...], target: LabelSpace) -> np.ndarray
     for i, name in enumerate(source_names):
         table[i] = target.id(name)
     return table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training on imported datasets: merge tables from a published dataset's label space into the training space.
+
+
+@dataclass(frozen=True)
+class TrainingMergeTable:
+    """How one imported source's segmentation maps into the training label space, as data (class *names*).
+
+    Each source class gets the set of training classes a pixel of that class may belong to:
+
+    * one name: a hard label (cross-entropy on that class);
+    * several names: a partial label: the source does not tell which of them the pixel is, and the loss is
+      ``-log(sum of the softmax probabilities of the allowed classes)`` (:func:`synthforge.losses.segmentation_terms`);
+    * no name: the pixel is ignored (no training class describes it).
+
+    Attributes:
+        source: the importer that writes such files (a key of :data:`next3d_gen.importers.IMPORTERS`; readers find
+            it in the file's ``generator_config["importer"]``).
+        source_space: the label space the file's ``seg`` ids are in (checked against the file by class names).
+        target: the training label space.
+        allowed: ``(source class, (training classes, ...))`` for every source class, in source id order.
+    """
+
+    source: str
+    source_space: LabelSpace
+    target: LabelSpace
+    allowed: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __post_init__(self) -> None:
+        names = tuple(name for name, _ in self.allowed)
+        if names != self.source_space.classes:
+            raise ValueError(f"merge table of {self.source!r}: rows {names} differ from {self.source_space.name}")
+        for _, targets in self.allowed:
+            for t in targets:
+                self.target.id(t)  # ValueError naming an unknown class
+        if self.target.num_classes > 63:
+            raise ValueError(f"{self.target.name}: more than 63 classes do not fit an int64 bitmask")
+
+    def hard_lut(self) -> np.ndarray:
+        """(256,) uint8: source id -> training id where the row has exactly one class; :data:`IGNORE_INDEX` for
+        partial and ignored rows and for ids beyond the source space (incl. 255)."""
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for i, (_, targets) in enumerate(self.allowed):
+            if len(targets) == 1:
+                table[i] = self.target.id(targets[0])
+        return table
+
+    def partial_lut(self) -> np.ndarray:
+        """(256,) int64: source id -> bitmask of the allowed training classes (bit ``c`` = class id ``c``) where the
+        row has several classes; 0 for hard and ignored rows and for ids beyond the source space."""
+        table = np.zeros(256, dtype=np.int64)
+        for i, (_, targets) in enumerate(self.allowed):
+            if len(targets) > 1:
+                table[i] = sum(1 << self.target.id(t) for t in set(targets))
+        return table
+
+
+_SKIN = ("face", "forehead", "glabella", "brow_band", "right_eye_region", "left_eye_region")
+
+FACESYNTHETICS_TO_SYNTH = TrainingMergeTable(
+    source="facesynthetics",
+    source_space=FACESYNTHETICS,
+    target=SYNTH,
+    allowed=(
+        ("background", ("background",)),
+        # FaceSynthetics labels transparent lenses as the class behind them (its README); ours labels them eyeglasses.
+        # Skin is every skin region of the face and the bare scalp (our finer skin classes are not in the source).
+        ("skin", (*_SKIN, "scalp", "eyeglasses")),
+        ("nose", ("nose",)),
+        ("right_eye", ("right_eyeball", "eyeglasses")),
+        ("left_eye", ("left_eyeball", "eyeglasses")),
+        ("right_brow", ("right_eyebrow", "eyeglasses")),
+        ("left_brow", ("left_eyebrow", "eyeglasses")),
+        ("right_ear", ("right_ear",)),
+        ("left_ear", ("left_ear",)),
+        ("mouth_interior", ("inner_mouth",)),
+        ("top_lip", ("upper_lip",)),
+        ("bottom_lip", ("lower_lip",)),
+        ("neck", ("neck", "neck_back")),
+        ("hair", ("hair",)),
+        # ours labels a beard hair where it covers at least half of a pixel, else the skin under it
+        ("beard", ("hair", "face")),
+        # clothing and headwear are no face class: background, as the real-data merge tables score them
+        ("clothing", ("background",)),
+        ("glasses", ("eyeglasses",)),
+        ("headwear", ("background",)),
+        ("facewear", ()),  # masks and the like over the face: no class of ours, ignored
+    ),
+)
+"""FaceSynthetics' 19 classes -> :data:`SYNTH`. Left/right are taken by name (the subject's, as in :data:`SYNTH`;
+FaceSynthetics renders a 3-D face model whose parts are named from the subject's side; not checked against its
+images here)."""
+
+RELEASE_TO_SYNTH = TrainingMergeTable(
+    source="synthforge",
+    source_space=SYNTH_V1,
+    target=SYNTH,
+    allowed=tuple((name, (name, "hair", "eyeglasses")) for name in SYNTH_V1.classes),
+)
+"""The published SynthForge release's 20 classes (its 19 colours + background, decoded to :data:`SYNTH_V1` ids by
+:mod:`next3d_gen.importers.synthforge_release`) -> :data:`SYNTH`. Its maps are the FLAME mesh's labels, while its
+Next3D images draw hair and glasses the mesh does not have (hair over the forehead, ears and neck, hair volume on
+the background, frames and lenses over eyes and nose): any pixel may be ``hair`` or ``eyeglasses`` in our space, so
+every class c is the partial label {c, hair, eyeglasses}."""
+
+TRAINING_MERGE_TABLES: dict[str, TrainingMergeTable] = {t.source: t for t in (FACESYNTHETICS_TO_SYNTH, RELEASE_TO_SYNTH)}
+"""Merge tables into the training label space, keyed by importer name (``generator_config["importer"]``). A file
+written by the generator has none: its ``seg`` is already in its (current) label space."""
+
+FACESYNTHETICS_LANDMARK_ROWS: tuple[int, ...] = tuple(range(NUM_LANDMARKS))
+"""Row of a FaceSynthetics ``_ldmks.txt`` (70 rows) giving each iBUG-68 point, in iBUG order: its first 68 rows are the
+iBUG-68 scheme, rows 68 and 69 the pupil centres (not used). Note that its points are projections of 3-D points on
+the face model ("x-ray" landmarks, its README): the jaw, brow and lip points do not follow the visible outline as
+manual (300W) annotations and our generator's do."""

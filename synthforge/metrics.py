@@ -134,6 +134,28 @@ def confusion_matrix(
     return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def resolve_partial_labels(pred: torch.Tensor, target: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+    """Ground truth for scoring a map with partial labels (a source class that covers several of ours).
+
+    A partial-label pixel counts as correct when the prediction is one of its allowed classes (the target becomes the
+    prediction), else as a miss of its lowest allowed class id; other pixels keep ``target``.
+
+    Args:
+        pred: (N, H, W) int64 predicted ids.
+        target: (N, H, W) int64 hard ids (``ignore_index`` at partial pixels).
+        partial: (N, H, W) int64 bitmasks of the allowed ids (bit c = id c; 0 = no partial label).
+
+    Returns:
+        (N, H, W) int64 target for :func:`confusion_matrix`.
+    """
+    is_partial = partial != 0
+    if not bool(is_partial.any()):
+        return target
+    allowed = ((partial >> pred.clamp(0, 62)) & 1).bool()
+    lowest = torch.log2((partial & -partial).double().clamp_min(1.0)).round().long()  # index of the lowest set bit
+    return torch.where(is_partial, torch.where(allowed, pred, lowest), target)
+
+
 def f1_scores(confusion: torch.Tensor) -> torch.Tensor:
     """Per-class F1 (Dice) from a confusion matrix (rows = target, columns = prediction).
 

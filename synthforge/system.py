@@ -1,15 +1,24 @@
 """Stage-B LightningModule: losses, validation metrics, optimiser and schedule around an injected network.
 
-Validation metrics (accumulated over the whole validation set, summed across DDP ranks):
+Validation metrics (accumulated over the whole validation set, summed across DDP ranks), each computed only over the
+samples that have its ground truth (an imported set may lack depth, or have only relative depth); a metric with no
+such sample is not logged, and ``val/count/<metric>`` says how many images it was computed on:
 
 * ``val/nme``: landmark NME in % of the inter-ocular distance (outer eye corners 36 / 45), crop pixels, mean over
-  images.
+  the images with landmarks.
 * ``val/seg_f1_mean``: mean per-class F1 over the foreground classes present, from the dataset-level confusion
-  matrix; ``val/seg_f1/<class>`` per class and ``val/seg_f1_merged/<group>`` for the label space's merge table.
-* ``val/depth_rmse_mm``: RMSE of relative depth over ground-truth foreground pixels (all pixels of the set pooled),
-  millimetres, after shifting each predicted map so that its median over the GT foreground equals the GT median
-  (relative depth is defined up to that offset).
+  matrix; a partial-label pixel counts as correct when the prediction is one of its allowed classes, else as a miss
+  of the lowest allowed id (:func:`synthforge.metrics.resolve_partial_labels`); ``val/seg_f1/<class>`` per class and
+  ``val/seg_f1_merged/<group>`` for the label space's merge table.
+* ``val/depth_rmse_mm``: RMSE of relative depth over ground-truth foreground pixels of the images with *metric* depth
+  (all pixels pooled), millimetres, after shifting each predicted map so that its median over the GT foreground
+  equals the GT median (relative depth is defined up to that offset).
+* ``val/depth_ssi_rmse``: for images with *relative* (unitless) depth: RMSE after the per-image least-squares scale
+  and shift alignment, divided by the target's mean absolute deviation (pixels pooled; a unitless fraction).
 * ``val/loss`` and ``val/loss_<term>`` (without the SSL term).
+
+With several validation sources (``data.val`` a list), every metric is also logged per source as
+``val/<source>/<metric>``; training logs per-source loss terms ``train/<source>/loss_<term>`` for a mixture.
 
 A PNG of predictions vs ground truth for the first validation batch is written at every validation into
 ``<log_dir>/predictions/``.
@@ -26,7 +35,8 @@ import torch
 from torch import nn
 
 from next3d_gen.errors import UserError
-from next3d_gen.labels import SYNTH, LabelSpace
+from next3d_gen.h5 import DEPTH_KINDS
+from next3d_gen.labels import IGNORE_INDEX, SYNTH, LabelSpace
 from synthforge import losses as L
 from synthforge import metrics
 from synthforge.models.multitask import TaskOutputs
@@ -95,6 +105,8 @@ class MultiTaskSystem(pl.LightningModule):
         self.png_rows = png_rows
         self.label_space: LabelSpace = SYNTH
         self.crop_size: int | None = None
+        self.source_names: tuple[str, ...] = ()
+        self.val_source_names: tuple[str, ...] = ()
         self._val: dict[str, torch.Tensor] = {}
         self._val_png_batch: tuple | None = None
 
@@ -114,6 +126,8 @@ class MultiTaskSystem(pl.LightningModule):
         if dm is not None and hasattr(dm, "label_space"):
             self.label_space = dm.label_space
             self.crop_size = getattr(dm, "crop_size", None)
+            self.source_names = tuple(getattr(dm, "source_names", ()))
+            self.val_source_names = tuple(getattr(dm, "val_source_names", ()))
         c = getattr(self.net, "num_classes", None)
         if c is not None and c != self.label_space.num_classes:
             raise UserError(
@@ -137,44 +151,84 @@ class MultiTaskSystem(pl.LightningModule):
         return self.net(image)
 
     # -- losses ------------------------------------------------------------------------------------------------
-    def _task_losses(self, out: TaskOutputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _task_terms(self, out: TaskOutputs, batch: dict[str, torch.Tensor]) -> dict[str, L.Term | torch.Tensor]:
+        """Every weighted task term: a per-sample :class:`~synthforge.losses.Term` (``seg_dice``: a batch value).
+
+        Batches without the presence keys (``has_*``, ``depth_kind``) are taken as fully labelled with metric depth.
+        """
         cfg = self.loss_config
-        terms: dict[str, torch.Tensor] = {}
+        image = batch["image"]
+        every = torch.ones(image.shape[0], dtype=torch.bool, device=image.device)
+
+        def has(key: str) -> torch.Tensor:
+            return batch[key].bool() if key in batch else every
+
+        terms: dict[str, L.Term | torch.Tensor] = {}
         if cfg.seg:
-            terms["seg"] = L.segmentation_loss(out.seg, batch["seg"])
+            terms["seg"] = L.segmentation_terms(out.seg, batch["seg"], batch.get("seg_partial"), has("has_seg"))
         if cfg.seg_dice:
             terms["seg_dice"] = L.dice_loss(out.seg, batch["seg"])
+        kind = batch.get("depth_kind")
+        metric = every if kind is None else kind == DEPTH_KINDS.index("metric")
         if cfg.depth:
-            terms["depth"] = L.masked_l1(out.depth, batch["depth"], batch["depth_mask"])
+            terms["depth"] = L.masked_l1_terms(out.depth, batch["depth"], batch["depth_mask"], metric)
+        if cfg.depth_ssi and kind is not None:
+            relative = kind == DEPTH_KINDS.index("relative")
+            terms["depth_ssi"] = L.ssi_depth_terms(out.depth, batch["depth"], batch["depth_mask"], relative)
         if cfg.depth_l2:
-            terms["depth_l2"] = L.masked_mse(out.depth, batch["depth"], batch["depth_mask"])
+            terms["depth_l2"] = L.masked_mse_terms(out.depth, batch["depth"], batch["depth_mask"], metric)
         if cfg.heatmap or cfg.coord:
             stride = getattr(getattr(self.net, "landmark_head", None), "stride", 4)
-            hm, co = L.landmark_losses(
-                out.heatmaps,
-                out.landmark_stacks,
-                batch["landmarks"],
-                batch["landmarks_in_crop"],
-                stride,
-                cfg.heatmap_sigma,
+            valid = batch["landmarks_in_crop"] & has("has_landmarks")[:, None]
+            hm, co = L.landmark_terms(
+                out.heatmaps, out.landmark_stacks, batch["landmarks"], valid, stride, cfg.heatmap_sigma
             )
             if cfg.heatmap:
                 terms["heatmap"] = hm
             if cfg.coord:
                 terms["coord"] = co
         if cfg.normal and out.normal is not None and "normal" in batch:
-            terms["normal"] = L.normal_loss(out.normal, batch["normal"], batch["depth_mask"])
+            terms["normal"] = L.normal_loss_terms(out.normal, batch["normal"], batch["depth_mask"], has("has_normal"))
         if cfg.uv and out.uv is not None and "uv" in batch:
-            terms["uv"] = L.masked_l1(out.uv, batch["uv"], batch["depth_mask"])
+            terms["uv"] = L.masked_l1_terms(out.uv, batch["uv"], batch["depth_mask"], has("has_uv"))
         return terms
+
+    def _task_losses(self, out: TaskOutputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batch values of :meth:`_task_terms` (pooled over the samples that have each label)."""
+        return {k: v.value() if isinstance(v, L.Term) else v for k, v in self._task_terms(out, batch).items()}
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.loss_config
         return sum(getattr(cfg, k) * v for k, v in terms.items())
 
+    def _log_terms(self, stage: str, terms: dict[str, L.Term | torch.Tensor], batch_size: int, **kw: bool) -> None:
+        """``<stage>/loss_<term>`` for the terms some sample of the batch has ground truth for."""
+        for k, v in terms.items():
+            if not isinstance(v, L.Term) or v.count() > 0:
+                self.log(f"{stage}/loss_{k}", v.value() if isinstance(v, L.Term) else v, batch_size=batch_size, **kw)
+
+    def _log_sources(self, names: tuple[str, ...], terms: dict, batch: dict[str, torch.Tensor], **kw: bool) -> None:
+        """``train/<source>/loss_<term>`` for each source of a mixture present in the batch (per-sample terms only)."""
+        if len(names) < 2 or "source" not in batch:
+            return
+        source = batch["source"]
+        for k, name in enumerate(names):
+            select = source == k
+            n = int(select.sum())
+            if n == 0:
+                continue
+            total = 0.0
+            for key, v in terms.items():
+                if isinstance(v, L.Term) and v.count(select) > 0:
+                    value = v.value(select)
+                    total = total + getattr(self.loss_config, key) * value
+                    self.log(f"train/{name}/loss_{key}", value, batch_size=n, **kw)
+            self.log(f"train/{name}/loss", total, batch_size=n, **kw)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.net(batch["image"])
-        terms = self._task_losses(out, batch)
+        term_sums = self._task_terms(out, batch)
+        terms = {k: v.value() if isinstance(v, L.Term) else v for k, v in term_sums.items()}
         cfg = self.loss_config
         if cfg.ssl:
             terms["ssl"] = L.affine_consistency_loss(
@@ -183,8 +237,8 @@ class MultiTaskSystem(pl.LightningModule):
         total = self._weighted(terms)
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
-        for k, v in terms.items():
-            self.log(f"train/loss_{k}", v, batch_size=bs)
+        self._log_terms("train", {**term_sums, **({"ssl": terms["ssl"]} if "ssl" in terms else {})}, bs)
+        self._log_sources(self.source_names, term_sums, batch)
         if "damaged_skipped" in batch:  # rows failing their checksum, skipped by the dataset (warned per row there)
             # running total of this run (summed over ranks); a per-step value survives log_every_n_steps, and no
             # epoch-level state enters checkpoints
@@ -194,35 +248,54 @@ class MultiTaskSystem(pl.LightningModule):
         return total
 
     # -- validation --------------------------------------------------------------------------------------------
+    _VAL_SUMS = ("nme_sum", "n_img", "seg_img", "d_sq", "d_n", "d_img", "ssi_sq", "ssi_n", "ssi_img")
+
     def on_validation_epoch_start(self) -> None:
         c = self.label_space.num_classes
-        self._val = {
-            "cm": torch.zeros(c, c, dtype=torch.int64, device=self.device),
-            "nme_sum": torch.zeros((), dtype=torch.float64, device=self.device),
-            "n_img": torch.zeros((), dtype=torch.float64, device=self.device),
-            "d_sq": torch.zeros((), dtype=torch.float64, device=self.device),
-            "d_n": torch.zeros((), dtype=torch.float64, device=self.device),
-        }
+        k = max(len(self.val_source_names), 1)
+        self._val = {"cm": torch.zeros(k, c, c, dtype=torch.int64, device=self.device)}
+        for key in self._VAL_SUMS:
+            self._val[key] = torch.zeros(k, dtype=torch.float64, device=self.device)
         self._val_png_batch = None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.net(batch["image"])
-        terms = self._task_losses(out, batch)
+        terms = self._task_terms(out, batch)
         bs = batch["image"].shape[0]
-        self.log("val/loss", self._weighted(terms), batch_size=bs, sync_dist=True)
-        for k, v in terms.items():
-            self.log(f"val/loss_{k}", v, batch_size=bs, sync_dist=True)
+        self.log("val/loss", self._weighted({k: v.value() if isinstance(v, L.Term) else v for k, v in terms.items()}),
+                 batch_size=bs, sync_dist=True)  # fmt: skip
+        self._log_terms("val", terms, bs, sync_dist=True)
         seg_pred = out.seg.argmax(1)
         acc = self._val
-        acc["cm"] += metrics.confusion_matrix(seg_pred, batch["seg"], self.label_space.num_classes)
-        e = metrics.nme(out.landmarks.float(), batch["landmarks"].float(), "inter_ocular")
-        acc["nme_sum"] += e.double().sum()
-        acc["n_img"] += e.numel()
+        every = torch.ones(bs, dtype=torch.bool, device=seg_pred.device)
+        source = batch.get("source", torch.zeros(bs, dtype=torch.int64, device=seg_pred.device))
+        source = source.clamp(0, acc["cm"].shape[0] - 1)
+        has_lm = batch["has_landmarks"].bool() if "has_landmarks" in batch else every
+        kind = batch.get("depth_kind")
+        metric = every if kind is None else kind == DEPTH_KINDS.index("metric")
+        relative = ~every if kind is None else kind == DEPTH_KINDS.index("relative")
         mask = batch["depth_mask"].bool()
-        aligned = metrics.align_median(out.depth.float(), batch["depth"].float(), mask)
-        err = metrics.depth_errors(aligned, batch["depth"].float(), mask)
-        acc["d_sq"] += err.sq_sum.sum()
-        acc["d_n"] += err.count.sum().double()
+        seg_gt = batch["seg"]
+        if "seg_partial" in batch:
+            seg_gt = metrics.resolve_partial_labels(seg_pred, seg_gt, batch["seg_partial"])
+        e = metrics.nme(out.landmarks.float(), batch["landmarks"].float(), "inter_ocular")
+        aligned = metrics.align_median(out.depth.float(), batch["depth"].float(), mask & metric.view(-1, 1, 1, 1))
+        err = metrics.depth_errors(aligned, batch["depth"].float(), mask & metric.view(-1, 1, 1, 1))
+        residual, ok = L.ssi_residual(out.depth.float(), batch["depth"].float(), mask)
+        ssi = L.per_sample_term(residual.square(), mask, ok & relative)  # squared unitless residuals per image
+        for k in source.unique().tolist():
+            sel = source == k
+            acc["cm"][k] += metrics.confusion_matrix(seg_pred[sel], seg_gt[sel], self.label_space.num_classes)
+            acc["seg_img"][k] += (seg_gt[sel] != IGNORE_INDEX).flatten(1).any(1).sum()
+            lm_sel = sel & has_lm
+            acc["nme_sum"][k] += e[lm_sel].double().sum()
+            acc["n_img"][k] += lm_sel.sum()
+            acc["d_sq"][k] += err.sq_sum[sel].sum()
+            acc["d_n"][k] += err.count[sel].sum().double()
+            acc["d_img"][k] += (sel & metric & (err.count > 0)).sum()
+            acc["ssi_sq"][k] += ssi.num[sel].double().sum()
+            acc["ssi_n"][k] += ssi.den[sel].double().sum()
+            acc["ssi_img"][k] += (sel & (ssi.den > 0)).sum()
         if batch_idx == 0 and self._val_png_batch is None and self.png_rows > 0:
             k = min(self.png_rows, bs)
             keep = ("image", "seg", "depth", "depth_mask", "landmarks")
@@ -240,21 +313,35 @@ class MultiTaskSystem(pl.LightningModule):
         acc = {
             k: reduce(v.clone(), reduce_op="sum") if self.trainer.world_size > 1 else v for k, v in self._val.items()
         }
-        f1 = metrics.f1_scores(acc["cm"])
-        names = self.label_space.classes
-        log_kw = {"sync_dist": False, "rank_zero_only": False}
-        self.log("val/seg_f1_mean", metrics.foreground_mean_f1(f1, self.label_space.background), **log_kw)
-        for i, name in enumerate(names):
-            if not math.isnan(float(f1[i])):
-                self.log(f"val/seg_f1/{name}", float(f1[i]), **log_kw)
-        for name, value in metrics.merged_f1_scores(acc["cm"], self.label_space.merges).items():
-            if not math.isnan(value):
-                self.log(f"val/seg_f1_merged/{name}", value, **log_kw)
-        if acc["n_img"] > 0:
-            self.log("val/nme", float(100.0 * acc["nme_sum"] / acc["n_img"]), prog_bar=True, **log_kw)
-        if acc["d_n"] > 0:
-            self.log("val/depth_rmse_mm", float(1000.0 * (acc["d_sq"] / acc["d_n"]).sqrt()), **log_kw)
+        names = self.val_source_names
+        if len(names) > 1:
+            for k, name in enumerate(names):
+                self._log_metrics(f"val/{name}", {key: v[k] for key, v in acc.items()})
+        self._log_metrics("val", {key: v.sum(0) for key, v in acc.items()}, prog_bar=True)
         self._save_png()
+
+    def _log_metrics(self, prefix: str, acc: dict[str, torch.Tensor], prog_bar: bool = False) -> None:
+        """Log the validation metrics of one set of accumulators (see the module docstring) under ``prefix``."""
+        log_kw = {"sync_dist": False, "rank_zero_only": False}
+        if acc["cm"].sum() > 0:
+            f1 = metrics.f1_scores(acc["cm"])
+            self.log(f"{prefix}/seg_f1_mean", metrics.foreground_mean_f1(f1, self.label_space.background), **log_kw)
+            for i, name in enumerate(self.label_space.classes):
+                if not math.isnan(float(f1[i])):
+                    self.log(f"{prefix}/seg_f1/{name}", float(f1[i]), **log_kw)
+            for name, value in metrics.merged_f1_scores(acc["cm"], self.label_space.merges).items():
+                if not math.isnan(value):
+                    self.log(f"{prefix}/seg_f1_merged/{name}", value, **log_kw)
+        if acc["n_img"] > 0:
+            self.log(f"{prefix}/nme", float(100.0 * acc["nme_sum"] / acc["n_img"]), prog_bar=prog_bar, **log_kw)
+        if acc["d_n"] > 0:
+            self.log(f"{prefix}/depth_rmse_mm", float(1000.0 * (acc["d_sq"] / acc["d_n"]).sqrt()), **log_kw)
+        if acc["ssi_n"] > 0:
+            self.log(f"{prefix}/depth_ssi_rmse", float((acc["ssi_sq"] / acc["ssi_n"]).sqrt()), **log_kw)
+        counts = {"nme": acc["n_img"], "seg_f1_mean": acc["seg_img"], "depth_rmse_mm": acc["d_img"],
+                  "depth_ssi_rmse": acc["ssi_img"]}  # fmt: skip
+        for name, n in counts.items():
+            self.log(f"{prefix}/count/{name}", float(n), **log_kw)
 
     def _save_png(self) -> None:
         if self._val_png_batch is None or self.trainer.sanity_checking:

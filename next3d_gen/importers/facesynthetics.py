@@ -2,10 +2,11 @@
 
 Layout: one flat folder with ``NNNNNN.png`` (RGB), ``NNNNNN_seg.png`` (uint8 class ids in the dataset's own
 19-class space, 255 = ignore) and ``NNNNNN_ldmks.txt`` (70 rows "x y": the 68 iBUG points, then the two pupils).
-The file records :data:`next3d_gen.labels.FACESYNTHETICS` as its label space (ids kept as they are). Landmark
-coordinates are taken as pixel positions in the pixel-centre convention; the two pupil rows are dropped. The
-dataset has no depth, normals, cameras or model parameters, so only image, seg, landmarks_2d, bbox and
-sample_seed are stored.
+The file records :data:`next3d_gen.labels.FACESYNTHETICS` as its label space (ids kept as they are; training maps them
+through :data:`next3d_gen.labels.FACESYNTHETICS_TO_SYNTH`). Landmark coordinates are taken as pixel positions in the
+pixel-centre convention; the 68 iBUG points are the rows :data:`next3d_gen.labels.FACESYNTHETICS_LANDMARK_ROWS` (the
+two pupil rows are dropped). The dataset has no depth, normals, cameras or model parameters, so only image, seg,
+landmarks_2d, bbox and sample_seed are stored (``depth_kind`` "none"); training masks the missing terms per sample.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from next3d_gen.errors import UserError
 from next3d_gen.importers import bbox_of_mask, read_image, write_samples
-from next3d_gen.labels import FACESYNTHETICS, IGNORE_INDEX
+from next3d_gen.labels import FACESYNTHETICS, FACESYNTHETICS_LANDMARK_ROWS, IGNORE_INDEX
 
 NUM_LANDMARK_ROWS = 70
 
@@ -32,7 +33,7 @@ def read_landmarks(path: Path) -> np.ndarray:
         raise UserError(f"{path}: not a list of 'x y' rows") from None
     if pts.ndim != 2 or pts.shape != (NUM_LANDMARK_ROWS, 2):
         raise UserError(f"{path}: {len(rows)} landmark rows, expected {NUM_LANDMARK_ROWS}")
-    return pts[:68]
+    return pts[list(FACESYNTHETICS_LANDMARK_ROWS)]
 
 
 def load_sample(src: Path, stem: str, size: int) -> dict[str, np.ndarray]:
