@@ -15,7 +15,8 @@ such sample is not logged, and ``val/count/<metric>`` says how many images it wa
   equals the GT median (relative depth is defined up to that offset).
 * ``val/depth_ssi_rmse``: for images with *relative* (unitless) depth: RMSE after the per-image least-squares scale
   and shift alignment, divided by the target's mean absolute deviation (pixels pooled; a unitless fraction).
-* ``val/loss`` and ``val/loss_<term>`` (without the SSL term).
+* ``val/loss_<term>``: each task term pooled over the whole set (the samples with its ground truth), and ``val/loss``,
+  their weighted sum (without the SSL term).
 
 With several validation sources (``data.val`` a list), every metric is also logged per source as
 ``val/<source>/<metric>``; training logs per-source loss terms ``train/<source>/loss_<term>`` for a mixture.
@@ -201,14 +202,17 @@ class MultiTaskSystem(pl.LightningModule):
         cfg = self.loss_config
         return sum(getattr(cfg, k) * v for k, v in terms.items())
 
-    def _log_terms(self, stage: str, terms: dict[str, L.Term | torch.Tensor], batch_size: int, **kw: bool) -> None:
-        """``<stage>/loss_<term>`` for the terms some sample of the batch has ground truth for."""
+    def _log_terms(self, terms: dict[str, L.Term | torch.Tensor], batch_size: int) -> None:
+        """``train/loss_<term>`` for the terms some sample of the batch has ground truth for (per step, not synced
+        across ranks, so the logged keys may differ between steps and ranks)."""
         for k, v in terms.items():
             if not isinstance(v, L.Term) or v.count() > 0:
-                self.log(f"{stage}/loss_{k}", v.value() if isinstance(v, L.Term) else v, batch_size=batch_size, **kw)
+                self.log(f"train/loss_{k}", v.value() if isinstance(v, L.Term) else v, batch_size=batch_size)
 
-    def _log_sources(self, names: tuple[str, ...], terms: dict, batch: dict[str, torch.Tensor], **kw: bool) -> None:
-        """``train/<source>/loss_<term>`` for each source of a mixture present in the batch (per-sample terms only)."""
+    def _log_sources(self, terms: dict[str, L.Term | torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        """``train/<source>/loss_<term>`` and ``train/<source>/loss`` (weighted sum of its per-sample terms) for each
+        source of a mixture present in the batch."""
+        names = self.source_names
         if len(names) < 2 or "source" not in batch:
             return
         source = batch["source"]
@@ -222,8 +226,8 @@ class MultiTaskSystem(pl.LightningModule):
                 if isinstance(v, L.Term) and v.count(select) > 0:
                     value = v.value(select)
                     total = total + getattr(self.loss_config, key) * value
-                    self.log(f"train/{name}/loss_{key}", value, batch_size=n, **kw)
-            self.log(f"train/{name}/loss", total, batch_size=n, **kw)
+                    self.log(f"train/{name}/loss_{key}", value, batch_size=n)
+            self.log(f"train/{name}/loss", total, batch_size=n)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.net(batch["image"])
@@ -237,8 +241,8 @@ class MultiTaskSystem(pl.LightningModule):
         total = self._weighted(terms)
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
-        self._log_terms("train", {**term_sums, **({"ssl": terms["ssl"]} if "ssl" in terms else {})}, bs)
-        self._log_sources(self.source_names, term_sums, batch)
+        self._log_terms({**term_sums, **({"ssl": terms["ssl"]} if "ssl" in terms else {})}, bs)
+        self._log_sources(term_sums, batch)
         if "damaged_skipped" in batch:  # rows failing their checksum, skipped by the dataset (warned per row there)
             # running total of this run (summed over ranks); a per-step value survives log_every_n_steps, and no
             # epoch-level state enters checkpoints
@@ -249,12 +253,14 @@ class MultiTaskSystem(pl.LightningModule):
 
     # -- validation --------------------------------------------------------------------------------------------
     _VAL_SUMS = ("nme_sum", "n_img", "seg_img", "d_sq", "d_n", "d_img", "ssi_sq", "ssi_n", "ssi_img")
+    _TERMS = ("seg", "seg_dice", "depth", "depth_ssi", "depth_l2", "heatmap", "coord", "normal", "uv")
+    """Task terms :meth:`_task_terms` may return (their validation sums are kept per source)."""
 
     def on_validation_epoch_start(self) -> None:
         c = self.label_space.num_classes
         k = max(len(self.val_source_names), 1)
         self._val = {"cm": torch.zeros(k, c, c, dtype=torch.int64, device=self.device)}
-        for key in self._VAL_SUMS:
+        for key in (*self._VAL_SUMS, *(f"{s}/{t}" for t in self._TERMS for s in ("num", "den"))):
             self._val[key] = torch.zeros(k, dtype=torch.float64, device=self.device)
         self._val_png_batch = None
 
@@ -262,9 +268,6 @@ class MultiTaskSystem(pl.LightningModule):
         out = self.net(batch["image"])
         terms = self._task_terms(out, batch)
         bs = batch["image"].shape[0]
-        self.log("val/loss", self._weighted({k: v.value() if isinstance(v, L.Term) else v for k, v in terms.items()}),
-                 batch_size=bs, sync_dist=True)  # fmt: skip
-        self._log_terms("val", terms, bs, sync_dist=True)
         seg_pred = out.seg.argmax(1)
         acc = self._val
         every = torch.ones(bs, dtype=torch.bool, device=seg_pred.device)
@@ -296,6 +299,13 @@ class MultiTaskSystem(pl.LightningModule):
             acc["ssi_sq"][k] += ssi.num[sel].double().sum()
             acc["ssi_n"][k] += ssi.den[sel].double().sum()
             acc["ssi_img"][k] += (sel & (ssi.den > 0)).sum()
+            for name, v in terms.items():  # pooled over the set: sums of the per-sample terms
+                if isinstance(v, L.Term):
+                    acc[f"num/{name}"][k] += v.num[sel].double().sum()
+                    acc[f"den/{name}"][k] += v.den[sel].double().sum()
+                else:  # a batch value (Dice): weighted by the source's samples in the batch
+                    acc[f"num/{name}"][k] += v.detach().double() * sel.sum()
+                    acc[f"den/{name}"][k] += sel.sum()
         if batch_idx == 0 and self._val_png_batch is None and self.png_rows > 0:
             k = min(self.png_rows, bs)
             keep = ("image", "seg", "depth", "depth_mask", "landmarks")
@@ -342,6 +352,10 @@ class MultiTaskSystem(pl.LightningModule):
                   "depth_ssi_rmse": acc["ssi_img"]}  # fmt: skip
         for name, n in counts.items():
             self.log(f"{prefix}/count/{name}", float(n), **log_kw)
+        values = {t: float(acc[f"num/{t}"] / acc[f"den/{t}"]) for t in self._TERMS if acc[f"den/{t}"] > 0}
+        for name, value in values.items():
+            self.log(f"{prefix}/loss_{name}", value, **log_kw)
+        self.log(f"{prefix}/loss", sum(getattr(self.loss_config, t) * v for t, v in values.items()), **log_kw)
 
     def _save_png(self) -> None:
         if self._val_png_batch is None or self.trainer.sanity_checking:
