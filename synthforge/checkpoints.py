@@ -200,8 +200,8 @@ def stage1_crop_scale(ckpt: dict[str, Any]) -> float | None:
 def finetune_crop(ckpt: dict[str, Any], path: str | Path, option: str | None = None) -> tuple[str, float]:
     """``(box, scale)`` of the crops a fine-tuned checkpoint was trained on (see :data:`CROP_BOXES`).
 
-    From the datamodule's ``crop`` hyper-parameters when the checkpoint records them; otherwise (``synthforge
-    finetune`` does not save the datamodule's hyper-parameters today) the dataset's default crop
+    From the datamodule's ``crop`` hyper-parameters (``FinetuneDataModule`` records them as plain data); for
+    checkpoints written before it did, the dataset's default crop
     (``label_finetune.datasets.datamodule.DATASETS[dataset].crop``), which every shipped finetune config uses.
 
     Raises:

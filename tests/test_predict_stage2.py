@@ -18,7 +18,7 @@ from finetune_trees import make_celebamask_hq, make_lapa, make_w300
 from test_finetune_system import write_tiny_stage1_checkpoint
 from test_predict import _run, _write
 
-from label_finetune.datasets.common import square_crop_affine
+from label_finetune.datasets.common import CropConfig, square_crop_affine
 from label_finetune.datasets.datamodule import build_dataset
 from next3d_gen.errors import UserError
 from next3d_gen.labels import CELEBAMASK_HQ, LAPA
@@ -45,7 +45,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
              "celebamask_hq": make_celebamask_hq(root / "celeba")}
     extra = {"lapa": ["--model.tasks", "[seg, landmarks]", "--data.with_landmarks", "true",
                       "--data.crop.flip_prob", "0"],
-             "w300": [], "celebamask_hq": ["--data.cache_dir", str(root / "cache")]}
+             "w300": ["--data.crop.scale", "1.5"], "celebamask_hq": ["--data.cache_dir", str(root / "cache")]}
     out: dict[str, Path] = {"stage1": stage1, **{f"{k}_root": v for k, v in trees.items()}}
     runs = [(ds, ds, extra[ds]) for ds in trees]
     runs.append(("lapa_depth", "lapa", ["--model.tasks", "[seg, depth]"]))  # a depth adapter (no depth labels)
@@ -91,7 +91,8 @@ def test_lapa_predictions_equal_the_systems_forward(assets: dict[str, Path]) -> 
 
 def test_w300_predictions_equal_the_systems_forward(assets: dict[str, Path]) -> None:
     predictor = Predictor.from_checkpoint(assets["w300"])
-    assert predictor.label_space is None and predictor.crop == CropDefinition("landmarks", 1.4, pixel_extent=True)
+    # the checkpoint records the crop it was trained with (--data.crop.scale 1.5, not the dataset's default 1.4)
+    assert predictor.label_space is None and predictor.crop == CropDefinition("landmarks", 1.5, pixel_extent=True)
     crop = _crop(1)
     [pred] = predictor.predict(crop)
     ref = _reference(assets["w300"], crop)
@@ -138,7 +139,8 @@ def test_crop_definitions_equal_the_datasets_crops(assets: dict[str, Path]) -> N
     """From the true annotations, the pipeline's window for a fine-tuned checkpoint is the benchmark's own crop."""
     for ds, split in (("w300", "common"), ("lapa", "test")):
         crop = Predictor.from_checkpoint(assets[ds]).crop
-        data = build_dataset(ds, assets[f"{ds}_root"], split, RES, return_original=True)
+        trained = CropConfig(box=crop.box, scale=crop.scale)  # the checkpoint's crop (300W: scale 1.5 here)
+        data = build_dataset(ds, assets[f"{ds}_root"], split, RES, crop=trained, return_original=True)
         for i in range(len(data)):
             sample = data[i]
             if crop.box == "landmarks":

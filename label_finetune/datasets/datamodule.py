@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,11 @@ class FinetuneDataModule(L.LightningDataModule):
         self.val_split = val_split or info.splits[1]
         self.test_split = test_split or info.splits[2]
         self.crop = crop or info.crop
+        # recorded in checkpoints as plain data (datamodule_hyper_parameters; read by synthforge.checkpoints.
+        # finetune_crop, so predict/export crop as training did)
+        self.save_hyperparameters(
+            {"dataset": dataset, "resolution": resolution, "crop": dataclasses.asdict(self.crop)}, logger=False
+        )
         if dataset == "lapa" and with_landmarks and self.crop.flip_prob > 0:
             raise UserError("--data.crop.flip_prob must be 0 with LaPa landmarks (no 106-point mirror permutation); "
                             "set it to 0 or --data.with_landmarks false")
