@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 AFW = ROOT.parent / "shared" / "realdata" / "afw68"
 sys.path.insert(0, str(ROOT))
 
-from synthforge.data.transforms import landmark_box  # noqa: E402
+from synthforge.crops import landmark_box  # noqa: E402
 from synthforge.detect import BoxCalibration, Detection, DlibHogDetector  # noqa: E402
 
 

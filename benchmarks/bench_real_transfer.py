@@ -7,7 +7,7 @@ Data: ``../shared/realdata`` relative to the project root (``--realdata`` overri
 set, quote figures as "AFW dev set"): ``afw68/`` (337 faces, 68-point ``.pts``), ``celebamask_hq_samples/`` (4 masks,
 the dataset's ``g_mask.py`` id order) and ``lapa_sample/`` (1 mask). Never used by the tests.
 
-Crops (:func:`synthforge.data.transforms.face_crop_matrix`, the un-jittered crop of ``SynthFaceDataset``): a square
+Crops (:func:`synthforge.crops.face_crop_matrix`, the un-jittered crop of ``SynthFaceDataset``): a square
 of ``crop_scale`` x the larger side of a box, centred on the box centre, where ``crop_scale`` is the checkpoint's
 ``data.crop_scale`` (datamodule hyper-parameters; 1.35 in ``configs/stage1/demo.yaml``) unless ``--crop-scale`` is
 given. The box is the annotated 68-point box for AFW, and the box of the annotated face classes (skin, nose, eyes,
@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from label_finetune.datasets.common import read_gray, read_image, warp_image, warp_labels
 from label_finetune.datasets.w300 import read_pts
 from next3d_gen.errors import UserError
 from next3d_gen.labels import (
@@ -63,7 +62,16 @@ from next3d_gen.labels import (
     relabel_lut,
 )
 from synthforge import draw, metrics
-from synthforge.data.transforms import face_crop_matrix, mask_box_points, transform_points
+from synthforge.crops import (
+    face_crop_matrix,
+    invert_affine,
+    mask_box_points,
+    read_gray,
+    read_image,
+    transform_points,
+    warp_image,
+    warp_labels,
+)
 from synthforge.inference import Predictor
 from synthforge.visualize import save_png
 
@@ -151,7 +159,7 @@ def evaluate_afw(predictor: Predictor, folder: Path, crop_scale: float, bar: tqd
             window = max(int(round(_side(gt) * crop_scale)), predictor.crop_size)
             matrix = face_crop_matrix(gt, crop_scale, window)
             crops.append(warp_image(image, matrix, window))
-            inverses.append(cv2.invertAffineTransform(matrix))
+            inverses.append(invert_affine(matrix))
             gts.append(gt)
             if len(tiles) < 6:
                 show = face_crop_matrix(gt, crop_scale, TILE)
@@ -202,7 +210,7 @@ def evaluate_parsing(
         window = max(int(round(_side(box) * crop_scale)), predictor.crop_size)
         matrix = face_crop_matrix(box, crop_scale, window)
         crop = warp_image(item.image, matrix, window)
-        gt = warp_labels(item.gt_merged, matrix, window)
+        gt = warp_labels(item.gt_merged, matrix, window, IGNORE_INDEX)
         [pred] = predictor.predict([crop])
         merged = item.table.prediction_fold(active)[pred_lut[pred.seg.astype(np.uint8)]]
         cm = metrics.confusion_matrix(torch.from_numpy(merged), torch.from_numpy(gt), c)

@@ -43,7 +43,7 @@ from synthforge.checkpoints import (
     load_checkpoint,
     stage1_crop_scale,
 )
-from synthforge.data.transforms import landmark_box
+from synthforge.crops import box_from_points, box_window, image_to_tensor, landmark_box, window_side
 
 
 @dataclass
@@ -76,17 +76,17 @@ class CropDefinition:
     """How a checkpoint's training crops were cut around a face, so that a photo's face can be cut the same way.
 
     The window is a square centred on a box (x0, y0, x1, y1 of pixel centres) with side ``scale`` x the box's longer
-    side, mapped onto the crop's edges (:func:`synthforge.data.transforms.crop_matrix`).
+    side, mapped onto the crop's edges (:func:`synthforge.crops.crop_matrix`; the side by
+    :func:`synthforge.crops.window_side`).
 
     Attributes:
         box: what the box is: ``"landmarks"`` (the face's landmarks), ``"label"`` (its non-background parsing labels,
             LaPa) or ``"image"`` (the whole image: aligned face images, CelebAMask-HQ); values of
             :data:`synthforge.checkpoints.CROP_BOXES`.
         scale: window side over the box's longer side.
-        pixel_extent: how the longer side is measured. False (stage I, :func:`~synthforge.data.transforms.
-            landmark_box`): ``max(x1 - x0, y1 - y0, 1)``. True (stage II, ``label_finetune.datasets.common.
-            square_crop_affine``): ``max(x1 - x0 + 1, y1 - y0 + 1)`` (the extreme pixels counted), the window side
-            then at least 1 pixel.
+        pixel_extent: how the longer side is measured. False (stage I, :func:`~synthforge.crops.landmark_box`):
+            ``max(x1 - x0, y1 - y0, 1)``. True (stage II, ``label_finetune.datasets.common.square_crop_affine``):
+            ``max(x1 - x0 + 1, y1 - y0 + 1)`` (the extreme pixels counted), the window side then at least 1 pixel.
     """
 
     box: str
@@ -95,39 +95,17 @@ class CropDefinition:
 
     def window(self, cx: float, cy: float, side: float) -> tuple[float, float, float]:
         """Crop window (centre x, centre y, side) of a box with centre (cx, cy) and longer side ``side``
-        (measured between extreme pixel centres, as :func:`~synthforge.data.transforms.landmark_box` does)."""
-        if self.pixel_extent:
-            return cx, cy, max(self.scale * (side + 1.0), 1.0)
-        return cx, cy, side * self.scale
+        (measured between extreme pixel centres, as :func:`~synthforge.crops.landmark_box` does)."""
+        return cx, cy, window_side(side, self.scale, self.pixel_extent)
 
     def window_of_points(self, points: np.ndarray) -> tuple[float, float, float]:
         """Crop window of the box of (K, 2) points (image pixels)."""
         if self.pixel_extent:
-            pts = np.asarray(points, dtype=np.float64)
-            lo, hi = pts.min(0), pts.max(0)
-            return self.window(float(0.5 * (lo[0] + hi[0])), float(0.5 * (lo[1] + hi[1])),
-                               float(max(hi[0] - lo[0], hi[1] - lo[1])))
+            return box_window(box_from_points(np.asarray(points, dtype=np.float64)), self.scale, pixel_extent=True)
         return self.window(*landmark_box(points))
 
 
 ImageLike = np.ndarray | torch.Tensor
-
-
-def _to_chw_float(image: ImageLike) -> torch.Tensor:
-    """HxWx3 uint8 / float numpy, or 3xHxW tensor (uint8 or float in [0, 1]) -> (3, H, W) float32 in [0, 1]."""
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    elif isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a 3 x H x W tensor, got shape {tuple(image.shape)}")
-        t = image
-    else:
-        raise TypeError(f"unsupported image type {type(image).__name__}")
-    if t.dtype == torch.uint8:
-        return t.float() / 255.0
-    return t.float()
 
 
 def _output(out: Any, name: str) -> torch.Tensor | None:
@@ -244,7 +222,7 @@ class Predictor:
             items = [images]
         else:
             items = list(images)
-        chw = [_to_chw_float(im) for im in items]
+        chw = [image_to_tensor(im) for im in items]
         s = self.crop_size
         results: list[Prediction] = []
         for start in range(0, len(chw), batch_size):

@@ -7,7 +7,7 @@ Works with stage-I and fine-tuned (stage-II) predictors alike; the crop follows 
 2. First pass: each face box is turned into an estimated landmark box (the detector's
    :class:`~synthforge.detect.BoxCalibration`), and the crop window is that box measured as the crop definition
    measures its box (side times the crop scale, centred on it); the window is warped to the network's ``crop_size``
-   square (:func:`~synthforge.data.transforms.crop_matrix`, bilinear, zero border; a window more than twice the crop
+   square (:func:`~synthforge.crops.crop_matrix`, bilinear, zero border; a window more than twice the crop
    side is first warped at an integer multiple of the crop size and area-averaged down, which keeps the same affine
    matrix and avoids aliasing).
 3. Second pass: the training crop is made again from the first pass's own predictions, mapped back to the image with
@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from next3d_gen.labels import LabelSpace
-from synthforge.data.transforms import crop_matrix, mask_box_points, transform_points
+from synthforge.crops import crop_matrix, invert_affine, mask_box_points, transform_points, warp_image
 from synthforge.detect import BoxCalibration, Detection, FaceDetector
 from synthforge.inference import CropDefinition, Prediction
 
@@ -124,18 +124,16 @@ def warp_crop(image: np.ndarray, window: Window, crop_size: int) -> tuple[np.nda
     matrix = crop_matrix(cx, cy, side, crop_size)
     k = int(side // (2 * crop_size))
     if k >= 2:  # strong downscale: warp at k x the crop size, then box-average (same affine; no aliasing)
-        big = cv2.warpAffine(image, crop_matrix(cx, cy, side, k * crop_size), (k * crop_size,) * 2,
-                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        big = warp_image(image, crop_matrix(cx, cy, side, k * crop_size), k * crop_size)
         crop = cv2.resize(big, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
     else:
-        crop = cv2.warpAffine(image, matrix, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
+        crop = warp_image(image, matrix, crop_size)
     return crop, matrix
 
 
 def crop_to_image(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map (K, 2) crop pixels back to image pixels with the inverse of the (2, 3) ``matrix``; (K, 2) float32."""
-    return transform_points(cv2.invertAffineTransform(matrix), points)
+    return transform_points(invert_affine(matrix), points)
 
 
 def _window_roi(matrix: np.ndarray, crop_size: int, height: int, width: int) -> tuple[int, int, int, int] | None:

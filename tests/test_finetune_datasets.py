@@ -31,10 +31,11 @@ from label_finetune.datasets import (
     collate,
 )
 from label_finetune.datasets.celebamask_hq import merge_part_masks, write_png_atomic
-from label_finetune.datasets.common import apply_affine, invert_affine, square_crop_affine
+from label_finetune.datasets.common import square_crop_affine
 from label_finetune.datasets.w300 import read_pts
 from next3d_gen.errors import UserError
 from next3d_gen.labels import IGNORE_INDEX
+from synthforge.crops import invert_affine, transform_points
 
 RENDERED = renderer_available()
 """Trees of the loader tests hold procedural renders of the built-in head when stage A is present."""
@@ -62,19 +63,19 @@ def test_crop_affine_maps_window_edges_and_matches_warp() -> None:
     box = np.array([10.0, 20.0, 49.0, 39.0])  # 40 x 20 px box, centre (29.5, 29.5)
     a = square_crop_affine(box, scale=1.0, size=40)
     # window side 40 centred at 29.5: its left edge x = 9.5 maps to -0.5, right edge 49.5 to 39.5
-    np.testing.assert_allclose(apply_affine(a, np.array([[9.5, 9.5], [49.5, 49.5]])), [[-0.5, -0.5], [39.5, 39.5]])
+    np.testing.assert_allclose(transform_points(a, np.array([[9.5, 9.5], [49.5, 49.5]])), [[-0.5, -0.5], [39.5, 39.5]])
     # at scale 1 the crop is a pure shift: a bright pixel lands exactly where the affine sends it
     image = np.zeros((64, 64, 3), np.uint8)
     image[31, 17] = 255
     crop = cv2.warpAffine(image, a, (40, 40), flags=cv2.INTER_LINEAR)
-    u, v = apply_affine(a, np.array([[17.0, 31.0]]))[0]
+    u, v = transform_points(a, np.array([[17.0, 31.0]]))[0]
     assert crop[..., 0].argmax() == int(round(v)) * 40 + int(round(u))
     # inverse round trip, with rotation and flip
     a2 = square_crop_affine(box, 1.3, 32, rotation_deg=20.0, shift=(0.05, -0.02), flip=True)
     pts = np.random.default_rng(0).uniform(0, 60, (7, 2))
-    np.testing.assert_allclose(apply_affine(invert_affine(a2), apply_affine(a2, pts)), pts, atol=1e-9)
+    np.testing.assert_allclose(transform_points(invert_affine(a2), transform_points(a2, pts)), pts, atol=1e-9)
     # the flip mirrors: a point left of the centre ends up right of the crop centre
-    left = apply_affine(square_crop_affine(box, 1.0, 40, flip=True), np.array([[12.0, 29.5]]))[0]
+    left = transform_points(square_crop_affine(box, 1.0, 40, flip=True), np.array([[12.0, 29.5]]))[0]
     assert left[0] > 19.5
 
 
@@ -115,7 +116,7 @@ def test_w300_splits_and_samples(w300_root: Path) -> None:
     assert s["image"].shape == (3, 32, 32) and s["image"].dtype == torch.float32
     assert 0 <= float(s["image"].min()) and float(s["image"].max()) <= 1
     lm, orig, a = s["landmarks"].numpy(), s["orig_landmarks"].numpy(), s["affine"].numpy()
-    np.testing.assert_allclose(lm, apply_affine(a.astype(np.float64), orig.astype(np.float64)), atol=1e-3)
+    np.testing.assert_allclose(lm, transform_points(a.astype(np.float64), orig.astype(np.float64)), atol=1e-3)
     # landmark box crop at scale 1.4: the points fill the central 1/1.4 of the crop
     span = (lm.max(0) - lm.min(0)).max()
     assert abs(span + 1 - 32 / 1.4) < 0.5
@@ -220,7 +221,7 @@ def test_lapa_splits_and_crop(lapa_root: Path) -> None:
     # nearest-neighbour crop: every crop label comes from the original at the inverse-mapped pixel
     inv = invert_affine(s["affine"].numpy().astype(np.float64))
     vv, uu = np.mgrid[0:48, 0:48]
-    src = apply_affine(inv, np.stack([uu.ravel(), vv.ravel()], 1).astype(np.float64))
+    src = transform_points(inv, np.stack([uu.ravel(), vv.ravel()], 1).astype(np.float64))
     xi, yi = np.round(src[:, 0]).astype(int), np.round(src[:, 1]).astype(int)
     inside = (xi >= 0) & (yi >= 0) & (xi < orig.shape[1]) & (yi < orig.shape[0])
     seg = s["seg"].numpy().ravel()

@@ -246,8 +246,8 @@ def test_cli_bad_input_exit_2(case: str, ckpt: Path, tmp_path: Path) -> None:
 def test_second_pass_crop_is_the_training_crop(tmp_path: Path) -> None:
     """From the true landmarks, the pipeline's crop is bit-identical to the validation crop of SynthFaceDataset."""
     from next3d_gen.h5 import SampleReader
+    from synthforge.crops import landmark_box
     from synthforge.data.dataset import SynthFaceDataset
-    from synthforge.data.transforms import landmark_box
 
     path = write_toy_dataset(tmp_path / "d.h5", 2, 96, seed=5)
     ds = SynthFaceDataset(path, crop_size=64, crop_scale=1.6)

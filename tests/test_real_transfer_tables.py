@@ -29,7 +29,7 @@ from next3d_gen.labels import (
     real_merged_active,
     relabel_lut,
 )
-from synthforge.data.transforms import face_crop_matrix, mask_box_points, transform_points
+from synthforge.crops import face_crop_matrix, mask_box_points, transform_points
 
 BASE = ("background", "skin", "nose", "eyes", "brows", "lips", "inner_mouth", "ears", "neck")
 

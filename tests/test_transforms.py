@@ -8,16 +8,10 @@ import pytest
 
 from next3d_gen import h5
 from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION, SYNTH
+from synthforge.crops import crop_matrix, decode_image, transform_points, warp_labels
 from synthforge.data.dataset import SynthFaceDataset, relative_depth
 from synthforge.data.toy import make_toy_sample, write_toy_dataset
-from synthforge.data.transforms import (
-    AugmentConfig,
-    JointAugment,
-    crop_matrix,
-    flip_sample,
-    transform_points,
-    warp_sample,
-)
+from synthforge.data.transforms import AugmentConfig, JointAugment, flip_sample, warp_sample
 
 SIZE = 128
 NO_PHOTO = {"blur_p": 0.0, "erase_p": 0.0, "noise_p": 0.0, "color_p": 0.0, "gamma_p": 0.0}
@@ -152,6 +146,39 @@ def test_crop_matrix_maps_window_edges_and_warps_consistently() -> None:
     out = warp_sample(s, crop_matrix(*_box(s), SIZE), SIZE)
     robust = _robust_classes(s["seg"], s["landmarks"])
     assert all(_class_at(out["seg"], out["landmarks"][i]) == c for i, c in robust.items())
+
+
+def test_crop_matrix_rotation_and_flip() -> None:
+    """Rotation: the window's centre stays at the crop centre, a point at angle t from it (from +x towards +y) lands at
+    angle t - rotation (the content turns counter-clockwise as displayed, y down); the flip mirrors about the crop
+    centre."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        cx, cy, side, size, rot = *rng.uniform(20, 80, 2), rng.uniform(10, 60), int(rng.integers(16, 96)), \
+            rng.uniform(-40, 40)
+        radius, t = rng.uniform(1, 5), rng.uniform(0, 2 * np.pi)
+        pt = np.array([[cx + radius * np.cos(t), cy + radius * np.sin(t)], [cx, cy]])
+        mid = size / 2 - 0.5
+        scaled = radius * size / side
+        expected = [mid + scaled * np.cos(t - np.radians(rot)), mid + scaled * np.sin(t - np.radians(rot))]
+        out = transform_points(crop_matrix(cx, cy, side, size, rotation_deg=rot), pt)
+        np.testing.assert_allclose(out, [expected, [mid, mid]], atol=1e-9)
+        flipped = transform_points(crop_matrix(cx, cy, side, size, rotation_deg=rot, flip=True), pt)
+        np.testing.assert_allclose(flipped, [[2 * mid - expected[0], expected[1]], [mid, mid]], atol=1e-9)
+
+
+def test_warp_labels_fills_every_channel_and_decode_image_is_rgb() -> None:
+    uv = np.full((8, 8, 2), 0.25, np.float32)
+    out = warp_labels(uv, crop_matrix(0.0, 0.0, 8.0, 8), 8, -1.0)  # window centred on the top-left corner
+    assert out.shape == (8, 8, 2) and out.dtype == np.float32
+    assert np.all(out[:3, :3] == -1.0) and np.all(out[5:, 5:] == 0.25)
+    bgr = np.zeros((4, 5, 3), np.uint8)
+    bgr[..., 2] = 200  # red in OpenCV's channel order
+    ok, png = cv2.imencode(".png", bgr)
+    rgb = decode_image(png.ravel())
+    assert ok and rgb is not None and rgb.shape == (4, 5, 3) and np.all(rgb[..., 0] == 200) and rgb[..., 2].max() == 0
+    assert decode_image(np.frombuffer(b"not an image", np.uint8)) is None
+    assert decode_image(np.zeros(0, np.uint8)) is None
 
 
 def _box(s: dict[str, np.ndarray]) -> tuple[float, float, float]:

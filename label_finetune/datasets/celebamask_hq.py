@@ -26,9 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_gray, read_image, require_dir
+from label_finetune.datasets.common import CropConfig, FaceBenchmark, require_dir
 from next3d_gen.errors import UserError
 from next3d_gen.labels import CELEBAMASK_HQ
+from synthforge.crops import read_gray, read_image
 
 PARTS: tuple[str, ...] = CELEBAMASK_HQ.classes[1:]
 """Part file suffixes in merge order; part i gets class id i + 1."""

@@ -1,69 +1,40 @@
-"""Shared pieces of the real-benchmark loaders: file reading with clear errors, square face crops, collation.
+"""Shared pieces of the real-benchmark loaders: reading every annotation file up front, stage II's square face crops
+(box, jitter, flip), collation.
 
-Coordinate conventions (project-wide): pixel coordinates are (x, y) with integer values at pixel centres, an image of
-width W spans [-0.5, W - 0.5]. A crop is a 2 x 3 affine matrix ``A`` mapping *original-image* pixel coordinates to
-*crop* pixel coordinates (``[u, v] = A @ [x, y, 1]``); ``cv2.warpAffine`` uses the same pixel-centre convention, so
-``warpAffine(image, A, (R, R))`` produces the crop and :func:`invert_affine` maps predictions back to the original
-image for the metrics.
+Image files, crop matrices, warps and points between frames are :mod:`synthforge.crops`' (shared with stage I and
+prediction; its docstring has the coordinate conventions): a crop is a (2, 3) affine ``A`` mapping *original-image*
+pixels to *crop* pixels, and :func:`~synthforge.crops.invert_affine` maps predictions back to the original image for
+the metrics.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import IGNORE_INDEX
+from synthforge.crops import (
+    box_from_points,
+    box_window,
+    crop_matrix,
+    image_to_tensor,
+    mask_box_points,
+    transform_points,
+    warp_image,
+    warp_labels,
+)
 
 T = TypeVar("T")
 
 VARIABLE_SIZE_KEYS = ("orig_seg",)
 """Sample keys whose tensors differ in size between samples; :func:`collate` keeps them as lists."""
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an RGB image.
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-
-    Raises:
-        UserError: naming the file when it is missing or cannot be decoded.
-    """
-    if not path.is_file():
-        raise UserError(f"missing image file: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise UserError(f"unreadable image file: {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """Read a single-channel label/mask PNG as (H, W) uint8 (first channel if the file is colour).
-
-    Raises:
-        UserError: naming the file when it is missing or cannot be decoded.
-    """
-    if not path.is_file():
-        raise UserError(f"missing label file: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise UserError(f"unreadable label file: {path}")
-    if image.ndim == 3:
-        image = image[..., 0]
-    if image.dtype != np.uint8:
-        raise UserError(f"label file is not 8-bit: {path}")
-    return image
 
 
 def read_all(paths: Sequence[Path], reader: Callable[[Path], T], what: str) -> list[T]:
@@ -96,11 +67,6 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def box_from_points(points: np.ndarray) -> np.ndarray:
-    """Tight box of (K, 2) pixel points -> (4,) float64 x0, y0, x1, y1."""
-    return np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()], np.float64)
-
-
 def box_from_labels(labels: np.ndarray, background: int) -> np.ndarray:
     """Box of the pixels that are neither ``background`` nor ignore in an (H, W) label map (whole image if none).
 
@@ -111,9 +77,7 @@ def box_from_labels(labels: np.ndarray, background: int) -> np.ndarray:
     if not fg.any():
         h, w = labels.shape
         return np.array([0.0, 0.0, w - 1.0, h - 1.0])
-    ys = np.flatnonzero(fg.any(axis=1))
-    xs = np.flatnonzero(fg.any(axis=0))
-    return np.array([xs[0], ys[0], xs[-1], ys[-1]], np.float64)
+    return mask_box_points(fg).reshape(4).astype(np.float64)
 
 
 def square_crop_affine(
@@ -127,9 +91,11 @@ def square_crop_affine(
 ) -> np.ndarray:
     """Affine map from original pixels to a ``size`` x ``size`` crop around a box.
 
-    The crop window is a square of side ``scale * max(box width, box height)`` centred on the box centre (moved by
-    ``shift`` times that side), rotated by ``rotation_deg`` (counter-clockwise in the image) and optionally mirrored
-    horizontally. The window's edges [c - s/2, c + s/2] map to the crop's edges [-0.5, size - 0.5].
+    The crop window is a square of side ``max(scale * (longer side + 1), 1)`` (the box's extreme pixels counted:
+    :func:`~synthforge.crops.box_window` with ``pixel_extent``) centred on the box centre (moved by ``shift`` times
+    that side), its content rotated by ``rotation_deg`` (counter-clockwise as displayed) and optionally mirrored
+    horizontally (:func:`~synthforge.crops.crop_matrix`). The window's edges [c - s/2, c + s/2] map to the crop's edges
+    [-0.5, size - 0.5].
 
     Args:
         box: (4,) x0, y0, x1, y1 in original pixel coordinates (pixel centres of the extreme pixels/points).
@@ -142,42 +108,8 @@ def square_crop_affine(
     Returns:
         (2, 3) float64 matrix: crop = A @ [x, y, 1].
     """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    side = max(scale * max(x1 - x0 + 1.0, y1 - y0 + 1.0), 1.0)
-    cx = 0.5 * (x0 + x1) + shift[0] * side
-    cy = 0.5 * (y0 + y1) + shift[1] * side
-    s = size / side
-    theta = math.radians(rotation_deg)
-    cos, sin = math.cos(theta) * s, math.sin(theta) * s
-    fx = -1.0 if flip else 1.0
-    # centre the window, rotate + scale, optionally mirror, then move the window centre to the crop centre.
-    mid = 0.5 * (size - 1)
-    a = np.array([[fx * cos, fx * sin, 0.0], [-sin, cos, 0.0]])
-    a[:, 2] = np.array([mid, mid]) - a[:, :2] @ np.array([cx, cy])
-    return a
-
-
-def invert_affine(a: np.ndarray) -> np.ndarray:
-    """Inverse of a (2, 3) affine matrix (crop -> original pixels)."""
-    return cv2.invertAffineTransform(np.asarray(a, np.float64))
-
-
-def apply_affine(a: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(K, 2) points -> (K, 2) points under the (2, 3) affine ``a`` (float64 computation, input dtype kept)."""
-    pts = np.asarray(points, np.float64)
-    return (pts @ np.asarray(a, np.float64)[:, :2].T + np.asarray(a, np.float64)[:, 2]).astype(points.dtype)
-
-
-def warp_image(image: np.ndarray, a: np.ndarray, size: int) -> np.ndarray:
-    """Crop an (H, W, 3) uint8 image with affine ``a`` to (size, size, 3) uint8 (bilinear, black outside)."""
-    return cv2.warpAffine(image, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-def warp_labels(labels: np.ndarray, a: np.ndarray, size: int) -> np.ndarray:
-    """Crop an (H, W) uint8 label map with affine ``a`` (nearest neighbour; outside the image = IGNORE_INDEX)."""
-    return cv2.warpAffine(
-        labels, a, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE_INDEX
-    )
+    cx, cy, side = box_window(box, scale, pixel_extent=True)
+    return crop_matrix(cx + shift[0] * side, cy + shift[1] * side, side, size, rotation_deg, flip)
 
 
 @dataclass
@@ -223,11 +155,6 @@ def crop_affine(
     rot = float(rng.uniform(-crop.jitter_rotation_deg, crop.jitter_rotation_deg))
     flip = bool(rng.random() < crop.flip_prob)
     return square_crop_affine(box, scale, size, rotation_deg=rot, shift=shift, flip=flip), flip  # type: ignore[arg-type]
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 class FaceBenchmark(Dataset):
@@ -311,14 +238,14 @@ class FaceBenchmark(Dataset):
             "orig_size": torch.tensor(frame, dtype=torch.int64),
         }
         if labels is not None:
-            seg = warp_labels(labels, a, self.resolution)
+            seg = warp_labels(labels, a, self.resolution, IGNORE_INDEX)
             if flipped and self.label_flip is not None:
                 seg = self.label_flip[seg].astype(np.uint8)
             sample["seg"] = torch.from_numpy(seg.astype(np.int64))
             if self.return_original:
                 sample["orig_seg"] = torch.from_numpy(labels)
         if landmarks is not None:
-            crop_pts = apply_affine(a, landmarks.astype(np.float32))
+            crop_pts = transform_points(a, landmarks.astype(np.float32))
             if flipped and self.landmark_flip is not None:
                 crop_pts = crop_pts[np.asarray(self.landmark_flip)]
             sample["landmarks"] = torch.from_numpy(np.ascontiguousarray(crop_pts, dtype=np.float32))

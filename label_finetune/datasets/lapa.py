@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_all, read_gray, read_image, require_dir
+from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_all, require_dir
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAPA
+from synthforge.crops import read_gray, read_image
 
 SPLITS = ("train", "val", "test")
 NUM_LANDMARKS = 106

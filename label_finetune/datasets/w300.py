@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_all, read_image, require_dir
+from label_finetune.datasets.common import CropConfig, FaceBenchmark, read_all, require_dir
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION, NUM_LANDMARKS
+from synthforge.crops import read_image
 
 SUBSETS: dict[str, tuple[str, ...]] = {
     "train": ("afw", "helen/trainset", "lfpw/trainset"),

@@ -161,14 +161,11 @@ def iter_items(files: list[tuple[Path, str]], every: int, failed: list[str]) -> 
 
 
 def read_image(path: Path) -> np.ndarray | None:
-    """RGB uint8 (H, W, 3), or None when the file is not a readable image (grey and RGBA are converted)."""
-    data = np.fromfile(path, dtype=np.uint8) if path.stat().st_size else np.zeros(0, np.uint8)
-    if data.size == 0:
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None or image.ndim != 3 or min(image.shape[:2]) < 1:
-        return None
-    return np.ascontiguousarray(image[..., ::-1])
+    """RGB uint8 (H, W, 3), or None when the file is not a readable image (grey and RGBA are converted); OSError
+    when it cannot be opened."""
+    from synthforge.crops import decode_image
+
+    return decode_image(np.fromfile(path, dtype=np.uint8) if path.stat().st_size else np.zeros(0, np.uint8))
 
 
 Loaded = tuple[Item, "np.ndarray | None", str, "list | None"]

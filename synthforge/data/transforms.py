@@ -3,8 +3,10 @@
 Two steps, both on numpy arrays in the HDF5 layout (H x W x C, pixel-centre coordinates: integer values are pixel
 centres, an image spans [-0.5, W - 0.5]):
 
-1. :func:`crop_matrix` / :func:`warp_sample`: a square crop around the landmark box (optionally jittered), resized
-   to the training resolution with one affine warp (bilinear for the image, nearest for every label map).
+1. :func:`~synthforge.crops.crop_matrix` / :func:`warp_sample`: a square crop around the landmark box (optionally
+   jittered), resized to the training resolution with one affine warp (bilinear for the image, nearest for every
+   label map). The crop helpers live in :mod:`synthforge.crops` (shared with stage II and prediction) and are
+   re-exported here.
 2. :class:`JointAugment`: albumentations geometry (horizontal flip, affine rotation / scale / shift, perspective)
    applied identically to image, segmentation (nearest), depth (nearest), normals (nearest), UV (nearest) and the 68
    landmarks (keypoints), followed by image-only photometric noise (blur, random erasing, Gaussian noise,
@@ -27,6 +29,10 @@ import cv2
 import numpy as np
 
 from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION, LabelSpace
+from synthforge.crops import crop_matrix, landmark_box, transform_points, warp_image, warp_labels
+
+__all__ = ["AugmentConfig", "JointAugment", "Sample", "crop_matrix", "flip_sample", "landmark_box", "warp_sample"]
+"""``crop_matrix`` and ``landmark_box`` are :mod:`synthforge.crops`' (the dataset's crop is made from them)."""
 
 Sample = dict[str, np.ndarray]
 """Keys: ``image`` (H,W,3) uint8; ``seg`` (H,W) uint8; ``depth`` (H,W) float32 metres; optional ``normal`` (H,W,3)
@@ -36,72 +42,20 @@ float32 unit vectors; ``uv`` (H,W,2) float32 (-1 = background); ``landmarks`` (6
 _MASK_KEYS = ("depth", "normal", "uv")
 
 
-def landmark_box(landmarks: np.ndarray) -> tuple[float, float, float]:
-    """Centre (x, y) and side of the square bounding the landmarks' box (side = max(width, height)), pixels."""
-    lo, hi = landmarks.min(0), landmarks.max(0)
-    c = (lo + hi) / 2
-    return float(c[0]), float(c[1]), float(max(hi[0] - lo[0], hi[1] - lo[1], 1.0))
-
-
-def crop_matrix(cx: float, cy: float, side: float, out_size: int) -> np.ndarray:
-    """(2, 3) float64 affine mapping source pixels to a square ``out_size`` crop.
-
-    The window is the square of ``side`` source pixels centred on (cx, cy); with pixel-centre coordinates
-    ``x' = (x - cx) * out_size / side + out_size / 2 - 0.5`` (same for y), so the window's edges map to the crop's
-    edges [-0.5, out_size - 0.5].
-    """
-    a = out_size / side
-    return np.array([[a, 0.0, -cx * a + out_size / 2 - 0.5], [0.0, a, -cy * a + out_size / 2 - 0.5]])
-
-
-def face_crop_matrix(points: np.ndarray, crop_scale: float, out_size: int) -> np.ndarray:
-    """(2, 3) float64 affine of the un-jittered training crop around (K, 2) points (pixel-centre convention).
-
-    The same window :class:`~synthforge.data.dataset.SynthFaceDataset` crops for validation: a square of
-    ``crop_scale`` x the larger side of the points' box (:func:`landmark_box`), centred on the box centre, mapped to
-    ``out_size`` pixels by :func:`crop_matrix`. Use it to crop real faces exactly as the network saw synthetic ones.
-    """
-    cx, cy, side = landmark_box(np.asarray(points, dtype=np.float64))
-    return crop_matrix(cx, cy, side * float(crop_scale), out_size)
-
-
-def mask_box_points(mask: np.ndarray) -> np.ndarray:
-    """(2, 2) float32 points ``[[x0, y0], [x1, y1]]``: pixel centres of the extreme True pixels of an (H, W) bool
-    mask, i.e. its box in the landmarks' convention (feed it to :func:`face_crop_matrix`). ValueError if empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise ValueError("mask_box_points: the mask is empty")
-    return np.array([[cols[0], rows[0]], [cols[-1], rows[-1]]], dtype=np.float32)
-
-
-def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine or (3, 3) homography to (K, 2) points; returns (K, 2) float32."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape == (2, 3):
-        m = np.vstack([m, [0.0, 0.0, 1.0]])
-    p = np.concatenate([points.astype(np.float64), np.ones((len(points), 1))], 1) @ m.T
-    return (p[:, :2] / p[:, 2:3]).astype(np.float32)
-
-
 def warp_sample(sample: Sample, matrix: np.ndarray, out_size: int) -> Sample:
     """Warp every map of ``sample`` with the (2, 3) affine ``matrix`` into an ``out_size`` square; points too.
 
-    Image: bilinear; label maps: nearest. Outside the source: image 0, seg 0, depth 0, normal 0, UV -1.
+    Image: bilinear (:func:`~synthforge.crops.warp_image`); label maps: nearest (:func:`~synthforge.crops.warp_labels`).
+    Outside the source: image 0, seg 0, depth 0, normal 0, UV -1.
     """
-    size = (out_size, out_size)
-    flags_lin = cv2.INTER_LINEAR
-    flags_nn = cv2.INTER_NEAREST
     out: Sample = {}
     for key, value in sample.items():
         if key == "landmarks":
             out[key] = transform_points(matrix, value)
         elif key == "image":
-            out[key] = cv2.warpAffine(value, matrix, size, flags=flags_lin, borderMode=cv2.BORDER_CONSTANT)
-        elif key == "uv":
-            out[key] = cv2.warpAffine(value, matrix, size, flags=flags_nn, borderValue=(-1.0, -1.0, -1.0, -1.0))
+            out[key] = warp_image(value, matrix, out_size)
         elif value.ndim >= 2 and value.shape[:2] == sample["image"].shape[:2]:
-            warped = cv2.warpAffine(value, matrix, size, flags=flags_nn, borderMode=cv2.BORDER_CONSTANT)
-            out[key] = warped.reshape(size + value.shape[2:])
+            out[key] = warp_labels(value, matrix, out_size, -1.0 if key == "uv" else 0)
         else:
             out[key] = value
     return out
