@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from synthforge.cli import main
 
 
@@ -25,3 +27,20 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys) -> None:
 def test_demo_bad_option_exits_2(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path), "--num-train", "0"]) == 2
     assert "--num-train" in capsys.readouterr().err
+
+
+def test_demo_configs_are_package_data_and_the_repository_configs() -> None:
+    """The demo reads its configs through importlib.resources (synthforge/configs: works from a wheel); in a source
+    checkout that folder is the repository's configs/ (one copy), and the package-data patterns take every file of
+    it (built wheels hold them; checked by hand with pip wheel + python -m zipfile -l)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from synthforge.commands.demo import packaged_config
+
+    root = Path(__file__).resolve().parents[1]
+    for rel in ("generate/default.yaml", "stage1/demo.yaml"):
+        assert packaged_config(rel).resolve() == (root / "configs" / rel).resolve()
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["synthforge"]
+    packaged = {p.resolve() for pattern in patterns for p in (root / "synthforge").glob(pattern)}
+    shipped = {p.resolve() for p in (root / "configs").rglob("*") if p.is_file()}
+    assert shipped and shipped <= packaged

@@ -8,6 +8,8 @@ Steps (each resumes when rerun with the same ``--out``: finished shards are kept
    in bf16 mixed precision where the hardware runs bf16 natively (:func:`native_bf16`), fp32 elsewhere.
 3. Evaluation of the final checkpoint on ``DIR/heldout`` next to trivial baselines on the same crops:
    ``DIR/metrics.json`` and ``DIR/report.png`` (inputs, predictions, ground truth).
+
+Both configs are read from the installed package (:func:`packaged_config`), so the demo runs from a wheel too.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from next3d_gen.errors import UserError
 from next3d_gen.pipeline import check_image_size
 from synthforge.commands import OneLineParser
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
+def packaged_config(rel: str) -> Path:
+    """The file of a config shipped inside the package: ``synthforge/configs/<rel>`` (package data; in a source
+    checkout a symlink to the repository's ``configs/``, the one copy of every config), found through
+    :mod:`importlib.resources` so that it works from any installation.
 
-def _config(rel: str) -> Path:
-    path = CONFIGS / rel
+    Raises:
+        UserError: the installation lacks it (a package built without its data files).
+    """
+    from importlib.resources import files
+
+    path = Path(str(files("synthforge").joinpath("configs", *rel.split("/"))))
     if not path.is_file():
-        raise UserError(f"demo config not found: {path} (run from a source checkout: pip install -e .)")
+        raise UserError(f"config not found in the installed package: {path} (reinstall synthforge)")
     return path
 
 
@@ -71,6 +80,8 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     check_image_size(args.image_size, "--image-size")  # before anything is written
+    gen_config = packaged_config("generate/default.yaml")
+    train_config = packaged_config("stage1/demo.yaml")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +91,6 @@ def main(argv: list[str]) -> int:
     from synthforge.commands import generate, train
 
     timings: dict[str, float] = {}
-    gen_config = _config("generate/default.yaml")
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
     for split, num, seed in (("train", args.num_train, 0), ("heldout", args.num_heldout, 1)):
         t0 = time.perf_counter()
@@ -94,9 +104,9 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     runs = out / "runs"
     precision = [] if native_bf16() else ["--trainer.precision=32-true"]  # demo.yaml asks for bf16-mixed
-    print(f"[demo] training configs/stage1/demo.yaml ({'bf16-mixed' if not precision else 'fp32: no native bf16'})"
+    print(f"[demo] training {train_config} ({'bf16-mixed' if not precision else 'fp32: no native bf16'})"
           f" -> {runs}", flush=True)
-    status = train.main(["--config", str(_config("stage1/demo.yaml")), f"--data.train={out / 'train'}",
+    status = train.main(["--config", str(train_config), f"--data.train={out / 'train'}",
                          f"--trainer.default_root_dir={runs}", *precision, *args.train_args])
     if status:
         return status
