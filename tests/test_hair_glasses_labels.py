@@ -95,15 +95,17 @@ def test_hair_labels_are_where_hair_is_painted_on_the_head(toy, view: dict, seed
     np.testing.assert_array_equal(occ, fringe)
 
 
-@pytest.mark.parametrize("long_hair", [0.0, 1.0])
+@pytest.mark.parametrize("long_hair, flyaways", [(0.0, 0), (1.0, 0), (0.0, 200), (1.0, 200)])
 @pytest.mark.parametrize("seed", [0, 3])
-def test_hair_volume_label_follows_its_coverage(toy, seed: int, long_hair: float) -> None:
-    """Background pixels: ``hair`` exactly where the hair volume's coverage, measured from the pixels of renders over
-    a black and a white background, is >= LAYER_COVERAGE_THRESHOLD (short and long hair)."""
+def test_hair_volume_label_follows_its_coverage(toy, seed: int, long_hair: float, flyaways: int) -> None:
+    """Background pixels: ``hair`` exactly where the coverage of the hair volume and the flyaway strands, measured
+    from the pixels of renders over a black and a white background, is >= LAYER_COVERAGE_THRESHOLD (short and long
+    hair, with and without flyaways)."""
     scene = make_scene(toy, 80, pitch=-20.0)
     head = scene.annotations.mask[0].numpy()
     # the layer is drawn at 40 px and upsampled
-    cfg = ProceduralConfig(**HAIR_ON, background_max_side=40, long_hair_prob=long_hair)
+    cfg = ProceduralConfig(**HAIR_ON, background_max_side=40, long_hair_prob=long_hair,
+                           flyaway_count_range=(flyaways, flyaways))  # fmt: skip
     black, white = (_render(scene, seed, _FlatBackground(cfg, level)) for level in (0.0, 1.0))
     lab = _override(black, scene)
     np.testing.assert_array_equal(lab, _override(white, scene))

@@ -15,10 +15,14 @@ The renderer paints the head in the label rasterization the pipeline already mad
   noise-modulated strokes on the eyebrow classes, lips a lip tone on the lip classes, the inner mouth dark with
   optional teeth, eyeballs get sclera / iris (radial streaks, dark limbal ring) / pupil from the direction out of
   each eyeball's centre in the rest pose (the iris follows the eye joint), lash lines darken the lids next to the
-  eyeball. The scalp gets hair (strand noise, sheen; opaque) or bare skin.
+  eyeball. The scalp gets hair (opaque) or bare skin.
+* **Hair** (:mod:`next3d_gen.render.hair`): scalp hair, fringe, hair volume and flyaways share one flow (strands
+  running away from a point beyond the crown, straight to curly) and strand texture (locks, strands, fine strands,
+  darker roots), shaded with Kajiya-Kay diffuse and two shifted anisotropic highlights that break up along the
+  strands; the volume's soft edge turns into strands and loose flyaway strands with partial alpha leave the outline.
 * **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient + 1-3 coloured directional
   lights, wrapped Lambert diffuse + Blinn-Phong specular (per-region strength and exponent), in linear RGB, then
-  sRGB encoding.
+  sRGB encoding; hair pixels are shaded as hair (above).
 * **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
   shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha; long hair
   also falls from the scalp beside the face and neck).
@@ -30,16 +34,21 @@ The renderer paints the head in the label rasterization the pipeline already mad
 * **Labels of the layers** (``label_override``, :data:`next3d_gen.labels.SYNTH` ids), in drawing order, a layer
   owning a pixel where its coverage (alpha) is >= :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`: ``hair`` on
   the scalp pixels and fringe pixels painted with hair (both opaque: coverage 1, so no skin shows through; a bare
-  scalp keeps ``scalp``) and on background pixels where the hair volume's alpha, upsampled like the image layer it
-  is drawn on, reaches the threshold; ``eyeglasses`` where the frame's (rims, bridge, arms) or a lens's coverage
-  does, depth-tested against the head, over the head or the background, clear lenses included; ``background``
-  where a hand or object covers the pixel. Head pixels under scalp hair or a clear lens keep their geometry.
-* **Anti-aliasing**: the silhouette and depth discontinuities inside the head are blended with a small filter
-  (coverage estimate from the mask); occluders are drawn from signed distances with analytic coverage.
+  scalp keeps ``scalp``) and on background pixels where the coverage of the hair volume (its alpha upsampled like
+  the image layer it is drawn on, with strands at its edge that never cross the threshold) and of the flyaway
+  strands, ``1 - (1 - volume)(1 - flyaways)``, reaches the threshold; ``eyeglasses`` where the frame's (rims,
+  bridge, arms) or a lens's coverage does, depth-tested against the head, over the head or the background, clear
+  lenses included; ``background`` where a hand or object covers the pixel. Head pixels under scalp hair or a clear
+  lens keep their geometry.
+* **Anti-aliasing**: the silhouette, depth discontinuities inside the head and the border of the scalp hair are
+  blended with a small filter (coverage estimate from the mask; labels keep the rasterized regions); occluders
+  are drawn from signed distances with analytic coverage.
 
 Every random choice comes from the ``torch.Generator`` given to :meth:`ProceduralRenderer.render` (drawn on the
 generator's device, used on the scene's device), so the same generator state gives the same bytes (for a fixed
-torch thread count: reductions may round differently with another thread count).
+torch thread count: reductions may round differently with another thread count). Appearance details (hair strands
+and highlights, flyaways, ...) draw from a second generator seeded from a hash of the given one's state
+(``_look_generator``), so the label layers drawn from the main stream do not change with them.
 
 Speed: the work is on the foreground pixel list (not the full image) except the composition; the background is
 drawn at ``background_max_side`` pixels and upsampled. Run it with one torch thread per process.
@@ -48,6 +57,7 @@ drawn at ``background_max_side`` pixels and upsampled. Run it with one torch thr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import typing
 from dataclasses import dataclass, fields
@@ -60,6 +70,8 @@ from torch import Tensor
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render import fields as fx
+from next3d_gen.render import hair as hair_lib
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
 from next3d_gen.render.camera_effects import apply_camera_effects
 from next3d_gen.render.clutter import draw_clutter
@@ -144,6 +156,16 @@ class ProceduralConfig:
         long_hair_length_range: how far it falls, as a fraction of the head size in pixels.
         fringe_prob: probability of a fringe over the forehead (an occluder of the head surface, labelled hair).
         fringe_length_range: how far the fringe reaches down the forehead (0 = hairline, 1 = brows).
+        Hair look (:mod:`next3d_gen.render.hair`; scalp hair, fringe, volume and flyaways share one flow):
+        hair_strand_contrast_range: brightness contrast of the strand texture (0 = flat colour).
+        hair_wave_range: angular swing of the strands in radians (0 = straight, 0.5 = curly).
+        hair_flow_offset_range: sideways offset of the flow centre from the crown (rest-pose units; larger =
+            side-swept hair).
+        hair_root_darkness_range: darkening of the hair at its roots (near the flow centre).
+        hair_highlight_range, hair_highlight_exponent_range: strength and sharpness of the anisotropic highlight.
+        flyaway_count_range: (min, max) number of loose strands at the hair's outline over the background
+            (integers, inclusive); ``flyaway_length_range`` their length in head heights, ``flyaway_alpha_range``
+            their coverage (below the label threshold where a single strand crosses a pixel).
         num_lights_range: (min, max) number of directional lights (integers, inclusive).
         light_azimuth_deg_range, light_elevation_deg_range: direction towards the key light in the camera frame
             (azimuth from the viewing axis towards image right, elevation upwards).
@@ -218,6 +240,15 @@ class ProceduralConfig:
     long_hair_length_range: Range = (0.3, 1.3)
     fringe_prob: float = 0.2
     fringe_length_range: Range = (0.2, 0.8)
+    hair_strand_contrast_range: Range = (0.35, 0.8)
+    hair_wave_range: Range = (0.0, 0.45)
+    hair_flow_offset_range: Range = (-0.45, 0.45)
+    hair_root_darkness_range: Range = (0.05, 0.35)
+    hair_highlight_range: Range = (0.04, 0.2)
+    hair_highlight_exponent_range: Range = (30.0, 120.0)
+    flyaway_count_range: tuple[int, int] = (0, 120)
+    flyaway_length_range: Range = (0.015, 0.1)
+    flyaway_alpha_range: Range = (0.1, 0.45)
     num_lights_range: tuple[int, int] = (1, 3)
     light_azimuth_deg_range: Range = (-70.0, 70.0)
     light_elevation_deg_range: Range = (-15.0, 60.0)
@@ -275,6 +306,8 @@ class ProceduralConfig:
             elif f.name.endswith("_weights"):
                 if any(float(w) < 0 for w in v) or sum(float(w) for w in v) <= 0:
                     raise UserError(f"{source}: '{f.name}' must be non-negative weights with a positive sum")
+        if self.flyaway_count_range[0] < 0:
+            raise UserError(f"{source}: 'flyaway_count_range' must not be negative, got {self.flyaway_count_range!r}")
         if self.num_lights_range[0] < 1:
             raise UserError(f"{source}: 'num_lights_range' must start at 1 or more, got {self.num_lights_range!r}")
         return self
@@ -392,6 +425,20 @@ class _Rng:
         return _hsv_to_rgb(h, s, v, self.device)
 
 
+def _look_generator(generator: torch.Generator) -> torch.Generator:
+    """A second generator, seeded from a hash of ``generator``'s state (which it leaves untouched).
+
+    The appearance details added after the label layers existed (hair strands, beards, shadows, skin and eye detail)
+    draw from it, so the main stream, and with it every label layer drawn from it (hair volume, fringe, glasses,
+    hands, objects), is the same whether or how those details are drawn.
+    """
+    state = generator.get_state().cpu().numpy().tobytes()
+    seed = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little") >> 1
+    look = torch.Generator(device=generator.device)
+    look.manual_seed(seed)
+    return look
+
+
 def _hsv_to_rgb(h: float, s: float, v: float, device: torch.device) -> Tensor:
     i = int(h * 6.0) % 6
     f = h * 6.0 - math.floor(h * 6.0)
@@ -435,94 +482,9 @@ def _palette(colours: tuple[tuple[int, int, int], ...], device: torch.device) ->
     return _const(device, colours) / 255.0
 
 
-def _smoothstep(e0: float | Tensor, e1: float | Tensor, x: Tensor) -> Tensor:
-    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
-    return t * t * (3 - 2 * t)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Noise
-
-
-def _noise2(rng: _Rng, res: tuple[int, int], pts: Tensor, channels: int = 1) -> Tensor:
-    """Bilinear value noise in [-1, 1] at (N, 2) points (x, y) -> (N, channels); outside [-1, 1] it mirrors."""
-    grid = rng.rand(1, channels, res[0], res[1]) * 2 - 1
-    if pts.shape[0] == 0:
-        return pts.new_zeros(0, channels)
-    out = F.grid_sample(grid, pts.view(1, 1, -1, 2), mode="bilinear", padding_mode="reflection", align_corners=True)
-    return out.view(channels, -1).T
-
-
-def _field(rng: _Rng, res: int, H: int, W: int, channels: int = 1) -> Tensor:
-    """Smooth random field (channels, H, W) in about [-1, 1] (a res x res grid, bicubic then bilinear upsampling)."""
-    rh = max(2, round(res * H / max(H, W)))
-    rw = max(2, round(res * W / max(H, W)))
-    grid = rng.rand(1, channels, rh, rw) * 2 - 1
-    mh, mw = min(H, max(32, rh * 6)), min(W, max(32, rw * 6))
-    out = F.interpolate(grid, size=(mh, mw), mode="bicubic", align_corners=False)
-    if (mh, mw) != (H, W):
-        out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
-    return out[0]
-
-
-def _fractal(rng: _Rng, H: int, W: int, channels: int, base: int, octaves: int) -> Tensor:
-    out = torch.zeros(channels, H, W, device=rng.device)
-    amp, total = 1.0, 0.0
-    for o in range(octaves):
-        out += amp * _field(rng, base * 2**o, H, W, channels)
-        total += amp
-        amp *= 0.5
-    return out / total
-
-
-def _blur(img: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (C, H, W) (replicate padding)."""
-    if sigma <= 0:
-        return img
-    r = max(1, int(math.ceil(2.5 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = (k / k.sum()).tolist()
-    C, H, W = img.shape
-    if r <= 4 or H * W <= 160 * 160:  # shifted sums beat depthwise convolutions for small kernels / images
-        y = F.pad(img[None], (r, r, 0, 0), mode="replicate")[0]
-        acc = y[:, :, 0:W] * k[0]
-        for i in range(1, 2 * r + 1):
-            acc = acc + y[:, :, i : i + W] * k[i]
-        y = F.pad(acc[None], (0, 0, r, r), mode="replicate")[0]
-        out = y[:, 0:H] * k[0]
-        for i in range(1, 2 * r + 1):
-            out = out + y[:, i : i + H] * k[i]
-        return out
-    kt = torch.tensor(k, dtype=img.dtype, device=img.device)
-    y = F.pad(img[None], (r, r, r, r), mode="replicate")
-    y = F.conv2d(y, kt.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    y = F.conv2d(y, kt.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-    return y[0]
-
-
-def _blur_lowres(img: Tensor, sigma: float, max_side: int = 96) -> Tensor:
-    """Approximate large Gaussian blur of (C, H, W) at reduced resolution (fast for big sigma)."""
-    H, W = img.shape[1:]
-    f = max(1, int(max(H, W) // max_side))
-    if f == 1 or sigma < 2 * f:
-        return _blur(img, sigma)
-    small = F.avg_pool2d(img[None], f, ceil_mode=True)[0]
-    small = _blur(small, sigma / f)
-    return F.interpolate(small[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-
-
-def _rays(K: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """Camera-frame rays (..., 3) with z = 1 through pixel centres (x, y) (integer or float tensors)."""
-    x = x.to(torch.float32)
-    y = y.to(torch.float32)
-    ry = (y - K[1, 2]) / K[1, 1]
-    rx = (x - K[0, 2] - K[0, 1] * ry) / K[0, 0]
-    return torch.stack([rx, ry, torch.ones_like(rx)], -1)
-
-
-def _edges(mask: Tensor, depth: Tensor, jump: float) -> Tensor:
-    """(M,) flat ids of pixels on the silhouette or next to a depth jump larger than ``jump`` metres."""
+def _edges(mask: Tensor, depth: Tensor, jump: float, layer: Tensor | None = None) -> Tensor:
+    """(M,) flat ids of pixels on the silhouette, next to a depth jump larger than ``jump`` metres, or on the
+    border of the (H, W) bool ``layer`` (an opaque layer painted on the head, e.g. scalp hair) inside the head."""
     H, W = mask.shape
     e = torch.zeros_like(mask)
     dh = mask[:, 1:] != mask[:, :-1]
@@ -531,6 +493,9 @@ def _edges(mask: Tensor, depth: Tensor, jump: float) -> Tensor:
     both_v = mask[1:] & mask[:-1]
     dh = dh | (both_h & ((depth[:, 1:] - depth[:, :-1]).abs() > jump))
     dv = dv | (both_v & ((depth[1:] - depth[:-1]).abs() > jump))
+    if layer is not None:
+        dh = dh | (both_h & (layer[:, 1:] != layer[:, :-1]))
+        dv = dv | (both_v & (layer[1:] != layer[:-1]))
     e[:, 1:] |= dh
     e[:, :-1] |= dh
     e[1:] |= dv
@@ -564,42 +529,6 @@ def _filter_at(img: Tensor, ids: Tensor, H: int, W: int) -> Tensor:
     return img
 
 
-def _masked_blur_at(m: Tensor, sigma: float, pix: Tensor) -> Tensor:
-    """Gaussian blur of the (H, W) bool mask ``m`` evaluated at flat pixel ids ``pix`` (computed on m's bbox)."""
-    H, W = m.shape
-    out = torch.zeros(len(pix), dtype=torch.float32, device=m.device)
-    nz = m.nonzero()
-    if len(nz) == 0:
-        return out
-    r = int(math.ceil(2.5 * sigma)) + 1
-    r0, c0 = max(0, int(nz[:, 0].min()) - r), max(0, int(nz[:, 1].min()) - r)
-    r1, c1 = min(H, int(nz[:, 0].max()) + r + 1), min(W, int(nz[:, 1].max()) + r + 1)
-    crop = _blur(m[r0:r1, c0:c1].float()[None], sigma)[0]
-    y = torch.div(pix, W, rounding_mode="floor")
-    x = pix % W
-    inside = (y >= r0) & (y < r1) & (x >= c0) & (x < c1)
-    out[inside] = crop[y[inside] - r0, x[inside] - c0]
-    return out
-
-
-def _dilate_at(m: Tensor, k: tuple[int, int], pix: Tensor) -> Tensor:
-    """Max-filter (k = (height, width), odd) of the (H, W) bool mask ``m`` at flat pixel ids ``pix``, as bool."""
-    H, W = m.shape
-    out = torch.zeros(len(pix), dtype=torch.bool, device=m.device)
-    nz = m.nonzero()
-    if len(nz) == 0:
-        return out
-    ry, rx = k[0] // 2, k[1] // 2
-    r0, c0 = max(0, int(nz[:, 0].min()) - ry), max(0, int(nz[:, 1].min()) - rx)
-    r1, c1 = min(H, int(nz[:, 0].max()) + ry + 1), min(W, int(nz[:, 1].max()) + rx + 1)
-    crop = F.max_pool2d(m[r0:r1, c0:c1].float()[None, None], k, stride=1, padding=(ry, rx))[0, 0] > 0
-    y = torch.div(pix, W, rounding_mode="floor")
-    x = pix % W
-    inside = (y >= r0) & (y < r1) & (x >= c0) & (x < c1)
-    out[inside] = crop[y[inside] - r0, x[inside] - c0]
-    return out
-
-
 class _ClassMasks:
     """Lazy ``{class name: (N,) bool}`` over the per-pixel class ids (only the classes asked for are compared)."""
 
@@ -629,15 +558,6 @@ def _sweep(m: Tensor, direction: tuple[float, float], length: int) -> Tensor:
     return out
 
 
-def _crop_box(x0: float, y0: float, x1: float, y1: float, H: int, W: int) -> tuple[int, int, int, int] | None:
-    """Integer pixel box [r0, r1) x [c0, c1) covering the float box, clipped to the image; None when empty."""
-    c0, c1 = max(0, int(math.floor(x0))), min(W, int(math.ceil(x1)) + 1)
-    r0, r1 = max(0, int(math.floor(y0))), min(H, int(math.ceil(y1)) + 1)
-    if c1 <= c0 or r1 <= r0:
-        return None
-    return r0, r1, c0, c1
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Per-model cache
 
@@ -662,6 +582,7 @@ class _ModelData:
     brow_span: tuple[float, float]  # |x| of the inner and outer brow ends (rest, normalised)
     brow_y: float  # rest height of the brow middles
     eye_z: float  # rest depth of the outer eye corner
+    scalp_ids: Tensor  # (S,) int64 vertices of scalp faces (all vertices when the model has no labels)
 
 
 def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
@@ -699,6 +620,11 @@ def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
                     c = pts.mean(0)
                 centres[i] = c
                 ok[i] = True
+    scalp_ids = torch.arange(len(rest), device=device)
+    if model.face_labels is not None:
+        sel = torch.as_tensor(np.asarray(model.face_labels), dtype=torch.long, device=device) == _C["scalp"]
+        if bool(sel.any()):
+            scalp_ids = torch.unique(faces[sel].reshape(-1))
     # fixed noise bases (a fixed seed: they belong to the model, not to a sample); each sample mixes them with
     # random weights, which costs a matrix product per vertex instead of a 3D noise lookup per pixel
     g = torch.Generator().manual_seed(20250101)
@@ -726,9 +652,9 @@ def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
     under = near(lmk[40] + down, 0.13) + near(lmk[47] + down, 0.13)
     freckle = near(lmk[30], 0.6)
     y = rest[:, 1]
-    below_nose = _smoothstep(0.0, 0.2 * s_io, lmk[33][1] - y - 0.05 * s_io)
-    above_chin = _smoothstep(-0.35 * s_io, -0.1 * s_io, y - lmk[8][1])
-    inner = 1 - _smoothstep(0.85, 1.0, rest[:, 0].abs() / lmk[0][0].abs().clamp_min(1e-3))
+    below_nose = fx.smoothstep(0.0, 0.2 * s_io, lmk[33][1] - y - 0.05 * s_io)
+    above_chin = fx.smoothstep(-0.35 * s_io, -0.1 * s_io, y - lmk[8][1])
+    inner = 1 - fx.smoothstep(0.85, 1.0, rest[:, 0].abs() / lmk[0][0].abs().clamp_min(1e-3))
     beard = below_nose * above_chin * inner
     regions = torch.stack([flush, under, freckle, beard], 1)
     return _ModelData(
@@ -746,6 +672,7 @@ def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
         brow_span=(float(min(lmk[21][0].abs(), lmk[22][0].abs())), float(max(lmk[17][0].abs(), lmk[26][0].abs()))),
         brow_y=float((lmk[19][1] + lmk[24][1]) / 2),
         eye_z=float(lmk[36][2]),
+        scalp_ids=scalp_ids,
     )
 
 
@@ -798,6 +725,7 @@ class ProceduralRenderer:
         H, W = int(scene.height), int(scene.width)
         device = ann.seg.device
         rng = _Rng(generator, device)
+        look = _Rng(_look_generator(generator), device)  # appearance details only (see _look_generator)
         data = self._data(scene, device)
 
         fi_img = frag.face_index[0].to(device)
@@ -827,7 +755,7 @@ class ProceduralRenderer:
         reg = attr[:, 7:11]  # (N, 4) fixed region weights (see _ModelData.regions)
 
         K = torch.as_tensor(scene.K, dtype=torch.float32, device=device).reshape(3, 3)
-        ray = _rays(K, pix % W, torch.div(pix, W, rounding_mode="floor"))  # (N, 3) camera rays with z = 1
+        ray = fx.rays(K, pix % W, torch.div(pix, W, rounding_mode="floor"))  # (N, 3) camera rays with z = 1
         view = -F.normalize(ray, dim=-1)  # (N, 3) towards the camera
 
         bbox = ann.bbox[0].to(torch.float32)
@@ -883,13 +811,13 @@ class ProceduralRenderer:
 
         # freckles
         if rng.chance(cfg.freckles_prob):
-            fr = _noise2(rng, (160, 160), pts[:, :2], 1)[:, 0]
+            fr = fx.noise2(rng, (160, 160), pts[:, :2], 1)[:, 0]
             area = reg[:, 2] * (is_["face"] | is_["nose"] | is_["forehead"]).float()
-            spots = _smoothstep(0.45, 0.75, fr) * area * rng.u((0.2, 0.5))
+            spots = fx.smoothstep(0.45, 0.75, fr) * area * rng.u((0.2, 0.5))
             albedo = albedo * (1 - spots[:, None] * _const(device, (0.35, 0.5, 0.6)))
         # stubble (lower face below the nose base, down to just under the chin)
         if rng.chance(cfg.stubble_prob):
-            st = _noise2(rng, (150, 150), pts[:, :2], 1)[:, 0] * 0.5 + (rng.rand(len(pix)) - 0.5)
+            st = fx.noise2(rng, (150, 150), pts[:, :2], 1)[:, 0] * 0.5 + (rng.rand(len(pix)) - 0.5)
             area = reg[:, 3] * (is_["face"] | is_["neck"]).float()
             dens = rng.u((0.15, 0.45))
             hair_dark = torch.minimum(_lin(_const(device, (0.12, 0.1, 0.09))), skin * 0.5)
@@ -912,7 +840,7 @@ class ProceduralRenderer:
             # feathered interior (screen space) x stroke noise (rest space, strokes slanting outwards and up)
             brow_img = (seg == _C["right_eyebrow"]) | (seg == _C["left_eyebrow"])
             r_px = max(1.0, head_px / 110.0)
-            feather = _masked_blur_at(brow_img, 0.6 * r_px, pix[bi])
+            feather = fx.masked_blur_at(brow_img, 0.6 * r_px, pix[bi])
             rb = rest[bi]
             s = rb[:, 0].abs()
             s_in, s_out = data.brow_span
@@ -923,8 +851,8 @@ class ProceduralRenderer:
             b = -s * st_ + rb[:, 1] * ct
             stroke_pitch = 0.0012 / data.scale  # ~1.2 mm between strokes
             q = torch.stack([(b / (stroke_pitch * 96)), a / (stroke_pitch * 96 * 6)], 1)
-            strokes = _noise2(rng, (96, 96), q * 2 - 1, 1)[:, 0]
-            density = rng.u(cfg.brow_density_range) * (1.0 - 0.35 * u) * _smoothstep(0.25, 0.75, feather)
+            strokes = fx.noise2(rng, (96, 96), q * 2 - 1, 1)[:, 0]
+            density = rng.u(cfg.brow_density_range) * (1.0 - 0.35 * u) * fx.smoothstep(0.25, 0.75, feather)
             amt = (density * (0.8 + 0.3 * strokes)).clamp(0, 1)[:, None]
             albedo[bi] = albedo[bi] * (1 - amt) + brow_col * amt
 
@@ -938,7 +866,7 @@ class ProceduralRenderer:
                 lc = _lin(_palette(LIPSTICK_COLOURS, device)[rng.int(0, len(LIPSTICK_COLOURS) - 1)])
                 lip_col = lip_col * 0.3 + lc * 0.7
             rl = rest[li]
-            lines = _noise2(rng, (6, 160), torch.stack([rl[:, 1] * 4, rl[:, 0] * 2], 1).clamp(-1, 1), 1)
+            lines = fx.noise2(rng, (6, 160), torch.stack([rl[:, 1] * 4, rl[:, 0] * 2], 1).clamp(-1, 1), 1)
             lower_boost = 1.0 + 0.08 * (cls[li] == _C["lower_lip"]).float()[:, None]
             albedo[li] = (lip_col * (1 + 0.08 * lines) * lower_boost).clamp(0, 1)
 
@@ -955,10 +883,10 @@ class ProceduralRenderer:
             albedo[mi] = mouth_col * (1 - 0.6 * deep)
             if rng.chance(cfg.teeth_prob):
                 k = max(3, int(round(head_px / 30)) | 1)
-                near_upper = _dilate_at(seg == _C["upper_lip"], (k, 3), pix[mi])
+                near_upper = fx.dilate_at(seg == _C["upper_lip"], (k, 3), pix[mi])
                 tooth = _lin(_const(device, (0.9, 0.87, 0.78))) * rng.u((0.75, 1.0))
                 rm = rest[mi]
-                gaps = _noise2(rng, (4, 24), torch.stack([rm[:, 1], rm[:, 0] * 3], 1).clamp(-1, 1), 1)
+                gaps = fx.noise2(rng, (4, 24), torch.stack([rm[:, 1], rm[:, 0] * 3], 1).clamp(-1, 1), 1)
                 tv = tooth * (0.9 + 0.1 * gaps) * (1 - 0.5 * deep)
                 ti = mi[near_upper]
                 albedo[ti] = tv[near_upper]
@@ -988,11 +916,11 @@ class ProceduralRenderer:
                 -1
             )
             ic = iris_col * (1 + 0.35 * streaks[:, None]) * (1 + 0.4 * (1 - rr.clamp(0, 1))[:, None])
-            ic = ic * (1 - 0.55 * _smoothstep(0.75, 1.0, rr)[:, None])  # dark limbal ring
-            in_iris = (1 - _smoothstep(0.94, 1.04, rr))[:, None]
+            ic = ic * (1 - 0.55 * fx.smoothstep(0.75, 1.0, rr)[:, None])  # dark limbal ring
+            in_iris = (1 - fx.smoothstep(0.94, 1.04, rr))[:, None]
             pf = pupil_ang / iris_ang
-            in_pupil = (1 - _smoothstep(pf - 0.06, pf + 0.04, rr))[:, None]
-            sc = sclera * (1 - 0.18 * _smoothstep(1.3, 2.6, rr)[:, None] * vein)
+            in_pupil = (1 - fx.smoothstep(pf - 0.06, pf + 0.04, rr))[:, None]
+            sc = sclera * (1 - 0.18 * fx.smoothstep(1.3, 2.6, rr)[:, None] * vein)
             col = sc * (1 - in_iris) + ic * in_iris
             albedo[ei] = col * (1 - in_pupil) + 0.01 * in_pupil
         lash_f = rng.u((0.7, 1.0))
@@ -1001,7 +929,7 @@ class ProceduralRenderer:
             # rest pose) gets the darker line
             oi = where_(is_["right_eye_region"] | is_["left_eye_region"])
             k = max(3, int(round(head_px / 60)) | 1)
-            near_eye = _dilate_at((seg == _C["right_eyeball"]) | (seg == _C["left_eyeball"]), (k, k), pix[oi])
+            near_eye = fx.dilate_at((seg == _C["right_eyeball"]) | (seg == _C["left_eyeball"]), (k, k), pix[oi])
             lids = oi[near_eye]
             if len(lids):
                 rl = rest[lids]
@@ -1016,7 +944,8 @@ class ProceduralRenderer:
         has_hair = rng.chance(cfg.hair_prob)
         scalp = is_["scalp"]
         hi = mi[:0]  # pixels painted with hair
-        hair_tex = torch.ones(0, device=device)
+        hair_s, hair_t2 = torch.zeros(0, device=device), torch.zeros(0, 2, device=device)  # strand texture, direction
+        flow, hair_mat = self._hair_flow(look, scene, data, K, bbox, head_px)
         if has_hair:
             hmask = scalp
             if rng.chance(cfg.fringe_prob):
@@ -1027,7 +956,7 @@ class ProceduralRenderer:
                 brow_y = data.brow_y
                 hairline = float(rest[fore, 1].max()) if bool(fore.any()) else top
                 edge_y = hairline - reach * (hairline - brow_y)
-                wav = _noise2(rng, (1, 12), torch.stack([rest[:, 0], torch.zeros_like(rest[:, 0])], 1), 1)[:, 0]
+                wav = fx.noise2(rng, (1, 12), torch.stack([rest[:, 0], torch.zeros_like(rest[:, 0])], 1), 1)[:, 0]
                 fr = (rest[:, 1] > edge_y + 0.06 * s_io * wav) & (
                     fore | is_["brow_band"] | is_["glabella"] | is_["right_ear"] | is_["left_ear"]
                 )
@@ -1040,10 +969,11 @@ class ProceduralRenderer:
             azim = torch.atan2(rh[:, 0], rh[:, 2]) / math.pi
             elev = torch.asin((rh[:, 1] / r).clamp(-1, 1)) / (math.pi / 2)
             ae = torch.stack([azim, elev], 1)
-            strands = _noise2(rng, (24, 200), ae, 1)
-            clumps = _noise2(rng, (6, 30), ae, 1)
-            hair_tex = (1 + 0.25 * strands + 0.2 * clumps).clamp(0.3, 1.6)
-            albedo[hi] = hair_col * hair_tex
+            rng.rand(1, 1, 24, 200)  # a grid the strand texture no longer uses: keeps the main stream's layout
+            clumps = fx.noise2(rng, (6, 30), ae, 1)  # (M, 1) large clumps on the head
+            hx, hy = (pix[hi] % W).float(), torch.div(pix[hi], W, rounding_mode="floor").float()
+            hair_s, hair_t2 = hair_lib.strand_texture(flow, hx, hy)
+            albedo[hi] = hair_col * (hair_s[:, None] * (1 + 0.12 * clumps))
             layer[pix[hi]] = _C["hair"]  # painted opaque: coverage 1
         else:
             # bare or shaved scalp: skin, optionally with a dark stubble shadow
@@ -1051,7 +981,7 @@ class ProceduralRenderer:
                 # shaved: a faint hair shadow fading in from the scalp boundary
                 si = where_(scalp)
                 r_px = max(1.0, head_px / 60.0)
-                fade = _smoothstep(0.5, 1.0, _masked_blur_at(seg == _C["scalp"], r_px, pix[si]))[:, None] * 0.12
+                fade = fx.smoothstep(0.5, 1.0, fx.masked_blur_at(seg == _C["scalp"], r_px, pix[si]))[:, None] * 0.12
                 albedo[si] = albedo[si] * (1 - fade) + hair_col * fade
 
         # ---------------- lights ----------------
@@ -1098,10 +1028,6 @@ class ProceduralRenderer:
         if len(ti):
             ks[ti] = 0.25
             wrap_px[ti] = 0.0
-        if len(hi):
-            ks[hi] = 0.06 * hair_tex[:, 0]
-            shin[hi] = 25.0
-            wrap_px[hi] = 0.0
 
         # shading, all lights at once: D (L, 3) directions towards the lights, Lc (L, 3) colours x intensities
         n = normal
@@ -1110,7 +1036,8 @@ class ProceduralRenderer:
         ndl = n @ D.T  # (N, L)
         w = wrap_px[:, None]
         diff = ((ndl + w) / (1 + w)).clamp_min(0)
-        irr = (amb * (0.8 + 0.2 * (-n[:, 1:2]))) * amb_tint + diff @ Lc  # more ambient from above (y down)
+        ambient = (amb * (0.8 + 0.2 * (-n[:, 1:2]))) * amb_tint  # (N, 3) more ambient from above (y down)
+        irr = ambient + diff @ Lc
         # n . normalize(view + d) for unit view and d: (n.v + n.d) / sqrt(2 + 2 v.d), without (N, L, 3) temporaries
         nv = (n * view) @ ones3
         ndh = ((nv[:, None] + ndl) * torch.rsqrt((2 + 2 * (view @ D.T)).clamp_min(1e-6))).clamp_min(1e-6)
@@ -1119,6 +1046,9 @@ class ProceduralRenderer:
         spec = sp @ Lc
         # cavity darkening: inner mouth and hidden-ish areas get less light
         rad = albedo * irr + spec
+        if len(hi):  # scalp hair and fringe: opaque hair (coverage 1)
+            tangent = hair_lib.lift_tangent(hair_t2, n[hi])
+            rad[hi] = self._hair_radiance(albedo[hi], n[hi], tangent, view[hi], ambient[hi], (D, Lc), hair_mat, hair_s)
         if len(mi):
             rad[mi] = rad[mi] * 0.55
         rad = rad * exposure
@@ -1132,25 +1062,31 @@ class ProceduralRenderer:
         lm2 = ann.landmarks_2d[0].to(device, torch.float32)
         if rng.chance(cfg.shoulders_prob):
             bg = self._shoulders(rng, bg, seg, lm2, head_px, skin, f_bg)
+        hair_img = torch.zeros(H * W, device=device)
+        hair_img[pix[hi]] = 1.0
+        vol_alpha = vol_shade = None
         if has_hair and rng.chance(cfg.hair_volume_prob):
-            hair_img = torch.zeros(H * W, device=device)
-            hair_img[pix[hi]] = 1.0
-            bg, alpha = self._hair_volume(rng, bg, hair_img.view(H, W), head_px, hair_col, key, amb, f_bg, lm2)
+            vol_shade, vol_alpha = self._hair_volume(rng, bh, bw, hair_img.view(H, W), head_px, f_bg, lm2)
             if (bh, bw) != (H, W):  # the coverage of a full-size pixel: the alpha upsampled like the layer itself
-                alpha = F.interpolate(alpha[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-            volume = (alpha.reshape(-1) >= LAYER_COVERAGE_THRESHOLD) & ~mask.reshape(-1)  # behind the head
-            layer[volume] = _C["hair"]
+                both = F.interpolate(torch.stack([vol_alpha, vol_shade])[None], size=(H, W), mode="bilinear",
+                                     align_corners=False)[0]  # fmt: skip
+                vol_alpha, vol_shade = both[0], both[1]
         bg = bg[None].contiguous(memory_format=torch.channels_last)
         if (bh, bw) != (H, W):
             bg = F.interpolate(bg, size=(H, W), mode="bilinear", align_corners=False)
 
-        # ---------------- compose: head over the background, anti-aliased at edges ----------------
+        # ---------------- compose: hair layers over the background, then the head, anti-aliased at edges ----------
         img = bg.permute(0, 2, 3, 1).reshape(-1, 3)  # (H*W, 3); a view when the layout is channels-last
         if img.data_ptr() == bg.data_ptr() and (bh, bw) == (H, W):
             img = img.clone()
+        if has_hair:
+            lighting = (D, Lc, amb, amb_tint, exposure)
+            cover = self._hair_layers(look, img, K, mask, hair_img.view(H, W) > 0.5, vol_alpha, vol_shade, flow,
+                                      hair_mat, hair_col, bbox, head_px, lighting)  # fmt: skip
+            layer[(cover.reshape(-1) >= LAYER_COVERAGE_THRESHOLD) & ~mask.reshape(-1)] = _C["hair"]  # behind the head
         img[pix] = head_rgb
         if cfg.antialias and len(pix):
-            edge = _edges(mask, depth_img, 0.01)
+            edge = _edges(mask, depth_img, 0.01, hair_img.view(H, W) > 0.5)
             img = _filter_at(img, edge, H, W)
 
         # ---------------- occluders in front ----------------
@@ -1192,14 +1128,14 @@ class ProceduralRenderer:
                 c1[:, None, None] * (1 - t / mid) + c2[:, None, None] * (t / mid),
                 c2[:, None, None] * (1 - (t - mid) / (1 - mid)) + c3[:, None, None] * ((t - mid) / (1 - mid)),
             )
-            bg = bg + 0.03 * _field(rng, 6, H, W, 1)
+            bg = bg + 0.03 * fx.field(rng, 6, H, W, 1)
         elif kind == 1:  # radial
             cx, cy = rng.u((-0.8, 0.8)), rng.u((-0.8, 0.8))
             r = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt()[None] / rng.u((0.8, 2.0))
             t = r.clamp(0, 1)
-            bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t + 0.03 * _field(rng, 5, H, W, 1)
+            bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t + 0.03 * fx.field(rng, 5, H, W, 1)
         elif kind == 2:  # fractal noise mapped to a 3-colour palette
-            nz = _fractal(rng, H, W, 1, rng.int(2, 5), 4)
+            nz = fx.fractal(rng, H, W, 1, rng.int(2, 5), 4)
             t = (nz * rng.u((1.0, 2.0)) * 0.5 + 0.5).clamp(0, 1)
             bg = torch.where(
                 t < 0.5,
@@ -1214,7 +1150,7 @@ class ProceduralRenderer:
             grey = grid.mean(1, keepdim=True)
             grid = grey + (grid - grey) * rng.u((0.3, 0.9))
             bg = F.interpolate(grid, size=(H, W), mode="bicubic", align_corners=False)[0]
-            bg = bg + 0.04 * _fractal(rng, H, W, 3, 8, 3)
+            bg = bg + 0.04 * fx.fractal(rng, H, W, 3, 8, 3)
         elif kind == _CLUTTER:
             bg = draw_clutter(rng, H, W, _palette(SKIN_TONES, device), _palette(HAIR_COLOURS, device),
                               cfg.other_faces_prob)
@@ -1237,9 +1173,9 @@ class ProceduralRenderer:
                     sd = torch.maximum(u.abs() - sx, v.abs() - sy * (0.15 if rng.chance(0.3) else 1.0))
                 a = (0.5 - sd / px).clamp(0, 1)[None] * rng.u((0.5, 1.0))
                 bg = bg * (1 - a) + col[:, None, None] * a
-            bg = bg + 0.02 * _field(rng, 8, H, W, 1)
+            bg = bg + 0.02 * fx.field(rng, 8, H, W, 1)
         if rng.chance(cfg.background_blur_prob):
-            bg = _blur_lowres(bg, rng.u((1.0, 4.0)) * max(H, W) / 256, max_side=64)
+            bg = fx.blur_lowres(bg, rng.u((1.0, 4.0)) * max(H, W) / 256, max_side=64)
         # a soft vignette / lighting falloff
         vig = rng.u((0.0, 0.3))
         bg = bg * (1 - vig * (xs**2 + ys**2)[None] / 2)
@@ -1276,7 +1212,7 @@ class ProceduralRenderer:
         shoulder_w = head_px * rng.u((0.6, 0.85))  # half width of the shoulders
         drop = head_px * rng.u((0.05, 0.2))  # how far the shoulder line falls from the neck to the shoulder
         # top of the torso: rises to the neck (trapezius), falls at the shoulders, then down the arms
-        top = drop * _smoothstep(neck_w * 0.8, neck_w * 3.0, a) - head_px * 0.04
+        top = drop * fx.smoothstep(neck_w * 0.8, neck_w * 3.0, a) - head_px * 0.04
         top = top + 12.0 * (a - shoulder_w).clamp_min(0) ** 2 / head_px
         alpha = (0.5 + (along - top) / f).clamp(0, 1)
         cloth = rng.colour()
@@ -1285,33 +1221,25 @@ class ProceduralRenderer:
         neckline = (along < open_depth * (1 - (a / open_w).clamp(0, 1) ** rng.u((1.0, 2.5)))) & (a < open_w)
         skin_s = _srgb(skin * 0.8)
         shade = 0.75 + 0.25 * torch.cos((across / (shoulder_w * 1.2)).clamp(-1.5, 1.5))
-        texture = 1 + 0.05 * _field(rng, 20, bh, bw, 1)[0]
+        texture = 1 + 0.05 * fx.field(rng, 20, bh, bw, 1)[0]
         col = torch.where(neckline[None], skin_s[:, None, None], cloth[:, None, None]) * (shade * texture)[None]
         col = col * (1 - 0.3 * (along / (bh * f)).clamp(0, 1))[None]
         return bg * (1 - alpha[None]) + col * alpha[None]
 
     def _hair_volume(
-        self,
-        rng: _Rng,
-        bg: Tensor,
-        hair_img: Tensor,
-        head_px: float,
-        hair_col: Tensor,
-        key: float,
-        amb: float,
-        f: int,
-        lm2: Tensor,
+        self, rng: _Rng, bh: int, bw: int, hair_img: Tensor, head_px: float, f: int, lm2: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Hair around the scalp silhouette, drawn on the low-resolution (3, h, w) background layer (behind the head);
-        long hair (``long_hair_prob``) is the scalp hair's silhouette swept down the face's down direction (eyes to
-        chin, from the (68, 2) image landmarks ``lm2``) before the volume is grown around it.
+        """Hair around the scalp silhouette at the background layer's low resolution (bh, bw) = 1/``f`` of the
+        image (it is drawn behind the head); long hair (``long_hair_prob``) is the scalp hair's silhouette swept down
+        the face's down direction (eyes to chin, from the (68, 2) image landmarks ``lm2``) before the volume is grown
+        around it. ``hair_img`` (H, W) float32 is 1 on the head pixels painted with hair.
 
         Returns:
-            ``(bg, alpha)``: the layer with the hair composited, and the hair's (h, w) float32 alpha in [0, 1].
+            ``(shade, alpha)``: (bh, bw) float32 brightness of the volume (darker towards its outer edge, clumps) and
+            its alpha in [0, 1].
         """
-        _, bh, bw = bg.shape
         if not bool((hair_img > 0.5).any()):
-            return bg, bg.new_zeros(bh, bw)
+            return hair_img.new_ones(bh, bw), hair_img.new_zeros(bh, bw)
         small = F.avg_pool2d(hair_img[None, None], f, ceil_mode=True)[0] if f > 1 else hair_img[None]
         small = small[:, :bh, :bw]
         long_hair = rng.chance(self.config.long_hair_prob)
@@ -1320,14 +1248,132 @@ class ProceduralRenderer:
         if long_hair and bool(torch.isfinite(down).all()):
             small = _sweep(small, (float(down[0]), float(down[1])), int(round(fall)))
         thick = rng.u(self.config.hair_volume_range) * head_px / f
-        spread = _blur_lowres(small, max(0.7, thick / 2), max_side=64)[0]
-        wav = _field(rng, 24, bh, bw, 1)[0]
+        spread = fx.blur_lowres(small, max(0.7, thick / 2), max_side=64)[0]
+        wav = fx.field(rng, 24, bh, bw, 1)[0]
         peak = spread.max().clamp_min(1e-6)
-        region = _smoothstep(0.16, 0.3, spread / peak + 0.1 * wav)
-        strands = 1 + 0.2 * _field(rng, 60, bh, bw, 1)[0]
-        shade = (0.5 + 0.5 * (spread / peak).clamp(0, 1)) * strands
-        col = _srgb(hair_col[:, None, None] * shade[None] * (amb + 0.6 * key))
-        return bg * (1 - region[None]) + col * region[None], region
+        region = fx.smoothstep(0.16, 0.3, spread / peak + 0.1 * wav)
+        clumps = 1 + 0.2 * fx.field(rng, 60, bh, bw, 1)[0]
+        shade = (0.5 + 0.5 * (spread / peak).clamp(0, 1)) * clumps
+        return shade, region
+
+    def _hair_flow(
+        self, look: _Rng, scene: Scene, data: _ModelData, K: Tensor, bbox: Tensor, head_px: float
+    ) -> tuple[hair_lib.HairFlow, hair_lib.HairMaterial]:
+        """The sample's hair flow and its highlight material. The flow centre is the projection of a point beyond the
+        crown (a scalp vertex at the top and back of the head, moved sideways by ``hair_flow_offset_range``), away
+        from the head's centre by 0.2-0.6 of the crown's distance to it."""
+        cfg = self.config
+        device = K.device
+        off, back = look.u(cfg.hair_flow_offset_range), look.u((0.8, 2.5))
+        wave, contrast = look.u(cfg.hair_wave_range), look.u(cfg.hair_strand_contrast_range)
+        root = look.u(cfg.hair_root_darkness_range)
+        material = hair_lib.HairMaterial(
+            spec=look.u(cfg.hair_highlight_range),
+            exponent=look.u(cfg.hair_highlight_exponent_range),
+            shift=look.u((0.05, 0.2)),
+        )
+        lift = look.u((0.2, 0.6))
+        ids = data.scalp_ids
+        target = F.normalize(torch.tensor([off, 1.0, -back], device=device), dim=0)
+        verts = torch.as_tensor(scene.vertices_world, dtype=torch.float32).to(device)
+        crown = verts[int(ids[int(torch.argmax(data.rest[ids] @ target))])]
+        # the flow centre sits outside the head, beyond the crown: seen from the front the strands come over the
+        # top of the head instead of converging on a visible point
+        centre3 = 0.5 * (verts.amin(0) + verts.amax(0))
+        crown = crown + lift * (crown - centre3)
+        c2w = torch.as_tensor(scene.cam2world, dtype=torch.float32, device=device).reshape(4, 4)
+        p = c2w[:3, :3].T @ (crown - c2w[:3, 3])
+        x0, y0, x1, _ = (float(v) for v in bbox)
+        centre = ((x0 + x1) / 2, y0)
+        if float(p[2]) > 1e-3 and bool(torch.isfinite(p).all()):
+            q = K @ (p / p[2])
+            centre = (float(q[0]), float(q[1]))
+        return hair_lib.make_flow(look, centre, head_px, wave, contrast, root), material
+
+    def _hair_radiance(
+        self,
+        albedo: Tensor,
+        normal: Tensor,
+        tangent: Tensor,
+        view: Tensor,
+        ambient: Tensor,
+        lights: tuple[Tensor, Tensor],
+        material: hair_lib.HairMaterial,
+        strands: Tensor,
+    ) -> Tensor:
+        """Linear radiance (M, 3) of the hair at M pixels (every hair layer is shaded here; see
+        :func:`next3d_gen.render.hair.kajiya_kay` for the arguments; ``lights`` is ``(dirs, colours)``, ``strands``
+        (M,) the strand texture, whose square makes the highlights break up into strands)."""
+        dirs, colours = lights
+        glint = strands * strands
+        return hair_lib.kajiya_kay(albedo, normal, tangent, view, dirs, colours, ambient, material, glint=glint)
+
+    def _hair_layers(
+        self,
+        look: _Rng,
+        img: Tensor,
+        K: Tensor,
+        mask: Tensor,
+        hair_head: Tensor,
+        vol_alpha: Tensor | None,
+        vol_shade: Tensor | None,
+        flow: hair_lib.HairFlow,
+        material: hair_lib.HairMaterial,
+        hair_col: Tensor,
+        bbox: Tensor,
+        head_px: float,
+        lighting: tuple[Tensor, Tensor, float, Tensor, float],
+    ) -> Tensor:
+        """Draw the hair volume (``vol_alpha`` / ``vol_shade``: (H, W) alpha and brightness, or None) and flyaway
+        strands into the (H*W, 3) sRGB image ``img`` in place, on the background pixels (not ``mask``), with the strand
+        texture and hair shading at full resolution. Flyaways start on the outline of the hair (the head pixels
+        painted with hair, ``hair_head``, and the volume where its alpha reaches the label threshold).
+
+        The volume's soft edge becomes strands (:func:`next3d_gen.render.hair.strand_edge`: its coverage changes but
+        stays on the same side of the label threshold).
+
+        Returns:
+            (H, W) float32 coverage of the hair layers on each background pixel: ``1 - (1 - volume)(1 - flyaways)``.
+        """
+        cfg = self.config
+        H, W = mask.shape
+        dirs, colours, amb, amb_tint, exposure = lighting
+        x0, y0, x1, y1 = (float(v) for v in bbox)
+        centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2], device=img.device)
+
+        def shade(ids: Tensor, bright: Tensor) -> tuple[Tensor, Tensor]:
+            """sRGB colour (M, 3) of the hair at flat pixel ids (M,) and its strand texture (M,)."""
+            x, y = (ids % W).float(), torch.div(ids, W, rounding_mode="floor").float()
+            tex, t2 = hair_lib.strand_texture(flow, x, y)
+            e = (torch.stack([x, y], 1) - centre) / (0.5 * head_px)
+            e = e / e.norm(dim=1, keepdim=True).clamp_min(1.0)
+            n = F.normalize(torch.cat([0.6 * e, -torch.ones_like(x)[:, None]], 1), dim=-1)  # a rounded volume
+            view = -F.normalize(fx.rays(K, x, y), dim=-1)
+            ambient = (amb * (0.8 + 0.2 * (-n[:, 1:2]))) * amb_tint
+            albedo = hair_col * (tex * bright)[:, None]
+            tangent = hair_lib.lift_tangent(t2, n)
+            rad = self._hair_radiance(albedo, n, tangent, view, ambient, (dirs, colours), material, tex)
+            return _srgb(rad * exposure), tex
+
+        cover = torch.zeros(H, W, device=img.device)
+        if vol_alpha is not None and vol_shade is not None:
+            ids = ((vol_alpha > 1.0 / 512) & ~mask).reshape(-1).nonzero().squeeze(1)
+            if len(ids):
+                a = vol_alpha.reshape(-1)[ids]
+                rgb, tex = shade(ids, vol_shade.reshape(-1)[ids])
+                a = hair_lib.strand_edge(a, tex, LAYER_COVERAGE_THRESHOLD)
+                cover.view(-1)[ids] = a
+                img[ids] = img[ids] * (1 - a[:, None]) + rgb * a[:, None]
+        count = look.int(cfg.flyaway_count_range[0], cfg.flyaway_count_range[1])
+        region = hair_head | (cover >= LAYER_COVERAGE_THRESHOLD)
+        fly = hair_lib.flyaways(
+            look, flow, region, ~mask, count, cfg.flyaway_length_range, cfg.flyaway_alpha_range
+        )
+        ids = (fly > 0).reshape(-1).nonzero().squeeze(1)
+        if len(ids):
+            a = fly.reshape(-1)[ids][:, None]
+            img[ids] = img[ids] * (1 - a) + shade(ids, torch.full_like(a[:, 0], 1.1))[0] * a
+        return 1 - (1 - cover) * (1 - fly)
 
     def _glasses(
         self, rng: _Rng, img: Tensor, ann: Any, depth: Tensor, mask: Tensor, K: Tensor, lights: list, amb: float
@@ -1386,7 +1432,7 @@ class ProceduralRenderer:
             return covered, seen
         uvp = corners[:, :2] / corners[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
         pad = rim / float(corners[:, 2].min()) * float(K[0, 0]) + 3
-        box = _crop_box(
+        box = fx.crop_box(
             float(uvp[:, 0].min()) - pad,
             float(uvp[:, 1].min()) - pad,
             float(uvp[:, 0].max()) + pad,
@@ -1399,7 +1445,7 @@ class ProceduralRenderer:
         r0, r1, c0, c1 = box
         yy, xx = torch.meshgrid(torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device), indexing="ij")
         ids = (yy * W + xx).reshape(-1)
-        rays = _rays(K, xx.reshape(-1), yy.reshape(-1))
+        rays = fx.rays(K, xx.reshape(-1), yy.reshape(-1))
         head_d = torch.where(mask.reshape(-1)[ids], depth.reshape(-1)[ids], torch.full_like(rays[:, 0], 1e9))
         fK = float(K[0, 0])
 
@@ -1454,10 +1500,10 @@ class ProceduralRenderer:
             lens_col = _srgb(tint + refl[:, None] * 0.3)
             base = base * (1 - lens[:, None] * 0.92) + lens_col * lens[:, None] * 0.92
         else:
-            refl = 0.06 * _smoothstep(-0.2, 0.6, (u * 0.7 - v) / a)
+            refl = 0.06 * fx.smoothstep(-0.2, 0.6, (u * 0.7 - v) / a)
             base = base + (lens * refl)[:, None]
         shade = amb + 0.8 * float(sum(float(c.mean()) for c in lights)) / max(len(lights), 1)
-        fc = _srgb(frame_col * shade * (1.0 + 0.3 * _smoothstep(0.0, 1.0, -v / b))[:, None])
+        fc = _srgb(frame_col * shade * (1.0 + 0.3 * fx.smoothstep(0.0, 1.0, -v / b))[:, None])
         img[ids] = (base * (1 - cover[:, None]) + fc * cover[:, None]).clamp(0, 1)
         t = LAYER_COVERAGE_THRESHOLD
         cov = (cover >= t) | ((lens >= t) if dark else torch.zeros_like(cover, dtype=torch.bool))
@@ -1492,7 +1538,7 @@ class ProceduralRenderer:
             dist = size * (0.5 - cover_frac) + r
             px, py = cx + dirv[0] * dist, cy + dirv[1] * dist
             bx0, bx1, by0, by1 = px - r - 2, px + r + 2, py - r - 2, py + r + 2
-        box = _crop_box(bx0, by0, bx1, by1, H, W)
+        box = fx.crop_box(bx0, by0, bx1, by1, H, W)
         # draw every random number whether or not the shape is visible (keeps the stream layout simple)
         spread = rng.u((0.0, 0.25))
         flen_f = rng.u((1.1, 1.6))
@@ -1538,8 +1584,8 @@ class ProceduralRenderer:
             sd = torch.minimum(sd, torch.maximum(v.abs() - palm_r * 0.75, -u))  # the arm, away from the face
             tone = _lin(c) * 0.5 if gloved else skin * tone_f
             base = _srgb(tone.clamp(0, 1))
-            shade = 0.65 + 0.35 * _smoothstep(-palm_r * 0.5, 0.0, -sd)  # darker towards the edges (roundness)
-            col = base[:, None, None] * shade[None] * (1 + 0.04 * _field(rng, 16, h, w, 1))
+            shade = 0.65 + 0.35 * fx.smoothstep(-palm_r * 0.5, 0.0, -sd)  # darker towards the edges (roundness)
+            col = base[:, None, None] * shade[None] * (1 + 0.04 * fx.field(rng, 16, h, w, 1))
         else:
             u = (xs - px) * math.cos(rot) + (ys - py) * math.sin(rot)
             v = -(xs - px) * math.sin(rot) + (ys - py) * math.cos(rot)
@@ -1549,8 +1595,8 @@ class ProceduralRenderer:
                 rr = r * asp * corner
                 qu, qv = u.abs() - (r - rr), v.abs() - (r * asp - rr)
                 sd = (qu.clamp_min(0) ** 2 + qv.clamp_min(0) ** 2).sqrt() + torch.maximum(qu, qv).clamp_max(0) - rr
-            g = 0.7 + 0.3 * _smoothstep(-r, r, u * math.cos(g_ang) + v)
-            col = c[:, None, None] * g[None] * (1 + 0.08 * _fractal(rng, h, w, 1, 6, 3))
+            g = 0.7 + 0.3 * fx.smoothstep(-r, r, u * math.cos(g_ang) + v)
+            col = c[:, None, None] * g[None] * (1 + 0.08 * fx.fractal(rng, h, w, 1, 6, 3))
         alpha = (0.5 - sd).clamp(0, 1).reshape(-1, 1)
         ids = (ys.long() * W + xs.long()).reshape(-1)
         img[ids] = img[ids] * (1 - alpha) + col.clamp(0, 1).reshape(3, -1).T * alpha

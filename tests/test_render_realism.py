@@ -1,0 +1,209 @@
+"""Photoreal details of the procedural renderer (issue 10 part 4): each feature does what it says, its labels follow
+its coverage, and the label layers that existed before do not depend on the details.
+
+Scenes: the toy head of ``test_procedural_render`` (labelled by the real rasterizer + annotator).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render import hair as hair_lib
+from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
+from next3d_gen.render.procedural import NO_CAMERA_EFFECTS, ProceduralConfig, ProceduralRenderer, _Rng
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_procedural_render import make_scene, toy_head_model  # noqa: E402
+
+C = {name: SYNTH.id(name) for name in SYNTH.classes}
+HAIR = C["hair"]
+QUIET = dict(NO_CAMERA_EFFECTS, hand_prob=0.0, object_prob=0.0, antialias=False, shoulders_prob=0.0, glasses_prob=0.0)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_head_model()
+
+
+def _render(scene: Scene, seed: int, cfg: ProceduralConfig, renderer: type = ProceduralRenderer) -> RenderOutput:
+    return renderer(cfg).render(scene, torch.Generator().manual_seed(seed))
+
+
+def _labels(out: RenderOutput, scene: Scene) -> np.ndarray:
+    if out.label_override is None:
+        return np.full((scene.height, scene.width), NO_OVERRIDE, np.uint8)
+    return out.label_override.numpy()
+
+
+def _rng(seed: int) -> _Rng:
+    return _Rng(torch.Generator().manual_seed(seed), torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the main random stream: label layers that existed before the details do not depend on them
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_details_do_not_move_the_other_label_layers(toy, seed: int) -> None:
+    """The details draw from their own stream: changing every detail option (with the new labelled layers off)
+    leaves label layers and occluders byte-identical, while the image changes."""
+    scene = make_scene(toy, 80, yaw=20.0)
+    base = dict(hair_prob=1.0, hair_volume_prob=1.0, fringe_prob=0.5, glasses_prob=0.5, hand_prob=0.3, object_prob=0.3,
+                flyaway_count_range=(0, 0))  # fmt: skip
+    other = dict(base, hair_strand_contrast_range=(0.0, 0.0), hair_wave_range=(0.6, 0.6), hair_flow_offset_range=(1, 1),
+                 hair_root_darkness_range=(0.0, 0.0), hair_highlight_range=(0.5, 0.5))  # fmt: skip
+    a, b = (_render(scene, seed, ProceduralConfig(**o)) for o in (base, other))
+    np.testing.assert_array_equal(_labels(a, scene), _labels(b, scene))
+    occ = [o.occluder_mask for o in (a, b)]
+    assert (occ[0] is None) == (occ[1] is None) and (occ[0] is None or torch.equal(occ[0], occ[1]))
+    assert not torch.equal(a.image, b.image)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hair: strands, highlights, flyaways
+
+
+def _flow(seed: int = 0, wave: float = 0.0) -> hair_lib.HairFlow:
+    return hair_lib.make_flow(_rng(seed), (50.0, 10.0), 100.0, wave, 0.6, 0.0)
+
+
+def test_strand_texture_varies_across_strands_not_along_them() -> None:
+    """Straight hair: over 2 pixels, the texture changes far more across the strands (around the flow centre) than
+    along them (away from it); strand directions are radial."""
+    flow = _flow()
+    g = torch.Generator().manual_seed(0)
+    ang = 0.3 + 2.5 * torch.rand(2000, generator=g)
+    r = 50 + 40 * torch.rand(2000, generator=g)
+    c, s = torch.cos(ang), torch.sin(ang)
+    x, y = 50 + r * c, 10 + r * s
+    tex, t2 = hair_lib.strand_texture(flow, x, y)
+    along, _ = hair_lib.strand_texture(flow, x + 2 * c, y + 2 * s)
+    across, _ = hair_lib.strand_texture(flow, x - 2 * s, y + 2 * c)
+    d_across, d_along = (across - tex).abs().mean().item(), (along - tex).abs().mean().item()
+    assert d_across > 5 * d_along, (d_across, d_along)
+    np.testing.assert_allclose(t2.numpy(), torch.stack([c, s], 1).numpy(), atol=1e-5)
+    assert tex.min() >= 0.2 and tex.max() <= 2.5 and tex.std() > 0.1
+
+
+def test_wavy_strands_swing_and_their_tangent_follows_the_curve() -> None:
+    """With a wave, the tangent returned is the direction of the curve of constant texture: moving a small step
+    along it changes the texture much less than a step across it."""
+    flow = _flow(1, wave=0.4)
+    g = torch.Generator().manual_seed(0)
+    x, y = 50 + 40 + 20 * torch.rand(300, generator=g), 10 + 40 + 20 * torch.rand(300, generator=g)
+    tex, t2 = hair_lib.strand_texture(flow, x, y)
+    h = 0.05
+    t_along, _ = hair_lib.strand_texture(flow, x + h * t2[:, 0], y + h * t2[:, 1])
+    t_across, _ = hair_lib.strand_texture(flow, x - h * t2[:, 1], y + h * t2[:, 0])
+    assert (t_along - tex).abs().mean() < 0.2 * (t_across - tex).abs().mean()
+    radial = torch.nn.functional.normalize(torch.stack([x - 50, y - 10], 1), dim=1)
+    assert (t2 * radial).sum(1).min() < 0.97  # the wave turns them away from radial
+
+
+def test_kajiya_kay_matches_the_formula() -> None:
+    """One light: radiance = albedo (ambient + diffuse) + highlights of sin(T', H)^p for the two shifted tangents,
+    against a NumPy evaluation of the same formula."""
+    g = torch.Generator().manual_seed(3)
+    n = torch.nn.functional.normalize(torch.randn(50, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -1.0]), dim=1)
+    t = torch.nn.functional.normalize(torch.linalg.cross(n, torch.randn(50, 3, generator=g)), dim=1)
+    v = torch.nn.functional.normalize(torch.tensor([[0.1, -0.1, -1.0]]).expand(50, 3), dim=1)
+    d = torch.nn.functional.normalize(torch.tensor([[0.3, -0.5, -0.8]]), dim=1)
+    col = torch.tensor([[1.0, 0.9, 0.8]])
+    alb = torch.rand(50, 3, generator=g) * 0.5
+    amb = torch.full((50, 3), 0.1)
+    mat = hair_lib.HairMaterial(spec=0.3, exponent=40.0, shift=0.1)
+    got = hair_lib.kajiya_kay(alb, n, t, v, d, col, amb, mat).numpy()
+
+    N, T, V, L, A = n.double().numpy(), t.double().numpy(), v.double().numpy(), d.double().numpy()[0], alb.numpy()
+    Hv = (V + L) / np.linalg.norm(V + L, axis=1, keepdims=True)
+    ndl = N @ L
+
+    def ss(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+        u = np.clip((x - e0) / (e1 - e0), 0, 1)
+        return u * u * (3 - 2 * u)
+
+    kk = np.sqrt(np.clip(1 - (T @ L) ** 2, 0, None)) * ss(-0.3, 0.2, ndl)
+    diff = 0.4 * kk + 0.6 * np.clip((ndl + 0.25) / 1.25, 0, None)
+    want = A * (0.1 + diff[:, None] * col.numpy())
+    for sign, w, p, tint in ((1, 1.0, 40.0, None), (-1, 0.6, 20.0, A)):
+        Ts = T + sign * 0.1 * N
+        Ts /= np.linalg.norm(Ts, axis=1, keepdims=True)
+        th = (Ts * Hv).sum(1)
+        lobe = np.clip(1 - th**2, 1e-6, None) ** (p / 2) * ss(0.0, 0.3, ndl)
+        s = lobe[:, None] * col.numpy() * 0.3 * w
+        if tint is not None:
+            s = s * tint / np.clip(tint.max(1, keepdims=True), 1e-3, None)
+        want = want + s
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_strand_edge_keeps_the_side_of_the_threshold() -> None:
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.rand(20000, generator=g)
+    alpha[:5] = torch.tensor([0.5, math.nextafter(0.5, 0), math.nextafter(0.5, 1), 0.0, 1.0])
+    tex = torch.rand(20000, generator=g) * 2.3 + 0.2
+    out = hair_lib.strand_edge(alpha, tex, LAYER_COVERAGE_THRESHOLD)
+    assert torch.equal(out >= LAYER_COVERAGE_THRESHOLD, alpha >= LAYER_COVERAGE_THRESHOLD)
+    assert out.min() >= 0 and out.max() <= 1 and out[3] == 0 and out[4] == 1
+    # bright strands raise thin coverage, gaps lower thick coverage
+    thin = (alpha > 0.3) & (alpha < 0.45)
+    assert out[thin & (tex > 1.6)].mean() > out[thin & (tex < 0.8)].mean() + 0.05
+
+
+def test_flyaways_start_on_the_outline_and_stay_on_allowed_pixels() -> None:
+    H = W = 64
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    region = ((xx - 32) ** 2 + (yy - 30) ** 2) < 15**2
+    allowed = yy < 40  # e.g. the background: strands may not enter rows >= 40
+    flow = hair_lib.make_flow(_rng(0), (32.0, 30.0), 40.0, 0.2, 0.5, 0.0)
+    a = hair_lib.flyaways(_rng(1), flow, region, allowed, 40, (0.1, 0.3), (0.3, 0.5))
+    assert a.shape == (H, W) and a.min() >= 0 and a.max() <= 1
+    assert (a[~allowed] == 0).all()
+    outside = allowed & ~region
+    assert (a[outside] > 0).sum() > 40  # strands leave the region
+    # they reach at most max length (0.3 x 40 px, plus bend and the splat) beyond the region
+    dist = ((xx - 32) ** 2 + (yy - 30) ** 2).float().sqrt() - 15
+    assert dist[a > 0].max() <= 0.3 * 40 + 2
+    assert (hair_lib.flyaways(_rng(1), flow, region, allowed, 0, (0.1, 0.3), (0.3, 0.5)) == 0).all()
+    torch.testing.assert_close(a, hair_lib.flyaways(_rng(1), flow, region, allowed, 40, (0.1, 0.3), (0.3, 0.5)))
+
+
+def test_flyaways_only_add_hair_labels_on_the_background(toy) -> None:
+    """Forcing many flyaways: labels equal those without them except background pixels that become hair."""
+    scene = make_scene(toy, 96, pitch=-20.0)
+    head = scene.annotations.mask[0].numpy()
+    base = dict(QUIET, hair_prob=1.0, hair_volume_prob=1.0, fringe_prob=0.0)
+    added = 0
+    for seed in range(3):
+        off = _labels(_render(scene, seed, ProceduralConfig(**base, flyaway_count_range=(0, 0))), scene)
+        on_out = _render(scene, seed, ProceduralConfig(**base, flyaway_count_range=(300, 300)))
+        on = _labels(on_out, scene)
+        changed = on != off
+        assert (on[changed] == HAIR).all() and not (changed & head).any()
+        added += int(changed.sum())
+    assert added > 0
+
+
+def test_hair_strands_show_in_the_image(toy) -> None:
+    """The strand contrast option controls the pixel-to-pixel variation on the scalp hair."""
+    scene = make_scene(toy, 128, pitch=40.0)  # from above
+    scalp = scene.annotations.seg[0].numpy() == C["scalp"]
+    inner = scalp & np.roll(scalp, 1, 0) & np.roll(scalp, -1, 0) & np.roll(scalp, 1, 1) & np.roll(scalp, -1, 1)
+    rough = {}
+    for c in (0.0, 0.8):
+        cfg = ProceduralConfig(**QUIET, hair_prob=1.0, fringe_prob=0.0, hair_strand_contrast_range=(c, c),
+                               hair_root_darkness_range=(0.0, 0.0), hair_wave_range=(0.0, 0.0),
+                               hair_colour_weights=(0, 0, 0, 0, 1, 0, 0, 0))  # fmt: skip
+        img = _render(scene, 2, cfg).image.float().mean(-1).numpy()
+        lap = np.abs(4 * img - np.roll(img, 1, 0) - np.roll(img, -1, 0) - np.roll(img, 1, 1) - np.roll(img, -1, 1))
+        rough[c] = float(lap[inner].mean())
+    assert rough[0.8] > 2 * rough[0.0], rough
