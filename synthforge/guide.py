@@ -11,11 +11,12 @@
    resized to its crop size, no augmentation: :meth:`LossScorer.item`) and scored by the checkpoint's own training loss:
    the weighted label terms of :class:`synthforge.system.MultiTaskSystem` (segmentation, depth, heatmap, coordinate,
    and normal / UV when trained, with the checkpoint's weights; not the self-supervised term, which needs no label),
-   network in eval mode, fp32, one sample at a time on a batched forward pass. Why not cheaper renders at a lower
-   resolution: the procedural renderer draws per-pixel noise from the sample's generator, so at another image size
-   all its later draws (lighting, hair, glasses, occluders) change and the scored image would not be the sample
-   written; and rendering is not much cheaper there (measured on this machine, one thread: 25 ms per sample at
-   64 px, 34 ms at 128 px, 48 ms at 256 px).
+   network in eval mode, fp32; each candidate's loss is computed alone from a batched forward pass (so batch-level
+   terms such as Dice cover that candidate's classes only). Why not cheaper renders at a lower resolution: the
+   procedural renderer draws per-pixel noise from the sample's generator, so at another image size all its later
+   draws (lighting, hair, glasses, occluders) change and the scored image would not be the sample written; and
+   rendering is not much cheaper there (measured on this machine, one thread: 25 ms per sample at 64 px, 34 ms at
+   128 px, 48 ms at 256 px).
 3. **Selection** (:func:`select_candidates`): the ``N - round(N * R)`` hardest candidates (highest float32 score,
    ties to the lower index, non-finite scores last) and ``round(N * R)`` drawn uniformly without replacement from
    the other candidates (numpy generator seeded from the config's seed); dataset rows in candidate order.
@@ -134,7 +135,6 @@ class LossScorer:
         system: the :class:`~synthforge.system.MultiTaskSystem` (eval mode, CPU).
         crop_size, crop_scale: the checkpoint's training crop (side in pixels; side over the landmark box's side).
         sha256: SHA-256 (hex) of the checkpoint file.
-        term_names: the loss terms summed into a score.
     """
 
     def __init__(self, checkpoint: str | Path, option: str | None = "--guide", batch_size: int = 32) -> None:
@@ -152,7 +152,6 @@ class LossScorer:
         self.sha256 = file_sha256(checkpoint)
         cfg = self.system.loss_config
         self._normal, self._uv = bool(cfg.normal), bool(cfg.uv)
-        self.term_names: tuple[str, ...] = ()
 
     def item(self, record: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """One schema record (:meth:`next3d_gen.pipeline.SamplePipeline.generate`) as a network input with labels,
@@ -209,7 +208,6 @@ class LossScorer:
             totals[i] = float(system._weighted(row_terms))
             for name, value in row_terms.items():
                 terms.setdefault(name, np.empty(len(items), dtype=np.float32))[i] = float(value)
-        self.term_names = tuple(terms)
         return totals, terms
 
     def score_records(self, records: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
