@@ -1,4 +1,5 @@
-"""Drawing helpers shared by the report grids and ``synthforge predict`` (numpy + OpenCV, RGB uint8 images).
+"""Drawing helpers shared by the report grids, ``synthforge preview`` and ``synthforge predict`` (numpy + OpenCV, RGB
+uint8 images).
 
 Colours come from the label space (:meth:`~next3d_gen.labels.LabelSpace.palette_array`). Points use the pixel-centre
 convention (integer values are pixel centres) and are drawn with sub-pixel precision.
@@ -20,9 +21,10 @@ LEGEND_ROW = 16
 _SUBPIXEL_SHIFT = 2  # OpenCV fixed-point drawing: coordinates in 1/4 pixels
 
 
-def text(image: np.ndarray, label: str, origin: tuple[int, int], scale: float = 0.33) -> None:
-    """Black text with its baseline at ``origin`` (in place)."""
-    cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+def text(image: np.ndarray, label: str, origin: tuple[int, int], scale: float = 0.33,
+         colour: tuple[int, int, int] = (0, 0, 0)) -> None:
+    """Text (black by default) with its baseline at ``origin`` (in place)."""
+    cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
 def seg_overlay(image: np.ndarray, seg: np.ndarray, label_space: LabelSpace, alpha: float = 0.6,
@@ -52,6 +54,22 @@ def points(image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], ups
             cx, cy = (x + 0.5) * upscale - 0.5, (y + 0.5) * upscale - 0.5
             cv2.circle(out, (int(round(cx * sub)), int(round(cy * sub))), max(1, int(round(radius * sub))), colour,
                        -1, cv2.LINE_AA, shift=_SUBPIXEL_SHIFT)
+    return out
+
+
+def crosses(image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], upscale: float = 1.0,
+            size: float = 2.0) -> np.ndarray:
+    """Copy of ``image`` with diagonal crosses (half-width ``size`` pixels) at ``pts`` (K, 2), placed as
+    :func:`points` places its dots; non-finite points are skipped."""
+    out = np.ascontiguousarray(image.copy())
+    sub = 1 << _SUBPIXEL_SHIFT
+    for x, y in np.asarray(pts, dtype=np.float64):
+        if np.isfinite(x) and np.isfinite(y):
+            cx, cy = (x + 0.5) * upscale - 0.5, (y + 0.5) * upscale - 0.5
+            for dy in (-size, size):
+                a = (int(round((cx - size) * sub)), int(round((cy - dy) * sub)))
+                b = (int(round((cx + size) * sub)), int(round((cy + dy) * sub)))
+                cv2.line(out, a, b, colour, 1, cv2.LINE_AA, shift=_SUBPIXEL_SHIFT)
     return out
 
 

@@ -480,6 +480,33 @@ def test_generate_options_are_the_config_dataclasses(tmp_path):
         assert "\n" not in str(err.value)
 
 
+def test_preview_panels_are_drawn_by_the_shared_drawing_module():
+    """synthforge preview's panels at tile = image size: the overlay is draw.seg_overlay's (background kept), depth
+    spans the foreground's range (black elsewhere), visible landmarks are green dots, occluded ones red crosses."""
+    from synthforge import draw
+    from synthforge.commands.preview import PANELS, sample_tiles
+
+    size = 64
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    seg = np.zeros((size, size), np.uint8)
+    seg[16:48, 16:48] = 1
+    depth = np.where(seg > 0, np.linspace(0.5, 0.7, size)[None, :], 0).astype(np.float32)
+    landmarks = np.array([[10.0, 10.0], [50.0, 12.0]], np.float32)
+    sample = {"image": image, "seg": seg, "depth": depth, "landmarks_2d": landmarks,
+              "landmarks_visible": np.array([True, False])}
+    tiles, depth_range = sample_tiles(sample, SYNTH, size)
+    assert len(tiles) == len(PANELS) and tiles[3] is None  # no normals in the sample
+    np.testing.assert_array_equal(tiles[0], image)
+    np.testing.assert_array_equal(tiles[1], draw.seg_overlay(image, seg, SYNTH, 0.6, keep_background=True))
+    assert depth_range == pytest.approx((depth[seg > 0].min(), depth[seg > 0].max()))
+    assert np.all(tiles[2][seg == 0] == 0) and tiles[2][seg > 0].std() > 10
+    marks = tiles[4].astype(int)
+    green, red = marks[8:13, 8:13], marks[10:15, 47:53]
+    assert (green[..., 1] - green[..., 0]).max() > 100  # a green dot on the visible point
+    assert (red[..., 0] - red[..., 1]).max() > 100  # a red cross on the occluded one
+
+
 # Bad generate / preview / import inputs (one stderr line, exit 2) run in fresh processes: rows of
 # tests/test_bad_input_battery.py (section "HDF5 data and generation").
 

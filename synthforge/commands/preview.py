@@ -1,10 +1,10 @@
 """``synthforge preview``: a PNG grid to check a dataset at a glance.
 
-Per sample: image | segmentation overlay | depth (turbo colour map over the foreground range, printed in the tile;
-background white) | normals ((x, -y, -z) as RGB: facing the camera = blue) | landmarks with their indices (visible:
+Per sample: image | segmentation overlay | depth (viridis over the foreground's range, printed under the tile;
+background black) | normals ((x, -y, -z) as RGB: facing the camera = blue) | landmarks with their indices (visible:
 green dots, yellow numbers; occluded: red crosses, red numbers). A legend maps the classes shown to their names and
-colours (the palette of the file's label space). Drawn with PIL on fixed-size tiles: seconds, not minutes, for a
-16-sample grid.
+colours (the palette of the file's label space). Drawn with :mod:`synthforge.draw` (numpy + OpenCV, the drawing of
+the training reports and ``synthforge predict``) on fixed-size tiles: seconds, not minutes, for a 16-sample grid.
 
 Example::
 
@@ -16,16 +16,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from next3d_gen.errors import UserError
 from synthforge.commands import OneLineParser
 
+if TYPE_CHECKING:
+    from next3d_gen.labels import LabelSpace
+
 PANELS = ("image", "segmentation", "depth", "normals", "landmarks")
 TILE = 256
 PAD = 4
+GAP = 8
+"""Pixels between two samples drawn side by side."""
 HEADER = 22
+CAPTION = 14
+"""Height of the strip under each row of tiles (sample number, depth range)."""
+BACKGROUND = 255
+"""Canvas grey level (white, as the legend strip of :func:`synthforge.draw.legend`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,53 +48,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def seg_overlay(image: np.ndarray, seg: np.ndarray, palette: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8: ``palette[seg]`` blended over the image on labelled pixels (class 0 and 255 left as is)."""
-    colours = palette[seg].astype(np.float32)
-    labelled = ((seg != 0) & (seg != 255))[..., None]
-    out = np.where(labelled, (1 - alpha) * image.astype(np.float32) + alpha * colours, image.astype(np.float32))
-    return out.clip(0, 255).astype(np.uint8)
+def _tile(array: np.ndarray, tile: int, nearest: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 -> (tile, tile, 3): nearest for label colours, else area (shrinking) / bilinear (enlarging)."""
+    import cv2
+
+    if nearest:
+        mode = cv2.INTER_NEAREST
+    else:
+        mode = cv2.INTER_AREA if tile < max(array.shape[:2]) else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(array), (tile, tile), interpolation=mode)
 
 
-def normal_rgb(normal: np.ndarray) -> np.ndarray:
-    """(H, W, 3) int8 x127 camera normals -> uint8 colours of (x, -y, -z) (facing the camera = blue); bg black."""
-    n = normal.astype(np.float32) / 127.0
-    bg = ~np.any(normal != 0, axis=-1)
-    rgb = (np.stack([n[..., 0], -n[..., 1], -n[..., 2]], axis=-1) * 0.5 + 0.5) * 255
-    rgb[bg] = 0
-    return rgb.clip(0, 255).astype(np.uint8)
+def _fitting_scale(label: str, scale: float, width: int) -> float:
+    """``scale``, or less so that ``label`` in :func:`synthforge.draw.text`'s font fits in ``width`` pixels."""
+    import cv2
+
+    text_width = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    return scale * min(1.0, width / max(text_width, 1))
 
 
-def depth_rgb(depth: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(H, W) depth -> (H, W, 3) uint8 turbo colours over the foreground's [min, max]; background white."""
-    import matplotlib
+def sample_tiles(
+    sample: dict[str, np.ndarray], space: LabelSpace, tile: int
+) -> tuple[list[np.ndarray | None], tuple[float, float] | None]:
+    """The five panels of one sample (:data:`PANELS`), (tile, tile, 3) uint8 each, None where the field is absent;
+    and the foreground depth range the depth panel spans (None without depth or foreground).
 
-    lut = (matplotlib.colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    d = depth.astype(np.float32)
-    fg = d > 0
-    if not fg.any():
-        return np.full((*d.shape, 3), 255, dtype=np.uint8), 0.0, 0.0
-    lo, hi = float(d[fg].min()), float(d[fg].max())
-    idx = np.clip((d - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
-    rgb = lut[idx]
-    rgb[~fg] = 255
-    return rgb, lo, hi
+    ``sample``: ``image`` (H, W, 3) uint8; optional ``seg`` (H, W) uint8 ids of ``space``, ``depth`` (H, W) float
+    (0 = background), ``normal`` (H, W, 3) int8 camera normals x 127, ``landmarks_2d`` (K, 2) float pixels
+    (pixel-centre convention) and ``landmarks_visible`` (K,) bool.
+    """
+    from synthforge import draw
 
-
-def _font(size: int):  # noqa: ANN202 - PIL font
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _tile(array: np.ndarray, tile: int, nearest: bool = False):  # noqa: ANN202 - PIL image
-    from PIL import Image
-
-    im = Image.fromarray(array)
-    return im.resize((tile, tile), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)
+    image = sample["image"]
+    h, w = image.shape[:2]
+    tiles: list[np.ndarray | None] = [_tile(image, tile)]
+    seg = sample.get("seg")
+    tiles.append(None if seg is None else _tile(draw.seg_overlay(image, seg, space, 0.6, keep_background=True), tile,
+                                                 nearest=True))
+    depth = sample.get("depth")
+    depth_range = None
+    if depth is None:
+        tiles.append(None)
+    else:
+        fg = depth > 0
+        if fg.any():
+            depth_range = float(depth[fg].min()), float(depth[fg].max())
+        tiles.append(_tile(draw.depth_colour(depth, fg, *(depth_range or (0.0, 1.0))), tile, nearest=True))
+    normal = sample.get("normal")
+    tiles.append(None if normal is None else _tile(
+        draw.normal_colour(normal.astype(np.float32) / 127.0, np.any(normal != 0, axis=-1)), tile))
+    marks = _tile((image.astype(np.float32) * 0.55).astype(np.uint8), tile)
+    if "landmarks_2d" in sample:
+        lm = sample["landmarks_2d"].astype(np.float64)
+        vis = sample.get("landmarks_visible", np.ones(len(lm), dtype=bool))
+        pts = (lm + 0.5) * np.array([tile / w, tile / h]) - 0.5  # tile pixels, pixel-centre convention
+        marks = draw.points(marks, pts[vis], (60, 255, 60), radius=1.5)
+        marks = draw.crosses(marks, pts[~vis], (255, 40, 40), size=2.0)
+        scale = max(0.22, tile / 900)
+        for j, (x, y) in enumerate(pts):
+            if 0 <= x < tile and 0 <= y < tile:
+                draw.text(marks, str(j), (int(x) + 2, int(y) - 2), scale, (255, 255, 90) if vis[j] else (255, 90, 90))
+    tiles.append(marks)
+    return tiles, depth_range
 
 
 def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TILE) -> Path:
@@ -93,9 +118,9 @@ def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TI
     Raises:
         UserError: ``path`` is not a dataset, or a drawn row is damaged (names file and row); nothing is written.
     """
-    from PIL import Image, ImageDraw
-
     from next3d_gen.h5 import ATTR_DEPTH_KIND, DamagedRowError, SampleReader
+    from synthforge import draw
+    from synthforge.visualize import save_png
 
     probe = SampleReader(path)
     fields = [f for f in ("image", "seg", "depth", "normal", "landmarks_2d", "landmarks_visible") if f in probe.fields]
@@ -106,93 +131,49 @@ def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TI
     if n <= 0:
         raise UserError(f"{path}: no complete samples to draw (it has {len(reader)}, start {start})")
     space = reader.label_space
-    palette = space.palette_array()
     relative = reader.attrs.get(ATTR_DEPTH_KIND, "metric") != "metric"
     groups = 1 if n <= 4 else 2  # samples side by side
     rows = (n + groups - 1) // groups
     group_w = len(PANELS) * (tile + PAD) + PAD
-    width = groups * group_w + (groups - 1) * 8
-    small, medium = _font(max(7, tile // 30)), _font(12)
-    legend_rows = (space.num_classes + 4) // 5
-    height = HEADER * 2 + rows * (tile + PAD + 14) + 16 * legend_rows + 24
-    canvas = Image.new("RGB", (width, height), (250, 250, 250))
-    draw = ImageDraw.Draw(canvas)
-    draw.text(
-        (PAD, 4),
-        f"{Path(path).name}: {len(reader)} samples, label space {space.name}, "
-        f"{reader.image_size}px; landmarks: green visible, red x occluded; depth in "
-        f"{'relative units' if relative else 'metres'}",
-        fill=(0, 0, 0),
-        font=medium,
-    )
+    width = groups * group_w + (groups - 1) * GAP
+    grid = np.full((HEADER * 2 + rows * (tile + PAD + CAPTION), width, 3), BACKGROUND, np.uint8)
+    header = (f"{Path(path).name}: {len(reader)} samples, label space {space.name}, {reader.image_size}px; "
+              f"landmarks: green visible, red x occluded; depth in {'relative units' if relative else 'metres'}")
+    draw.text(grid, header, (PAD, 15), _fitting_scale(header, 0.45, width - 2 * PAD))
     for g in range(groups):
         for j, title in enumerate(PANELS):
-            draw.text((g * (group_w + 8) + PAD + j * (tile + PAD), HEADER + 2), title, fill=(0, 0, 0), font=medium)
+            draw.text(grid, title, (g * (group_w + GAP) + PAD + j * (tile + PAD), HEADER + 15),
+                      _fitting_scale(title, 0.45, tile))
+    small = max(0.3, tile / 700)
     present: set[int] = set()
     for k in range(n):
         r, g = divmod(k, groups)
-        x0 = g * (group_w + 8) + PAD
-        y0 = HEADER * 2 + r * (tile + PAD + 14)
+        x0 = g * (group_w + GAP) + PAD
+        y0 = HEADER * 2 + r * (tile + PAD + CAPTION)
         try:
             s = reader[start + k]
         except DamagedRowError as err:  # failed checksum / inflate: named, never drawn
             raise UserError(str(err)) from None
-        image = s["image"]
-        h, w = image.shape[:2]
-        tiles = [_tile(image, tile)]
         if "seg" in s:
-            present.update(int(c) for c in np.unique(s["seg"]) if c not in (space.background, 255))
-            tiles.append(_tile(seg_overlay(image, s["seg"], palette), tile, nearest=True))
-        else:
-            tiles.append(None)
-        lo = hi = 0.0
-        if "depth" in s:
-            d_rgb, lo, hi = depth_rgb(s["depth"])
-            tiles.append(_tile(d_rgb, tile, nearest=True))
-        else:
-            tiles.append(None)
-        tiles.append(_tile(normal_rgb(s["normal"]), tile) if "normal" in s else None)
-        tiles.append(_tile((image.astype(np.float32) * 0.55).astype(np.uint8), tile))
+            present.update(int(c) for c in np.unique(s["seg"]))
+        tiles, depth_range = sample_tiles(s, space, tile)
         for j, t in enumerate(tiles):
             if t is not None:
-                canvas.paste(t, (x0 + j * (tile + PAD), y0))
-        draw.text((x0, y0 + tile + 1), f"#{start + k}", fill=(0, 0, 0), font=small)
-        if "depth" in s and hi > 0:
-            unit = "" if relative else " m"
-            draw.text((x0 + 2 * (tile + PAD), y0 + tile + 1), f"{lo:.3f} - {hi:.3f}{unit}", fill=(0, 0, 0), font=small)
-        if "landmarks_2d" in s:
-            lx0 = x0 + 4 * (tile + PAD)
-            sx, sy = tile / w, tile / h
-            lm = s["landmarks_2d"]
-            vis = s.get("landmarks_visible", np.ones(len(lm), dtype=bool))
-            for j, (x, y) in enumerate(lm):
-                # pixel-centre convention: pixel x spans [x - 0.5, x + 0.5] -> tile coordinates
-                px, py = lx0 + (x + 0.5) * sx, y0 + (y + 0.5) * sy
-                if not (lx0 <= px < lx0 + tile and y0 <= py < y0 + tile):
-                    continue
-                if vis[j]:
-                    draw.ellipse((px - 1.5, py - 1.5, px + 1.5, py + 1.5), fill=(60, 255, 60))
-                    colour = (255, 255, 90)
-                else:
-                    draw.line((px - 2, py - 2, px + 2, py + 2), fill=(255, 40, 40))
-                    draw.line((px - 2, py + 2, px + 2, py - 2), fill=(255, 40, 40))
-                    colour = (255, 90, 90)
-                draw.text((px + 2, py - 2), str(j), fill=colour, font=small)
-    ly = HEADER * 2 + rows * (tile + PAD + 14) + 6
-    col_w = width // 5
-    for m, c in enumerate(sorted(present)):
-        lx, lyy = PAD + (m % 5) * col_w, ly + (m // 5) * 16
-        swatch = tuple(int(v) for v in space.palette[c])
-        draw.rectangle((lx, lyy + 2, lx + 12, lyy + 12), fill=swatch, outline=(0, 0, 0))
-        draw.text((lx + 16, lyy), f"{c} {space.classes[c]}", fill=(0, 0, 0), font=medium)
+                grid[y0 : y0 + tile, x0 + j * (tile + PAD) : x0 + j * (tile + PAD) + tile] = t
+        draw.text(grid, f"#{start + k}", (x0, y0 + tile + CAPTION - 3), small)
+        if depth_range is not None:
+            lo, hi = depth_range
+            draw.text(grid, f"{lo:.3f} - {hi:.3f}{'' if relative else ' m'}",
+                      (x0 + 2 * (tile + PAD), y0 + tile + CAPTION - 3), small)
     reader.close()
     probe.close()
+    canvas = np.concatenate([grid, draw.legend(space, present, width)], 0)
     outp = Path(out)
     try:
         outp.parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(outp, format="PNG")
+        save_png(str(outp), canvas)
     except OSError as err:
-        raise UserError(f"cannot write {outp}: {err.strerror or err}") from None
+        raise UserError(f"cannot write {outp}: {getattr(err, 'strerror', None) or err}") from None
     return outp
 
 
