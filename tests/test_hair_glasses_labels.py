@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Everything that is not hair or glasses is switched off or made deterministic in pixels (no blur, no noise, no
 # anti-aliasing filter, no shoulders), so that two renders differ only by what a test changes.
 QUIET = dict(NO_CAMERA_EFFECTS, hand_prob=0.0, object_prob=0.0, antialias=False, shoulders_prob=0.0)
+# Beards (partial coverage, so their thin edge depends on the hair colour without being hair) are checked by their
+# measured coverage in test_render_realism.py.
 HAIR_ON = dict(QUIET, hair_prob=1.0, fringe_prob=1.0, fringe_length_range=(0.5, 0.9), hair_volume_prob=1.0,
-               hair_volume_range=(0.12, 0.2), glasses_prob=0.0)  # fmt: skip
+               hair_volume_range=(0.12, 0.2), glasses_prob=0.0, beard_prob=0.0)  # fmt: skip
 ONE_HOT = {"black": (1.0,) + (0.0,) * 7, "white": (0.0,) * 7 + (1.0,)}
 assert HAIR_COLOURS[0] == (18, 15, 14) and HAIR_COLOURS[-1] == (214, 210, 204)
 

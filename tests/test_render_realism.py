@@ -207,3 +207,89 @@ def test_hair_strands_show_in_the_image(toy) -> None:
         lap = np.abs(4 * img - np.roll(img, 1, 0) - np.roll(img, -1, 0) - np.roll(img, 1, 1) - np.roll(img, -1, 1))
         rough[c] = float(lap[inner].mean())
     assert rough[0.8] > 2 * rough[0.0], rough
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# beard and stubble
+
+
+class _HairProbe(ProceduralRenderer):
+    """Shades every hair layer with a constant linear radiance ``level``: over the head, a pixel is then
+    ``skin (1 - a) + level a`` in linear light, so two renders give each pixel's hair coverage ``a``."""
+
+    def __init__(self, config: ProceduralConfig, level: float) -> None:
+        super().__init__(config)
+        self.level = level
+
+    def _hair_radiance(self, albedo, normal, tangent, view, ambient, lights, material, strands):  # noqa: ANN001, ANN202
+        return torch.full_like(albedo, self.level)
+
+
+# dim light, no specular, exposure 1: the skin's radiance stays below 1 - PROBE, so nothing clips
+DIM = dict(QUIET, key_intensity_range=(0.3, 0.3), ambient_range=(0.1, 0.1), fill_ratio_range=(0.2, 0.2),
+           specular_range=(0.0, 0.0), exposure_range=(1.0, 1.0))  # fmt: skip
+PROBE = 0.4
+
+
+def _coverage(scene: Scene, seed: int, cfg: ProceduralConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, hair coverage of every pixel measured from two probe renders)."""
+    lo, hi = (_render(scene, seed, cfg, lambda c, k=k: _HairProbe(c, k)) for k in (0.0, PROBE))
+    np.testing.assert_array_equal(_labels(lo, scene), _labels(hi, scene))
+    lin = [(o.image.numpy().astype(np.float64) / 255.0) ** 2.2 for o in (lo, hi)]
+    return _labels(lo, scene), ((lin[1] - lin[0]) / PROBE).mean(-1)
+
+
+@pytest.mark.parametrize("style", range(4))
+def test_beard_label_follows_its_measured_coverage(toy, style: int) -> None:
+    """Head pixels: ``hair`` exactly where the measured hair coverage (scalp hair, fringe, beard) is >= the
+    threshold; the beard is soft (partial coverage exists), lies on the lower face (face, neck, nose classes, below
+    the eyes) and is drawn in every style."""
+    scene = make_scene(toy, 96, pitch=-15.0)
+    seg = scene.annotations.seg[0].numpy()
+    head = scene.annotations.mask[0].numpy()
+    weights = tuple(float(i == style) for i in range(4))
+    eps = 0.03
+    beard_px = 0
+    for seed in range(2):
+        cfg = ProceduralConfig(**DIM, hair_prob=1.0, fringe_prob=0.5, hair_volume_prob=0.0, beard_prob=1.0,
+                               beard_style_weights=weights, beard_density_range=(0.7, 1.0))  # fmt: skip
+        lab, a = _coverage(scene, seed, cfg)
+        hair = lab == HAIR
+        clear = head & (np.abs(a - LAYER_COVERAGE_THRESHOLD) > eps)
+        np.testing.assert_array_equal(hair[clear], a[clear] >= LAYER_COVERAGE_THRESHOLD)
+        assert np.abs(a[head & hair & (seg == C["scalp"])] - 1).max() < eps  # scalp hair is opaque
+        beard = head & hair & (seg != C["scalp"]) & (out_fringe := ~np.isin(seg, [C["forehead"], C["brow_band"],
+                                                                              C["glabella"], C["right_ear"],
+                                                                              C["left_ear"]]))  # fmt: skip
+        assert np.isin(seg[beard], [C["face"], C["neck"], C["nose"]]).all()
+        eye_row = scene.annotations.landmarks_2d[0, 36:48, 1].max().item()
+        assert (np.nonzero(beard)[0] > eye_row).all()
+        assert (head & out_fringe & (a > 0.05) & (a < 0.45)).sum() > 3  # a soft, thin edge
+        beard_px += int(beard.sum())
+    assert beard_px > 30
+
+
+def test_stubble_darkens_the_beard_area_and_is_never_hair(toy) -> None:
+    scene = make_scene(toy, 96)
+    seg = scene.annotations.seg[0].numpy()
+    outs = {}
+    for dens in (0.0, 0.45):
+        cfg = ProceduralConfig(**QUIET, hair_prob=0.0, beard_prob=0.0, stubble_prob=1.0,
+                               stubble_density_range=(dens, dens))  # fmt: skip
+        outs[dens] = _render(scene, 0, cfg)
+        assert not (_labels(outs[dens], scene) == HAIR).any()
+    a, b = (outs[d].image.numpy().astype(int).sum(-1) for d in (0.0, 0.45))
+    changed = a != b
+    assert changed.sum() > 50 and np.isin(seg[changed], [C["face"], C["neck"]]).all()
+    assert (b[changed] < a[changed]).mean() > 0.95
+    rows = np.nonzero(changed)[0]
+    assert rows.min() > scene.annotations.landmarks_2d[0, 36:48, 1].max().item()  # below the eyes (sideburns rise)
+
+
+def test_beard_only_adds_hair_labels(toy) -> None:
+    scene = make_scene(toy, 80)
+    for seed in range(3):
+        off, on = (_render(scene, seed, ProceduralConfig(beard_prob=p)) for p in (0.0, 1.0))  # other details stay
+        lo, ln = _labels(off, scene), _labels(on, scene)
+        changed = lo != ln
+        assert (ln[changed] == HAIR).all() and changed.any()

@@ -64,16 +64,18 @@ def make_flow(
     wave_amp: float,
     contrast: float,
     root_dark: float,
+    kink: float = 1.0,
 ) -> HairFlow:
     """Draw a :class:`HairFlow` around ``centre`` (pixels) for a head of ``head_px`` pixels.
 
     The strand octaves have about 1, 0.3 and 0.1 strands per pixel at half a head height from the centre; curlier
-    hair (larger ``wave_amp``) gets a shorter wavelength and more variation along the strands.
+    hair (larger ``wave_amp``) gets a shorter wavelength and more variation along the strands. ``kink`` > 1 makes
+    the strands that much shorter and their waves that much shorter too (beard hair).
     """
     curl = min(1.0, wave_amp / 0.6)
-    wave_len = rng.u((0.35, 0.9)) * (1.0 - 0.6 * curl)
+    wave_len = rng.u((0.35, 0.9)) * (1.0 - 0.6 * curl) / kink
     n_strands = max(48, int(round(head_px * 1.1)))
-    along = max(6, int(round(10 + 40 * curl)))
+    along = max(6, int(round((10 + 40 * curl) * kink)))
     grids = (
         _periodic_grid(rng, 6, max(12, n_strands // 14)),
         _periodic_grid(rng, along, n_strands),

@@ -20,6 +20,9 @@ The renderer paints the head in the label rasterization the pipeline already mad
   running away from a point beyond the crown, straight to curly) and strand texture (locks, strands, fine strands,
   darker roots), shaded with Kajiya-Kay diffuse and two shifted anisotropic highlights that break up along the
   strands; the volume's soft edge turns into strands and loose flyaway strands with partial alpha leave the outline.
+  Beards (full, goatee, moustache, chin; regions anchored on the rest-pose landmarks) are a hair layer on the skin
+  with short kinked strands running away from the nose tip and a ragged, thinning edge, composited over the shaded
+  skin by their coverage in linear light; stubble stays in the skin's albedo.
 * **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient + 1-3 coloured directional
   lights, wrapped Lambert diffuse + Blinn-Phong specular (per-region strength and exponent), in linear RGB, then
   sRGB encoding; hair pixels are shaded as hair (above).
@@ -34,7 +37,8 @@ The renderer paints the head in the label rasterization the pipeline already mad
 * **Labels of the layers** (``label_override``, :data:`next3d_gen.labels.SYNTH` ids), in drawing order, a layer
   owning a pixel where its coverage (alpha) is >= :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`: ``hair`` on
   the scalp pixels and fringe pixels painted with hair (both opaque: coverage 1, so no skin shows through; a bare
-  scalp keeps ``scalp``) and on background pixels where the coverage of the hair volume (its alpha upsampled like
+  scalp keeps ``scalp``), on head pixels where a beard's coverage does (a beard is not an occluder: the skin's
+  geometry stays), and on background pixels where the coverage of the hair volume (its alpha upsampled like
   the image layer it is drawn on, with strands at its edge that never cross the threshold) and of the flyaway
   strands, ``1 - (1 - volume)(1 - flyaways)``, reaches the threshold; ``eyeglasses`` where the frame's (rims,
   bridge, arms) or a lens's coverage does, depth-tested against the head, over the head or the background, clear
@@ -48,7 +52,7 @@ Every random choice comes from the ``torch.Generator`` given to :meth:`Procedura
 generator's device, used on the scene's device), so the same generator state gives the same bytes (for a fixed
 torch thread count: reductions may round differently with another thread count). Appearance details (hair strands
 and highlights, flyaways, ...) draw from a second generator seeded from a hash of the given one's state
-(``_look_generator``), so the label layers drawn from the main stream do not change with them.
+(one per detail, ``_Looks``), so the label layers drawn from the main stream do not change with them.
 
 Speed: the work is on the foreground pixel list (not the full image) except the composition; the background is
 drawn at ``background_max_side`` pixels and upsampled. Run it with one torch thread per process.
@@ -138,7 +142,8 @@ class ProceduralConfig:
         skin_noise_strength: amplitude of the mid + fine (pore-scale) albedo noise (relative).
         cheek_flush_range: strength of the reddening on the cheeks, nose tip and ears.
         region_tone_jitter: per-region random brightness change (ears, neck, eye regions), relative.
-        freckles_prob, stubble_prob: probability of freckles / beard stubble for an identity.
+        freckles_prob, stubble_prob: probability of freckles / beard stubble for an identity (stubble darkens the
+            skin's albedo in the beard area and is never labelled hair); ``stubble_density_range`` its strength.
         brow_density_range: opacity of the eyebrow hair colour over the skin.
         lip_darkness_range: multiplier of the skin colour that gives the natural lip tone.
         lip_redness_range: extra red of the natural lip tone.
@@ -156,6 +161,13 @@ class ProceduralConfig:
         long_hair_length_range: how far it falls, as a fraction of the head size in pixels.
         fringe_prob: probability of a fringe over the forehead (an occluder of the head surface, labelled hair).
         fringe_length_range: how far the fringe reaches down the forehead (0 = hairline, 1 = brows).
+        beard_prob: probability of a beard (a hair layer on the skin of the lower face, labelled ``hair`` where its
+            coverage reaches :data:`~next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`, thinner at its ragged edge);
+            most beards also get stubble around them.
+        beard_style_weights: relative weights of the beard styles: full (cheeks, jaw, under the chin, sideburns,
+            moustache), goatee (moustache and chin), moustache, chin.
+        beard_density_range: the beard's coverage inside its area (below the threshold it would be stubble-like).
+        beard_curl_range: angular swing of the beard's strands (radians), which run away from the nose tip.
         Hair look (:mod:`next3d_gen.render.hair`; scalp hair, fringe, volume and flyaways share one flow):
         hair_strand_contrast_range: brightness contrast of the strand texture (0 = flat colour).
         hair_wave_range: angular swing of the strands in radians (0 = straight, 0.5 = curly).
@@ -215,6 +227,7 @@ class ProceduralConfig:
     region_tone_jitter: float = 0.06
     freckles_prob: float = 0.12
     stubble_prob: float = 0.2
+    stubble_density_range: Range = (0.15, 0.45)
     brow_density_range: Range = (0.7, 1.0)
     lip_darkness_range: Range = (0.62, 0.85)
     lip_redness_range: Range = (0.15, 0.4)
@@ -240,6 +253,10 @@ class ProceduralConfig:
     long_hair_length_range: Range = (0.3, 1.3)
     fringe_prob: float = 0.2
     fringe_length_range: Range = (0.2, 0.8)
+    beard_prob: float = 0.12
+    beard_style_weights: tuple[float, float, float, float] = (3.0, 2.0, 1.0, 0.5)
+    beard_density_range: Range = (0.55, 1.0)
+    beard_curl_range: Range = (0.05, 0.4)
     hair_strand_contrast_range: Range = (0.35, 0.8)
     hair_wave_range: Range = (0.0, 0.45)
     hair_flow_offset_range: Range = (-0.45, 0.45)
@@ -425,18 +442,29 @@ class _Rng:
         return _hsv_to_rgb(h, s, v, self.device)
 
 
-def _look_generator(generator: torch.Generator) -> torch.Generator:
-    """A second generator, seeded from a hash of ``generator``'s state (which it leaves untouched).
+class _Looks:
+    """Seeded random streams for the appearance details, one per detail (``looks["hair"]``, ``looks["beard"]``, ...).
 
-    The appearance details added after the label layers existed (hair strands, beards, shadows, skin and eye detail)
-    draw from it, so the main stream, and with it every label layer drawn from it (hair volume, fringe, glasses,
-    hands, objects), is the same whether or how those details are drawn.
+    Each stream's generator is seeded from a hash of the main generator's state at the start of the render (which
+    it leaves untouched) and the detail's name. So the main stream, and with it every label layer drawn from it (hair
+    volume, fringe, glasses, hands, objects), is the same whether or how the details are drawn, and switching one
+    detail on or off leaves the others' draws as they were.
     """
-    state = generator.get_state().cpu().numpy().tobytes()
-    seed = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little") >> 1
-    look = torch.Generator(device=generator.device)
-    look.manual_seed(seed)
-    return look
+
+    def __init__(self, generator: torch.Generator, device: torch.device) -> None:
+        self._key = hashlib.blake2b(generator.get_state().cpu().numpy().tobytes(), digest_size=16).digest()
+        self._gen_device = generator.device
+        self.device = device
+        self._rngs: dict[str, _Rng] = {}
+
+    def __getitem__(self, name: str) -> _Rng:
+        rng = self._rngs.get(name)
+        if rng is None:
+            digest = hashlib.blake2b(self._key + name.encode(), digest_size=8).digest()
+            g = torch.Generator(device=self._gen_device)
+            g.manual_seed(int.from_bytes(digest, "little") >> 1)
+            rng = self._rngs[name] = _Rng(g, self.device)
+        return rng
 
 
 def _hsv_to_rgb(h: float, s: float, v: float, device: torch.device) -> Tensor:
@@ -577,7 +605,8 @@ class _ModelData:
     eye_centre: Tensor  # (2, 3) rest eyeball centres [right (class right_eyeball), left], normalised
     eye_ok: Tensor  # (2,) bool: the model has that eyeball
     basis: Tensor  # (V, 2 * _NB) fixed smooth noise fields on the rest surface (low then mid frequency), unit std
-    regions: Tensor  # (V, 4) fixed soft region weights: cheek/nose flush, under-eye, freckle area, beard area
+    regions: Tensor  # (V, 7) fixed soft region weights: cheek/nose flush, under-eye, freckle area, stubble area,
+    # beard styles: moustache, chin, full beard
     s_io: float  # rest inter-ocular distance (outer eye corners), normalised units
     brow_span: tuple[float, float]  # |x| of the inner and outer brow ends (rest, normalised)
     brow_y: float  # rest height of the brow middles
@@ -656,7 +685,33 @@ def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
     above_chin = fx.smoothstep(-0.35 * s_io, -0.1 * s_io, y - lmk[8][1])
     inner = 1 - fx.smoothstep(0.85, 1.0, rest[:, 0].abs() / lmk[0][0].abs().clamp_min(1e-3))
     beard = below_nose * above_chin * inner
-    regions = torch.stack([flush, under, freckle, beard], 1)
+    # beard styles: moustache (nose base to upper lip), chin (below the lower lip), full (cheeks below a line from
+    # the nose base to the ears, jaw, under the chin, sideburns in front of the ears)
+    x, z = rest[:, 0].abs(), rest[:, 2]
+    mouth_hw = float((lmk[54][0] - lmk[48][0]).abs()) / 2
+    jaw_x = float(lmk[0][0].abs())
+    moustache = fx.smoothstep(lmk[51][1] - 0.06 * s_io, lmk[51][1] + 0.02 * s_io, y)
+    moustache = moustache * (1 - fx.smoothstep(lmk[33][1] - 0.06 * s_io, lmk[33][1] + 0.0 * s_io, y))
+    moustache = moustache * (1 - fx.smoothstep(mouth_hw + 0.02 * s_io, mouth_hw + 0.14 * s_io, x))
+    chin = fx.smoothstep(-0.3 * s_io, -0.12 * s_io, y - lmk[8][1])
+    chin = chin * (1 - fx.smoothstep(-0.1 * s_io, 0.0, y - lmk[57][1]))
+    chin = chin * (1 - fx.smoothstep(0.8 * mouth_hw, 1.2 * mouth_hw, x))
+    t_line = ((x - mouth_hw) / max(jaw_x - mouth_hw, 1e-3)).clamp(0, 1)  # 0 at the mouth corner, 1 at the jaw end
+    line_y = (lmk[33][1] - 0.08 * s_io) * (1 - t_line) + (lmk[0][1] - 0.1 * s_io) * t_line
+    # the jaw line's height at each |x| (contour points 0-8 and 8-16 averaged), for the beard's edge on the neck
+    mirror = lmk[8:17].flip(0)
+    jx = 0.5 * (lmk[0:9, 0].abs() + mirror[:, 0].abs())
+    jy = 0.5 * (lmk[0:9, 1] + mirror[:, 1])
+    order = torch.argsort(jx)
+    jx, jy = jx[order], jy[order]
+    k = torch.searchsorted(jx.contiguous(), x.contiguous()).clamp(1, len(jx) - 1)
+    f = ((x - jx[k - 1]) / (jx[k] - jx[k - 1]).clamp_min(1e-6)).clamp(0, 1)
+    jaw_y = jy[k - 1] * (1 - f) + jy[k] * f
+    cheeks = (1 - fx.smoothstep(-0.08 * s_io, 0.04 * s_io, y - line_y))
+    cheeks = cheeks * fx.smoothstep(-0.4 * s_io, -0.05 * s_io, y - jaw_y)
+    cheeks = cheeks * (1 - fx.smoothstep(1.0, 1.08, x / max(jaw_x, 1e-3))) * fx.smoothstep(-0.6, -0.2, z - lmk[0][2])
+    full = torch.maximum(torch.maximum(moustache, chin), cheeks)
+    regions = torch.stack([flush, under, freckle, beard, moustache, chin, full], 1)
     return _ModelData(
         model=model,
         device=device,
@@ -725,7 +780,7 @@ class ProceduralRenderer:
         H, W = int(scene.height), int(scene.width)
         device = ann.seg.device
         rng = _Rng(generator, device)
-        look = _Rng(_look_generator(generator), device)  # appearance details only (see _look_generator)
+        looks = _Looks(generator, device)  # appearance details only, one stream each (see _Looks)
         data = self._data(scene, device)
 
         fi_img = frag.face_index[0].to(device)
@@ -744,7 +799,7 @@ class ProceduralRenderer:
         mix = torch.zeros(2 * nb, 4, device=device)
         mix[:nb, :3] = mix_low / mix_low.norm(dim=0, keepdim=True)
         mix[nb:, 3:] = mix_mid / mix_mid.norm(dim=0, keepdim=True)
-        vert_attr = torch.cat([data.rest, data.basis @ mix, data.regions], 1)  # (V, 11)
+        vert_attr = torch.cat([data.rest, data.basis @ mix, data.regions], 1)  # (V, 14)
         corners = data.faces[fi]  # (N, 3)
         attr = vert_attr.index_select(0, corners[:, 0]) * bary[:, 0:1]
         attr = torch.addcmul(attr, vert_attr.index_select(0, corners[:, 1]), bary[:, 1:2])
@@ -752,7 +807,7 @@ class ProceduralRenderer:
         rest = attr[:, :3]  # (N, 3)
         blotch = attr[:, 3:6]  # (N, 3) low-frequency: brightness, redness, yellowness; about unit std
         mid = attr[:, 6:7]  # (N, 1) mid frequency
-        reg = attr[:, 7:11]  # (N, 4) fixed region weights (see _ModelData.regions)
+        reg = attr[:, 7:]  # (N, 7) fixed region weights (see _ModelData.regions)
 
         K = torch.as_tensor(scene.K, dtype=torch.float32, device=device).reshape(3, 3)
         ray = fx.rays(K, pix % W, torch.div(pix, W, rounding_mode="floor"))  # (N, 3) camera rays with z = 1
@@ -816,10 +871,18 @@ class ProceduralRenderer:
             spots = fx.smoothstep(0.45, 0.75, fr) * area * rng.u((0.2, 0.5))
             albedo = albedo * (1 - spots[:, None] * _const(device, (0.35, 0.5, 0.6)))
         # stubble (lower face below the nose base, down to just under the chin)
+        st: Tensor | None = None
+        dens = 0.0
         if rng.chance(cfg.stubble_prob):
             st = fx.noise2(rng, (150, 150), pts[:, :2], 1)[:, 0] * 0.5 + (rng.rand(len(pix)) - 0.5)
-            area = reg[:, 3] * (is_["face"] | is_["neck"]).float()
-            dens = rng.u((0.15, 0.45))
+            dens = rng.u(cfg.stubble_density_range)
+        brng = looks["beard"]
+        has_beard = brng.chance(cfg.beard_prob)
+        if has_beard and st is None and brng.chance(0.7):  # most beards fade into stubble
+            st = fx.noise2(brng, (150, 150), pts[:, :2], 1)[:, 0] * 0.5 + (brng.rand(len(pix)) - 0.5)
+            dens = brng.u(cfg.stubble_density_range)
+        if st is not None:
+            area = torch.maximum(reg[:, 3], reg[:, 6]) * (is_["face"] | is_["neck"]).float()
             hair_dark = torch.minimum(_lin(_const(device, (0.12, 0.1, 0.09))), skin * 0.5)
             amt = (area * dens * (0.7 + 0.5 * st)).clamp(0, 1)[:, None]
             albedo = albedo * (1 - amt) + hair_dark * amt
@@ -945,7 +1008,7 @@ class ProceduralRenderer:
         scalp = is_["scalp"]
         hi = mi[:0]  # pixels painted with hair
         hair_s, hair_t2 = torch.zeros(0, device=device), torch.zeros(0, 2, device=device)  # strand texture, direction
-        flow, hair_mat = self._hair_flow(look, scene, data, K, bbox, head_px)
+        flow, hair_mat = self._hair_flow(looks["hair"], scene, data, K, bbox, head_px)
         if has_hair:
             hmask = scalp
             if rng.chance(cfg.fringe_prob):
@@ -983,6 +1046,30 @@ class ProceduralRenderer:
                 r_px = max(1.0, head_px / 60.0)
                 fade = fx.smoothstep(0.5, 1.0, fx.masked_blur_at(seg == _C["scalp"], r_px, pix[si]))[:, None] * 0.12
                 albedo[si] = albedo[si] * (1 - fade) + hair_col * fade
+
+        # ---------------- beard: a hair layer on the skin, labelled hair where its coverage reaches the threshold ----
+        beard_px, beard_a = mi[:0], torch.zeros(0, device=device)
+        beard_s, beard_t2, beard_alb = beard_a, torch.zeros(0, 2, device=device), torch.zeros(0, 3, device=device)
+        if has_beard:
+            style = brng.choice(cfg.beard_style_weights)
+            w = (reg[:, 6], torch.maximum(reg[:, 4], reg[:, 5]), reg[:, 4], reg[:, 5])[style]
+            ragged = fx.noise2(brng, (48, 48), pts[:, :2], 1)[:, 0]
+            grain = brng.rand(len(pix)) - 0.5
+            cover = brng.u(cfg.beard_density_range) * fx.smoothstep(0.3, 0.7, w + 0.2 * ragged + 0.15 * grain)
+            cover = cover * (is_["face"] | is_["neck"] | is_["nose"]).float()
+            beard_px = where_(cover > 1.0 / 255)
+            beard_a = cover[beard_px]
+            beard_col = hair_col * brng.u((0.6, 1.0))
+            if brng.chance(0.15):  # greying
+                beard_col = beard_col + (_lin(_const(device, (0.6, 0.6, 0.6))) - beard_col) * brng.u((0.3, 0.8))
+            nose = ann.landmarks_2d[0, 30].to(device, torch.float32)
+            curl, contrast = brng.u(cfg.beard_curl_range), brng.u((0.5, 0.9))
+            beard_flow = hair_lib.make_flow(brng, (float(nose[0]), float(nose[1])), 0.6 * head_px, curl, contrast, 0.0,
+                                            kink=4.0)  # fmt: skip
+            bx, by = (pix[beard_px] % W).float(), torch.div(pix[beard_px], W, rounding_mode="floor").float()
+            beard_s, beard_t2 = hair_lib.strand_texture(beard_flow, bx, by)
+            beard_alb = beard_col * beard_s[:, None]
+            layer[pix[beard_px[beard_a >= LAYER_COVERAGE_THRESHOLD]]] = _C["hair"]
 
         # ---------------- lights ----------------
         n_lights = rng.int(cfg.num_lights_range[0], cfg.num_lights_range[1])
@@ -1049,6 +1136,12 @@ class ProceduralRenderer:
         if len(hi):  # scalp hair and fringe: opaque hair (coverage 1)
             tangent = hair_lib.lift_tangent(hair_t2, n[hi])
             rad[hi] = self._hair_radiance(albedo[hi], n[hi], tangent, view[hi], ambient[hi], (D, Lc), hair_mat, hair_s)
+        if len(beard_px):  # the beard over the skin, composited by its coverage
+            bn = n[beard_px]
+            beard_mat = dataclasses.replace(hair_mat, spec=0.5 * hair_mat.spec, exponent=0.5 * hair_mat.exponent)
+            rb = self._hair_radiance(beard_alb, bn, hair_lib.lift_tangent(beard_t2, bn), view[beard_px],
+                                     ambient[beard_px], (D, Lc), beard_mat, beard_s)  # fmt: skip
+            rad[beard_px] = torch.lerp(rad[beard_px], rb, beard_a[:, None])
         if len(mi):
             rad[mi] = rad[mi] * 0.55
         rad = rad * exposure
@@ -1081,8 +1174,9 @@ class ProceduralRenderer:
             img = img.clone()
         if has_hair:
             lighting = (D, Lc, amb, amb_tint, exposure)
-            cover = self._hair_layers(look, img, K, mask, hair_img.view(H, W) > 0.5, vol_alpha, vol_shade, flow,
-                                      hair_mat, hair_col, bbox, head_px, lighting)  # fmt: skip
+            hair_head = hair_img.view(H, W) > 0.5
+            cover = self._hair_layers(looks["hair"], img, K, mask, hair_head, vol_alpha, vol_shade, flow, hair_mat,
+                                      hair_col, bbox, head_px, lighting)  # fmt: skip
             layer[(cover.reshape(-1) >= LAYER_COVERAGE_THRESHOLD) & ~mask.reshape(-1)] = _C["hair"]  # behind the head
         img[pix] = head_rgb
         if cfg.antialias and len(pix):
