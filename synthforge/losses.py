@@ -124,19 +124,21 @@ def segmentation_terms(
     Returns:
         :class:`Term` counting every hard- and partial-labelled pixel (nats).
     """
-    ce = tnf.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")  # 0 where ignored
-    term = per_sample_term(ce, target != ignore_index, present)
-    if partial is not None and bool((partial != 0).any()):
-        pm = partial != 0
-        if present is not None:
-            pm = pm & present.view(-1, 1, 1).bool()
-        b, y, x = pm.nonzero(as_tuple=True)
-        lg = logits.float().permute(0, 2, 3, 1)[b, y, x]  # (N, C)
-        bits = torch.arange(lg.shape[1], device=lg.device)
-        allowed = ((partial[b, y, x, None] >> bits) & 1).bool()
-        nll = torch.logsumexp(lg, 1) - torch.logsumexp(lg.masked_fill(~allowed, float("-inf")), 1)
-        term = Term(term.num.index_add(0, b, nll), term.den + pm.sum((1, 2)).to(term.den.dtype))
-    return term
+    if partial is None or not bool((partial != 0).any()):
+        ce = tnf.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")  # 0 if ignored
+        return per_sample_term(ce, target != ignore_index, present)
+    logp = torch.log_softmax(logits.float(), 1)  # (B, C, H, W), shared by the hard and the partial labels
+    hard = target != ignore_index
+    nll = -logp.gather(1, torch.where(hard, target, 0)[:, None])[:, 0]  # (B, H, W)
+    term = per_sample_term(nll, hard, present)
+    pm = partial != 0
+    if present is not None:
+        pm = pm & present.view(-1, 1, 1).bool()
+    b, y, x = pm.nonzero(as_tuple=True)
+    lp = logp.permute(0, 2, 3, 1)[b, y, x]  # (N, C) log-probabilities of the partial-label pixels
+    allowed = ((partial[b, y, x, None] >> torch.arange(lp.shape[1], device=lp.device)) & 1).bool()
+    set_nll = -torch.logsumexp(lp.masked_fill(~allowed, float("-inf")), 1)
+    return Term(term.num.index_add(0, b, set_nll), term.den + pm.sum((1, 2)).to(term.den.dtype))
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
