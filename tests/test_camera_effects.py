@@ -104,12 +104,15 @@ def _edge_energy(image: torch.Tensor, where: np.ndarray) -> float:
 
 def test_clutter_is_background_only_and_sharper_than_the_smooth_kinds(scene) -> None:
     head = scene.annotations.mask[0].numpy()
-    clutter = _quiet(background_weights=(0.0, 0.0, 0.0, 0.0, 0.0, 1.0), other_faces_prob=1.0)
-    smooth = _quiet(background_weights=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0), background_blur_prob=0.0)
+    # no light bounced from the background onto the head (environment_light_range), so the head is comparable
+    clutter = _quiet(background_weights=(0.0, 0.0, 0.0, 0.0, 0.0, 1.0), other_faces_prob=1.0,
+                     environment_light_range=(0.0, 0.0))  # fmt: skip
+    smooth = _quiet(background_weights=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0), background_blur_prob=0.0,
+                    environment_light_range=(0.0, 0.0))  # fmt: skip
     sharp_clutter = sharp_smooth = 0.0
     for seed in range(4):
         a, b = _render(scene, seed, clutter), _render(scene, seed, smooth)
-        # head pixels are shaded before the background is drawn and do not depend on it
+        # head pixels do not depend on the background (without environment light)
         np.testing.assert_array_equal(a.image.numpy()[head], b.image.numpy()[head])
         assert not np.array_equal(a.image.numpy()[~head], b.image.numpy()[~head])
         sharp_clutter += _edge_energy(a.image, ~head)

@@ -16,6 +16,7 @@ import torch
 
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
 from next3d_gen.render import hair as hair_lib
+from next3d_gen.render import lighting as lighting_lib
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
 from next3d_gen.render.procedural import NO_CAMERA_EFFECTS, ProceduralConfig, ProceduralRenderer, _Rng
 
@@ -293,3 +294,99 @@ def test_beard_only_adds_hair_labels(toy) -> None:
         lo, ln = _labels(off, scene), _labels(on, scene)
         changed = lo != ln
         assert (ln[changed] == HAIR).all() and changed.any()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lighting: ambient occlusion and shadows from the depth map
+
+
+def _height_field(z: np.ndarray, fx: float = 100.0) -> tuple[lighting_lib.DepthView, torch.Tensor, torch.Tensor]:
+    """A depth map (H, W) seen by a camera of focal ``fx`` at the image centre -> its depth view, K, mask."""
+    H, W = z.shape
+    K = torch.tensor([[fx, 0.0, W / 2 - 0.5], [0.0, fx, H / 2 - 0.5], [0.0, 0.0, 1.0]])
+    depth = torch.as_tensor(z, dtype=torch.float32)
+    mask = depth > 0
+    view = lighting_lib.depth_view(depth, mask, K, max_side=64)
+    assert view is not None
+    return view, K, mask
+
+
+def _surface(view: lighting_lib.DepthView, K: torch.Tensor, depth: torch.Tensor, ys: np.ndarray, xs: np.ndarray):
+    """Points (N, 3) and camera-facing normals (N, 3) of the depth map at pixels (ys, xs), from finite differences."""
+    from next3d_gen.render.fields import rays
+
+    H, W = depth.shape
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    P = rays(K, xx, yy) * depth[..., None]
+    dx = P[:, 2:] - P[:, :-2]
+    dy = P[2:] - P[:-2]
+    n = torch.linalg.cross(dx[1:-1], dy[:, 1:-1])
+    n = torch.nn.functional.normalize(n, dim=-1)
+    n = torch.where((n * P[1:-1, 1:-1]).sum(-1, keepdim=True) > 0, -n, n)
+    ys_t, xs_t = torch.as_tensor(ys), torch.as_tensor(xs)
+    return P[ys_t, xs_t], n[ys_t - 1, xs_t - 1]
+
+
+def test_ambient_occlusion_darkens_concave_places_only() -> None:
+    """A plane 1 m away with a pit and a bump (Gaussians 2 cm deep / high): occlusion in the pit, none on the bump,
+    the flat plane or the rim of a sphere (convex silhouette)."""
+    H = W = 96
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    g = lambda cx, cy, s: np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s**2))  # noqa: E731
+    z = 1.0 + 0.02 * g(30, 48, 5) - 0.02 * g(66, 48, 5)  # pit at x=30 (farther), bump at x=66 (nearer)
+    view, K, _ = _height_field(z)
+    means = lighting_lib.occlusion_means(view)
+    depth = torch.as_tensor(z, dtype=torch.float32)
+    ys, xs = np.array([48, 48, 20, 48]), np.array([30, 66, 48, 40])
+    P, n = _surface(view, K, depth, ys, xs)
+    m = lighting_lib.sample_at(view, means, torch.as_tensor(xs), torch.as_tensor(ys))
+    occ = lighting_lib.ambient_occlusion(P, n, m, view.head_m)
+    assert occ[0] > 0.3 and occ[1] < 0.02 and occ[2] < 0.02, occ
+    # a sphere of radius 0.3 m, 2 m away: nothing occluded, also next to its silhouette
+    r2 = (xx - 47.5) ** 2 + (yy - 47.5) ** 2
+    R_px = 40
+    zs = np.where(r2 < R_px**2, 2.0 - 0.3 * np.sqrt(np.clip(1 - r2 / R_px**2, 0, 1)), 0.0)
+    view, K, mask = _height_field(zs, fx=2.0 / 0.3 * R_px)
+    depth = torch.as_tensor(zs, dtype=torch.float32)
+    inner = mask.numpy() & (r2 < (R_px - 2) ** 2)
+    ys, xs = np.nonzero(inner)
+    P, n = _surface(view, K, depth, ys, xs)
+    m = lighting_lib.sample_at(view, lighting_lib.occlusion_means(view), torch.as_tensor(xs), torch.as_tensor(ys))
+    assert lighting_lib.ambient_occlusion(P, n, m, view.head_m).max() < 0.05
+
+
+def test_shadows_fall_behind_an_occluder_away_from_the_light() -> None:
+    """A plane 1 m away (a head-sized view: 4 pixels per cm) with a 2 cm tall block in front of it: a light from
+    the right (+x) shadows the plane just left of the block, not right of it; a light from the camera shadows
+    nothing."""
+    H = W = 96
+    z = np.full((H, W), 1.0)
+    z[40:56, 44:52] = 0.98
+    view, K, _ = _height_field(z, fx=400.0)
+    side = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, -0.5], [0.0, 0.0, -1.0]]), dim=1)
+    vis = lighting_lib.shadow_visibility(view, side, softness=0.05)
+    v = lighting_lib.sample_at(view, vis, torch.tensor([40, 56, 20]), torch.tensor([48, 48, 48]))
+    assert v[0, 0] < 0.3 and v[1, 0] > 0.95 and v[2, 0] > 0.95, v  # left of block: shadow; right, far: lit
+    assert vis[1].min() > 0.95  # frontal light
+
+
+def test_occlusion_and_shadows_darken_the_built_in_head_where_expected() -> None:
+    """Built-in head, light from above: with shadows the neck under the chin darkens, the forehead does not; with
+    ambient occlusion the eye regions darken more than the forehead."""
+    model = pytest.importorskip("next3d_gen.head_model").builtin_head_model()
+    scene = make_scene(model, 128)
+    seg = scene.annotations.seg[0].numpy()
+    base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, stubble_prob=0.0, num_lights_range=(1, 1),
+                light_azimuth_deg_range=(0.0, 0.0), light_elevation_deg_range=(70.0, 70.0), ambient_range=(0.3, 0.3),
+                environment_light_range=(0.0, 0.0))  # fmt: skip
+
+    def lum(**kw: tuple[float, float]) -> np.ndarray:
+        return _render(scene, 0, ProceduralConfig(**base, **kw)).image.numpy().astype(np.float64).mean(-1)
+
+    none = lum(ambient_occlusion_range=(0.0, 0.0), shadow_strength_range=(0.0, 0.0))
+    shadow = lum(ambient_occlusion_range=(0.0, 0.0), shadow_strength_range=(1.0, 1.0))
+    ao = lum(ambient_occlusion_range=(1.0, 1.0), shadow_strength_range=(0.0, 0.0))
+    neck, fore = seg == C["neck"], seg == C["forehead"]
+    eyes = np.isin(seg, [C["right_eye_region"], C["left_eye_region"]])
+    assert (none - shadow)[neck].mean() > 10 and np.abs(none - shadow)[fore].mean() < 1
+    assert (none - ao)[eyes].mean() > 2 * (none - ao)[fore].mean() + 1

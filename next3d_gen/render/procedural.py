@@ -23,9 +23,13 @@ The renderer paints the head in the label rasterization the pipeline already mad
   Beards (full, goatee, moustache, chin; regions anchored on the rest-pose landmarks) are a hair layer on the skin
   with short kinked strands running away from the nose tip and a ragged, thinning edge, composited over the shaded
   skin by their coverage in linear light; stubble stays in the skin's albedo.
-* **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient + 1-3 coloured directional
-  lights, wrapped Lambert diffuse + Blinn-Phong specular (per-region strength and exponent), in linear RGB, then
-  sRGB encoding; hair pixels are shaded as hair (above).
+* **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient (tinted by the background's
+  upper / lower half: light bounced by the scene) + 1-3 coloured directional lights, wrapped Lambert diffuse +
+  Blinn-Phong specular (per-region strength and exponent), in linear RGB, then sRGB encoding; hair pixels are shaded
+  as hair (above). Ambient occlusion and soft shadows come from the rasterized depth at reduced resolution
+  (:mod:`next3d_gen.render.lighting`): occlusion where the surroundings rise above a pixel's tangent plane (eye
+  sockets, nose sides, under the chin), and shadow rays marched over the depth map towards each light (the nose's,
+  the brows' and the chin's shadows) with a penumbra that widens with distance.
 * **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
   shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha; long hair
   also falls from the scalp beside the face and neck).
@@ -76,6 +80,7 @@ from next3d_gen.errors import UserError
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
 from next3d_gen.render import fields as fx
 from next3d_gen.render import hair as hair_lib
+from next3d_gen.render import lighting as lighting_lib
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
 from next3d_gen.render.camera_effects import apply_camera_effects
 from next3d_gen.render.clutter import draw_clutter
@@ -200,6 +205,13 @@ class ProceduralConfig:
         object_prob: probability of a random object in front of the face.
         occluder_cover_range: how far into the head bounding box a hand/object reaches (fraction of its size).
         exposure_range: global exposure multiplier.
+        ambient_occlusion_range: strength of the screen-space ambient occlusion of the head (0 = none;
+            :mod:`next3d_gen.render.lighting`): eye sockets, nose sides, mouth corners, under the chin.
+        shadow_strength_range: how dark the lights' shadows cast by the head on itself are (0 = none, 1 = no light
+            from that light in its shadow: e.g. the nose's shadow, the brows' over the eyes, the chin's on the neck).
+        shadow_softness_range: penumbra growth, metres per metre between occluder and receiver (an area light).
+        environment_light_range: how far the ambient light is tinted towards the background's colour (upper half
+            from above, lower half from below).
         Camera effects (:mod:`next3d_gen.render.camera_effects`; pixel lengths are for a 256-pixel image and scale
         with the image size; :data:`NO_CAMERA_EFFECTS` switches them all off):
         defocus_prob, defocus_radius_range: probability and radius (pixels) of a lens defocus (disc kernel).
@@ -287,6 +299,10 @@ class ProceduralConfig:
     object_prob: float = 0.12
     occluder_cover_range: Range = (0.1, 0.4)
     exposure_range: Range = (0.9, 1.15)
+    ambient_occlusion_range: Range = (0.4, 1.0)
+    shadow_strength_range: Range = (0.5, 1.0)
+    shadow_softness_range: Range = (0.02, 0.15)
+    environment_light_range: Range = (0.0, 0.6)
     defocus_prob: float = 0.15
     defocus_radius_range: Range = (0.6, 2.0)
     motion_blur_prob: float = 0.1
@@ -1096,6 +1112,46 @@ class ProceduralRenderer:
         ks_skin = rng.u(cfg.specular_range)
         shin_skin = rng.u(cfg.shininess_range)
 
+        # ---------------- background layer (low resolution, then upsampled; behind the head) ----------------
+        bg_kind = rng.choice(cfg.background_weights)
+        f_bg = 1 if bg_kind == _CLUTTER else max(1, math.ceil(max(H, W) / cfg.background_max_side))
+        bh, bw = math.ceil(H / f_bg), math.ceil(W / f_bg)
+        bg = self._background(rng, bg_kind, bh, bw, device)
+        lm2 = ann.landmarks_2d[0].to(device, torch.float32)
+        if rng.chance(cfg.shoulders_prob):
+            bg = self._shoulders(rng, bg, seg, lm2, head_px, skin, f_bg)
+        hair_img = torch.zeros(H * W, device=device)
+        hair_img[pix[hi]] = 1.0
+        vol_alpha = vol_shade = None
+        if has_hair and rng.chance(cfg.hair_volume_prob):
+            vol_shade, vol_alpha = self._hair_volume(rng, bh, bw, hair_img.view(H, W), head_px, f_bg, lm2)
+            if (bh, bw) != (H, W):  # the coverage of a full-size pixel: the alpha upsampled like the layer itself
+                both = F.interpolate(torch.stack([vol_alpha, vol_shade])[None], size=(H, W), mode="bilinear",
+                                     align_corners=False)[0]  # fmt: skip
+                vol_alpha, vol_shade = both[0], both[1]
+        bg_small = bg
+        bg = bg[None].contiguous(memory_format=torch.channels_last)
+        if (bh, bw) != (H, W):
+            bg = F.interpolate(bg, size=(H, W), mode="bilinear", align_corners=False)
+
+        # ---------------- light from the scene: environment colour, occlusion, shadows (no main-stream draws) ----
+        lrng = looks["light"]
+        D = torch.stack(L_dirs)
+        Lc = torch.stack(L_cols)
+        amb_up, amb_down = self._environment(lrng, bg_small, amb, amb_tint)
+        ao_strength, shadow_strength = lrng.u(cfg.ambient_occlusion_range), lrng.u(cfg.shadow_strength_range)
+        softness = lrng.u(cfg.shadow_softness_range)
+        view_d = light_maps = None
+        if (ao_strength > 0 or shadow_strength > 0) and len(pix):
+            view_d = lighting_lib.depth_view(depth_img, mask, K)
+        if view_d is not None:
+            means = lighting_lib.occlusion_means(view_d)
+            if shadow_strength > 0:
+                sh = 1 - shadow_strength * (1 - lighting_lib.shadow_visibility(view_d, D, softness))
+            else:
+                sh = torch.ones(len(D), *means.shape[1:], device=device)
+            light_maps = torch.cat([sh, means], 0)  # (L + 3 x AO radii, h, w)
+
         # per-pixel material from per-class tables, then teeth and hair
         ks_t = [ks_skin] * 256
         shin_t = [shin_skin] * 256
@@ -1118,62 +1174,48 @@ class ProceduralRenderer:
 
         # shading, all lights at once: D (L, 3) directions towards the lights, Lc (L, 3) colours x intensities
         n = normal
-        D = torch.stack(L_dirs)
-        Lc = torch.stack(L_cols)
         ndl = n @ D.T  # (N, L)
         w = wrap_px[:, None]
         diff = ((ndl + w) / (1 + w)).clamp_min(0)
-        ambient = (amb * (0.8 + 0.2 * (-n[:, 1:2]))) * amb_tint  # (N, 3) more ambient from above (y down)
+        ambient = self._ambient(n, amb_up, amb_down)  # (N, 3)
+        vis = torch.ones_like(ndl)  # (N, L) light visibility
+        if view_d is not None and light_maps is not None:  # ambient occlusion and shadows from the depth map
+            py = torch.div(pix, W, rounding_mode="floor")
+            terms = lighting_lib.sample_at(view_d, light_maps, pix % W, py)
+            vis = terms[:, : len(D)]  # (N, L)
+            points = ray * depth_img.reshape(-1)[pix][:, None]
+            ao = lighting_lib.ambient_occlusion(points, n, terms[:, len(D) :], view_d.head_m)[:, None] * ao_strength
+            ambient = ambient * (1 - ao)
+            diff = diff * vis * (1 - 0.3 * ao)
         irr = ambient + diff @ Lc
         # n . normalize(view + d) for unit view and d: (n.v + n.d) / sqrt(2 + 2 v.d), without (N, L, 3) temporaries
         nv = (n * view) @ ones3
         ndh = ((nv[:, None] + ndl) * torch.rsqrt((2 + 2 * (view @ D.T)).clamp_min(1e-6))).clamp_min(1e-6)
         norm = ((shin + 8) / (8 * math.pi)).clamp(max=4.0) * ks
         sp = torch.exp(shin[:, None] * torch.log(ndh)) * (ndl > 0) * norm[:, None]
-        spec = sp @ Lc
-        # cavity darkening: inner mouth and hidden-ish areas get less light
+        spec = (sp * vis) @ Lc
         rad = albedo * irr + spec
         if len(hi):  # scalp hair and fringe: opaque hair (coverage 1)
             tangent = hair_lib.lift_tangent(hair_t2, n[hi])
-            rad[hi] = self._hair_radiance(albedo[hi], n[hi], tangent, view[hi], ambient[hi], (D, Lc), hair_mat, hair_s)
+            rad[hi] = self._hair_radiance(albedo[hi], n[hi], tangent, view[hi], ambient[hi], (D, Lc, vis[hi]), hair_mat,
+                                          hair_s)  # fmt: skip
         if len(beard_px):  # the beard over the skin, composited by its coverage
             bn = n[beard_px]
             beard_mat = dataclasses.replace(hair_mat, spec=0.5 * hair_mat.spec, exponent=0.5 * hair_mat.exponent)
             rb = self._hair_radiance(beard_alb, bn, hair_lib.lift_tangent(beard_t2, bn), view[beard_px],
-                                     ambient[beard_px], (D, Lc), beard_mat, beard_s)  # fmt: skip
+                                     ambient[beard_px], (D, Lc, vis[beard_px]), beard_mat, beard_s)  # fmt: skip
             rad[beard_px] = torch.lerp(rad[beard_px], rb, beard_a[:, None])
-        if len(mi):
+        if len(mi):  # cavity darkening: the inner mouth gets less light
             rad[mi] = rad[mi] * 0.55
         rad = rad * exposure
         head_rgb = _srgb(rad)  # (N, 3) sRGB
-
-        # ---------------- background layer (low resolution, then upsampled; behind the head) ----------------
-        bg_kind = rng.choice(cfg.background_weights)
-        f_bg = 1 if bg_kind == _CLUTTER else max(1, math.ceil(max(H, W) / cfg.background_max_side))
-        bh, bw = math.ceil(H / f_bg), math.ceil(W / f_bg)
-        bg = self._background(rng, bg_kind, bh, bw, device)
-        lm2 = ann.landmarks_2d[0].to(device, torch.float32)
-        if rng.chance(cfg.shoulders_prob):
-            bg = self._shoulders(rng, bg, seg, lm2, head_px, skin, f_bg)
-        hair_img = torch.zeros(H * W, device=device)
-        hair_img[pix[hi]] = 1.0
-        vol_alpha = vol_shade = None
-        if has_hair and rng.chance(cfg.hair_volume_prob):
-            vol_shade, vol_alpha = self._hair_volume(rng, bh, bw, hair_img.view(H, W), head_px, f_bg, lm2)
-            if (bh, bw) != (H, W):  # the coverage of a full-size pixel: the alpha upsampled like the layer itself
-                both = F.interpolate(torch.stack([vol_alpha, vol_shade])[None], size=(H, W), mode="bilinear",
-                                     align_corners=False)[0]  # fmt: skip
-                vol_alpha, vol_shade = both[0], both[1]
-        bg = bg[None].contiguous(memory_format=torch.channels_last)
-        if (bh, bw) != (H, W):
-            bg = F.interpolate(bg, size=(H, W), mode="bilinear", align_corners=False)
 
         # ---------------- compose: hair layers over the background, then the head, anti-aliased at edges ----------
         img = bg.permute(0, 2, 3, 1).reshape(-1, 3)  # (H*W, 3); a view when the layout is channels-last
         if img.data_ptr() == bg.data_ptr() and (bh, bw) == (H, W):
             img = img.clone()
         if has_hair:
-            lighting = (D, Lc, amb, amb_tint, exposure)
+            lighting = (D, Lc, amb_up, amb_down, exposure)
             hair_head = hair_img.view(H, W) > 0.5
             cover = self._hair_layers(looks["hair"], img, K, mask, hair_head, vol_alpha, vol_shade, flow, hair_mat,
                                       hair_col, bbox, head_px, lighting)  # fmt: skip
@@ -1350,6 +1392,26 @@ class ProceduralRenderer:
         shade = (0.5 + 0.5 * (spread / peak).clamp(0, 1)) * clumps
         return shade, region
 
+    def _environment(self, rng: _Rng, bg: Tensor, amb: float, amb_tint: Tensor) -> tuple[Tensor, Tensor]:
+        """Linear ambient colours (3,) from above and from below: ``amb`` x ``amb_tint`` (0.6 of it from below),
+        tinted towards the mean colour of the upper / lower half of the (3, h, w) sRGB background by a fraction
+        drawn from ``environment_light_range`` (light bounced by the scene)."""
+        mix = rng.u(self.config.environment_light_range)
+        h = bg.shape[1]
+        tints = []
+        for part in (bg[:, : max(1, h // 2)], bg[:, h // 2 :]):
+            c = _lin(part.mean((1, 2)))
+            tints.append(1 + mix * ((c / c.mean().clamp_min(1e-3)).clamp(0.3, 2.5) - 1))
+        base = amb * amb_tint
+        return base * tints[0], 0.6 * base * tints[1]
+
+    @staticmethod
+    def _ambient(normal: Tensor, up: Tensor, down: Tensor) -> Tensor:
+        """(N, 3) ambient irradiance of camera-frame normals (N, 3): ``up`` facing up (y down), ``down`` facing down,
+        linear in between."""
+        w = 0.5 - 0.5 * normal[:, 1:2]
+        return down + w * (up - down)
+
     def _hair_flow(
         self, look: _Rng, scene: Scene, data: _ModelData, K: Tensor, bbox: Tensor, head_px: float
     ) -> tuple[hair_lib.HairFlow, hair_lib.HairMaterial]:
@@ -1391,16 +1453,18 @@ class ProceduralRenderer:
         tangent: Tensor,
         view: Tensor,
         ambient: Tensor,
-        lights: tuple[Tensor, Tensor],
+        lights: tuple[Tensor, Tensor, Tensor | None],
         material: hair_lib.HairMaterial,
         strands: Tensor,
     ) -> Tensor:
         """Linear radiance (M, 3) of the hair at M pixels (every hair layer is shaded here; see
-        :func:`next3d_gen.render.hair.kajiya_kay` for the arguments; ``lights`` is ``(dirs, colours)``, ``strands``
-        (M,) the strand texture, whose square makes the highlights break up into strands)."""
-        dirs, colours = lights
+        :func:`next3d_gen.render.hair.kajiya_kay` for the arguments; ``lights`` is ``(dirs, colours, visibility or
+        None)``, ``strands`` (M,) the strand texture, whose square makes the highlights break up into strands)."""
+        dirs, colours, visibility = lights
         glint = strands * strands
-        return hair_lib.kajiya_kay(albedo, normal, tangent, view, dirs, colours, ambient, material, glint=glint)
+        return hair_lib.kajiya_kay(
+            albedo, normal, tangent, view, dirs, colours, ambient, material, visibility=visibility, glint=glint
+        )
 
     def _hair_layers(
         self,
@@ -1416,7 +1480,7 @@ class ProceduralRenderer:
         hair_col: Tensor,
         bbox: Tensor,
         head_px: float,
-        lighting: tuple[Tensor, Tensor, float, Tensor, float],
+        lighting: tuple[Tensor, Tensor, Tensor, Tensor, float],
     ) -> Tensor:
         """Draw the hair volume (``vol_alpha`` / ``vol_shade``: (H, W) alpha and brightness, or None) and flyaway
         strands into the (H*W, 3) sRGB image ``img`` in place, on the background pixels (not ``mask``), with the strand
@@ -1431,7 +1495,7 @@ class ProceduralRenderer:
         """
         cfg = self.config
         H, W = mask.shape
-        dirs, colours, amb, amb_tint, exposure = lighting
+        dirs, colours, amb_up, amb_down, exposure = lighting
         x0, y0, x1, y1 = (float(v) for v in bbox)
         centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2], device=img.device)
 
@@ -1443,10 +1507,10 @@ class ProceduralRenderer:
             e = e / e.norm(dim=1, keepdim=True).clamp_min(1.0)
             n = F.normalize(torch.cat([0.6 * e, -torch.ones_like(x)[:, None]], 1), dim=-1)  # a rounded volume
             view = -F.normalize(fx.rays(K, x, y), dim=-1)
-            ambient = (amb * (0.8 + 0.2 * (-n[:, 1:2]))) * amb_tint
+            ambient = self._ambient(n, amb_up, amb_down)
             albedo = hair_col * (tex * bright)[:, None]
             tangent = hair_lib.lift_tangent(t2, n)
-            rad = self._hair_radiance(albedo, n, tangent, view, ambient, (dirs, colours), material, tex)
+            rad = self._hair_radiance(albedo, n, tangent, view, ambient, (dirs, colours, None), material, tex)
             return _srgb(rad * exposure), tex
 
         cover = torch.zeros(H, W, device=img.device)
