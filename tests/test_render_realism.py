@@ -390,3 +390,74 @@ def test_occlusion_and_shadows_darken_the_built_in_head_where_expected() -> None
     eyes = np.isin(seg, [C["right_eye_region"], C["left_eye_region"]])
     assert (none - shadow)[neck].mean() > 10 and np.abs(none - shadow)[fore].mean() < 1
     assert (none - ao)[eyes].mean() > 2 * (none - ao)[fore].mean() + 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# skin: makeup, oily sheen, fine bumps, subsurface scattering
+
+NO_SKIN_DETAIL = dict(skin_bump_range=(0.0, 0.0), skin_oiliness_range=(0.0, 0.0), subsurface_range=(0.0, 0.0))
+
+
+def _diff(a: RenderOutput, b: RenderOutput) -> np.ndarray:
+    return np.abs(a.image.numpy().astype(int) - b.image.numpy().astype(int)).sum(-1)
+
+
+def test_makeup_changes_only_its_regions(toy) -> None:
+    scene = make_scene(toy, 96)
+    seg = scene.annotations.seg[0].numpy()
+    base = dict(QUIET, **NO_SKIN_DETAIL, hair_prob=0.0, beard_prob=0.0, makeup_strength_range=(0.6, 0.6))
+    plain = _render(scene, 1, ProceduralConfig(**base, eye_shadow_prob=0.0, blush_prob=0.0))
+    shadow = _render(scene, 1, ProceduralConfig(**base, eye_shadow_prob=1.0, blush_prob=0.0))
+    blush = _render(scene, 1, ProceduralConfig(**base, eye_shadow_prob=0.0, blush_prob=1.0))
+    eye_regions = np.isin(seg, [C["right_eye_region"], C["left_eye_region"]])
+    d = _diff(plain, shadow) > 0
+    assert d.sum() > 10 and eye_regions[d].all()
+    centre_row = scene.annotations.landmarks_2d[0, 36:48, 1].mean().item()
+    assert (np.nonzero(d)[0] < centre_row + 1).mean() > 0.9  # on the upper lids
+    d = _diff(plain, blush) > 0
+    assert d.sum() > 10 and (seg[d] == C["face"]).all()
+    red = blush.image.numpy().astype(float)[d], plain.image.numpy().astype(float)[d]
+    assert (red[0][:, 0] - red[0][:, 2]).mean() > (red[1][:, 0] - red[1][:, 2]).mean()  # redder
+
+
+def test_subsurface_scattering_reddens_the_terminator_and_shadow_edges(toy) -> None:
+    """A light from the side: with scattering, skin just past the terminator gets light, red most, blue least, and
+    lit skin far from it changes much less."""
+    scene = make_scene(toy, 96)
+    seg = scene.annotations.seg[0].numpy()
+    base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, stubble_prob=0.0, num_lights_range=(1, 1),
+                light_azimuth_deg_range=(90.0, 90.0), light_elevation_deg_range=(0.0, 0.0), specular_range=(0.0, 0.0),
+                wrap_range=(0.0, 0.0), skin_bump_range=(0.0, 0.0), ambient_range=(0.05, 0.05))  # fmt: skip
+    imgs = [_render(scene, 0, ProceduralConfig(**base, subsurface_range=(r, r))).image.numpy().astype(float)
+            for r in (0.0, 0.012)]  # fmt: skip
+    nx = scene.annotations.normal[0, ..., 0].numpy()  # the light is at +x
+    skin = seg == C["face"]
+    past = skin & (nx > -0.25) & (nx < -0.05)
+    lit = skin & (nx > 0.7)
+    gain = (imgs[1] - imgs[0])[past].mean(0)
+    assert gain[0] > gain[1] > gain[2] >= 0 and gain[0] > 3, gain
+    assert np.abs(imgs[1] - imgs[0])[lit].mean() < 0.5 * gain[0]
+
+
+def test_oily_sheen_and_bumps_change_the_highlights(toy) -> None:
+    """Oiliness brightens the T-zone's highlights (forehead, glabella, nose) and nothing far from it; fine bumps
+    add pixel-to-pixel variation to the skin."""
+    scene = make_scene(toy, 128)
+    seg = scene.annotations.seg[0].numpy()
+    base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, stubble_prob=0.0, num_lights_range=(1, 1),
+                light_azimuth_deg_range=(0.0, 0.0), light_elevation_deg_range=(10.0, 10.0),
+                specular_range=(0.12, 0.12), subsurface_range=(0.0, 0.0))  # fmt: skip
+    dry = _render(scene, 0, ProceduralConfig(**base, skin_oiliness_range=(0.0, 0.0), skin_bump_range=(0.0, 0.0)))
+    oily = _render(scene, 0, ProceduralConfig(**base, skin_oiliness_range=(1.0, 1.0), skin_bump_range=(0.0, 0.0)))
+    bumpy = _render(scene, 0, ProceduralConfig(**base, skin_oiliness_range=(0.0, 0.0), skin_bump_range=(0.2, 0.2)))
+    tzone = np.isin(seg, [C["forehead"], C["glabella"], C["nose"]])
+    lum = {k: o.image.numpy().astype(float).mean(-1) for k, o in (("dry", dry), ("oily", oily), ("bumpy", bumpy))}
+    assert (lum["oily"] - lum["dry"])[tzone].mean() > 2
+    far = np.isin(seg, [C["right_ear"], C["left_ear"], C["scalp"]])
+    assert np.abs(lum["oily"] - lum["dry"])[far].max() == 0
+
+    def rough(img: np.ndarray) -> float:
+        lap = np.abs(4 * img - np.roll(img, 1, 0) - np.roll(img, -1, 0) - np.roll(img, 1, 1) - np.roll(img, -1, 1))
+        return float(lap[tzone].mean())
+
+    assert rough(lum["bumpy"]) > 1.5 * rough(lum["dry"]) + 0.5

@@ -82,7 +82,7 @@ def depth_view(depth: Tensor, mask: Tensor, K: Tensor, max_side: int = 72) -> De
     )
 
 
-def _masked_blur(view: DepthView, x: Tensor, sigma_px: float) -> Tensor:
+def masked_blur(view: DepthView, x: Tensor, sigma_px: float) -> Tensor:
     """Mean of (C, h, w) ``x`` over the head's blocks in a Gaussian window of ``sigma_px`` low-resolution pixels."""
     m = view.mask.float()[None]
     return blur(x * m, sigma_px) / blur(m, sigma_px).clamp_min(1e-4)
@@ -107,7 +107,7 @@ def occlusion_means(view: DepthView) -> Tensor:
     """(3 x len(AO_RADII), h, w) mean surface point of the head around each block, one Gaussian window per radius
     (the input of :func:`ambient_occlusion`)."""
     pts = _points(view)
-    return torch.cat([_masked_blur(view, pts, max(0.5, r * view.head_m / view.m_per_px)) for r in AO_RADII], 0)
+    return torch.cat([masked_blur(view, pts, max(0.5, r * view.head_m / view.m_per_px)) for r in AO_RADII], 0)
 
 
 def ambient_occlusion(points: Tensor, normals: Tensor, means: Tensor, head_m: float) -> Tensor:
@@ -152,7 +152,7 @@ def shadow_visibility(view: DepthView, dirs: Tensor, softness: float, steps: int
         blocked = smoothstep(0.0, 1.0, (dz - bias) / soft) * (1 - smoothstep(thick, 2 * thick, dz))
         vis[k, sel] = 1 - blocked.amax(1)
     vis = vis.view(-1, h, w)
-    return _masked_blur(view, vis, 0.7).clamp(0, 1)
+    return masked_blur(view, vis, 0.7).clamp(0, 1)
 
 
 def sample_at(view: DepthView, fields: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -163,3 +163,4 @@ def sample_at(view: DepthView, fields: Tensor, x: Tensor, y: Tensor) -> Tensor:
     gy = ((y.float() - view.r0 + 0.5) / view.f - 0.5) / max(h - 1, 1) * 2 - 1
     g = torch.stack([gx, gy], -1).view(1, 1, -1, 2)
     return F.grid_sample(fields[None], g, mode="bilinear", padding_mode="border", align_corners=True)[0, :, 0].T
+

@@ -11,7 +11,8 @@ The renderer paints the head in the label rasterization the pipeline already mad
   region weights (cheeks, under-eyes, beard area) are anchored on the rest-pose landmarks once per model.
 * **Albedo.** Skin base colour from a light-to-dark scale of human skin tones (``skin_tone_range`` picks the
   position on it) with per-identity redness/yellowness/brightness; low-frequency blotches, mid and fine noise;
-  cheek flush; darker/redder tones on ears, neck, eye regions; optional freckles and stubble. Eyebrows are
+  cheek flush; darker/redder tones on ears, neck, eye regions; optional freckles and stubble; makeup (eye shadow on
+  the upper lids, blush on the cheeks, lipstick). Eyebrows are
   noise-modulated strokes on the eyebrow classes, lips a lip tone on the lip classes, the inner mouth dark with
   optional teeth, eyeballs get sclera / iris (radial streaks, dark limbal ring) / pupil from the direction out of
   each eyeball's centre in the rest pose (the iris follows the eye joint), lash lines darken the lids next to the
@@ -25,11 +26,14 @@ The renderer paints the head in the label rasterization the pipeline already mad
   skin by their coverage in linear light; stubble stays in the skin's albedo.
 * **Shading** per pixel with the annotation normals (camera frame): hemisphere ambient (tinted by the background's
   upper / lower half: light bounced by the scene) + 1-3 coloured directional lights, wrapped Lambert diffuse +
-  Blinn-Phong specular (per-region strength and exponent), in linear RGB, then sRGB encoding; hair pixels are shaded
-  as hair (above). Ambient occlusion and soft shadows come from the rasterized depth at reduced resolution
-  (:mod:`next3d_gen.render.lighting`): occlusion where the surroundings rise above a pixel's tangent plane (eye
-  sockets, nose sides, under the chin), and shadow rays marched over the depth map towards each light (the nose's,
-  the brows' and the chin's shadows) with a penumbra that widens with distance.
+  Blinn-Phong specular (per-region strength and exponent; stronger and sharper on an oily T-zone; the skin's
+  highlights see a normal perturbed by fine bumps) in linear RGB, then sRGB encoding; the direct light is scattered
+  under the skin (per-channel wrap and shadow blur, red widest: soft, reddish terminators and shadow edges); hair
+  pixels are shaded as hair. Ambient
+  occlusion and soft shadows come from the rasterized depth at reduced resolution (:mod:`next3d_gen.render.lighting`):
+  occlusion where the surroundings rise above a pixel's tangent plane (eye sockets, nose sides, under the chin), and
+  shadow rays marched over the depth map towards each light (the nose's, the brows' and the chin's shadows) with a
+  penumbra that widens with distance.
 * **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
   shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha; long hair
   also falls from the scalp beside the face and neck).
@@ -130,6 +134,25 @@ LIPSTICK_COLOURS: tuple[tuple[int, int, int], ...] = (
     (150, 70, 60),
     (90, 30, 50),
 )
+# Eye-shadow colours (sRGB) used with probability ``eye_shadow_prob``: brown, taupe, bronze, pink, plum, smoky,
+# blue-grey, olive.
+EYE_SHADOW_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (110, 80, 60),
+    (150, 122, 104),
+    (172, 122, 80),
+    (196, 124, 142),
+    (112, 70, 118),
+    (52, 46, 52),
+    (92, 110, 140),
+    (104, 118, 78),
+)
+# Blush colours (sRGB) used with probability ``blush_prob``: rose, peach, berry, coral.
+BLUSH_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (222, 120, 124),
+    (234, 142, 112),
+    (196, 96, 112),
+    (214, 128, 100),
+)
 
 
 @dataclass
@@ -153,6 +176,16 @@ class ProceduralConfig:
         lip_darkness_range: multiplier of the skin colour that gives the natural lip tone.
         lip_redness_range: extra red of the natural lip tone.
         lipstick_prob: probability of a lipstick colour (from :data:`LIPSTICK_COLOURS`).
+        eye_shadow_prob, blush_prob: probability of eye shadow on the upper eye regions (a colour of
+            :data:`EYE_SHADOW_COLOURS`, strongest at the lid and the outer corner) / blush on the cheeks
+            (:data:`BLUSH_COLOURS`); ``makeup_strength_range`` their opacity.
+        skin_bump_range: strength of the fine bumps (pores, skin relief) that break up the skin's highlights (a
+            perturbation of the normal used by the specular term only).
+        skin_oiliness_range: oily sheen of the T-zone (forehead, glabella, nose, chin): up to twice the specular
+            strength and sharpness there (0 = none).
+        subsurface_range: subsurface scattering radius of red light in the skin, as a fraction of the head size
+            (green 0.45 of it, blue 0.25): the direct light wraps further round the terminator (by 25 x the radius,
+            at most 0.5) and shadow edges blur over the radius, so both soften and turn red.
         iris_colour_weights: relative weights of :data:`IRIS_COLOURS` (6 values).
         iris_angle_deg_range: half-angle of the iris seen from the eyeball centre (degrees).
         pupil_fraction_range: pupil radius as a fraction of the iris radius.
@@ -244,6 +277,12 @@ class ProceduralConfig:
     lip_darkness_range: Range = (0.62, 0.85)
     lip_redness_range: Range = (0.15, 0.4)
     lipstick_prob: float = 0.12
+    eye_shadow_prob: float = 0.15
+    blush_prob: float = 0.15
+    makeup_strength_range: Range = (0.2, 0.6)
+    skin_bump_range: Range = (0.02, 0.1)
+    skin_oiliness_range: Range = (0.0, 0.7)
+    subsurface_range: Range = (0.003, 0.012)
     iris_colour_weights: tuple[float, float, float, float, float, float] = (4.0, 3.0, 1.5, 1.0, 1.5, 0.6)
     iris_angle_deg_range: Range = (26.0, 33.0)
     pupil_fraction_range: Range = (0.28, 0.45)
@@ -949,6 +988,26 @@ class ProceduralRenderer:
             lower_boost = 1.0 + 0.08 * (cls[li] == _C["lower_lip"]).float()[:, None]
             albedo[li] = (lip_col * (1 + 0.08 * lines) * lower_boost).clamp(0, 1)
 
+        # ---------------- makeup: eye shadow and blush ----------------
+        srng = looks["skin"]
+        if srng.chance(cfg.eye_shadow_prob):
+            col = _lin(_palette(EYE_SHADOW_COLOURS, device)[srng.int(0, len(EYE_SHADOW_COLOURS) - 1)])
+            amount = srng.u(cfg.makeup_strength_range)
+            oi = where_(is_["right_eye_region"] | is_["left_eye_region"])
+            if len(oi):
+                ro = rest[oi]
+                right = ro[:, 0] < 0
+                c = torch.where(right[:, None], data.eye_centre[0], data.eye_centre[1])
+                up = ro[:, 1] - c[:, 1]  # above the eye centre
+                out = (ro[:, 0] - c[:, 0]).abs() * torch.sign(ro[:, 0])  # towards the temple
+                a = fx.smoothstep(-0.02 * s_io, 0.04 * s_io, up) * (1 - fx.smoothstep(0.12 * s_io, 0.3 * s_io, up))
+                a = a * (0.7 + 0.3 * fx.smoothstep(-0.1 * s_io, 0.15 * s_io, out)) * amount
+                albedo[oi] = torch.lerp(albedo[oi], col.expand(len(oi), 3), a[:, None])
+        if srng.chance(cfg.blush_prob):
+            col = _lin(_palette(BLUSH_COLOURS, device)[srng.int(0, len(BLUSH_COLOURS) - 1)])
+            a = (0.5 * srng.u(cfg.makeup_strength_range) * reg[:, 0] * is_["face"].float()).clamp(0, 1)
+            albedo = albedo * (1 + a[:, None] * (col / col.mean() - 1))
+
         # ---------------- inner mouth and teeth ----------------
         mi = where_(is_["inner_mouth"])
         ti = mi[:0]
@@ -1144,13 +1203,17 @@ class ProceduralRenderer:
         view_d = light_maps = None
         if (ao_strength > 0 or shadow_strength > 0) and len(pix):
             view_d = lighting_lib.depth_view(depth_img, mask, K)
+        sss = srng.u(cfg.subsurface_range)  # scattering radius of red light in the skin, head sizes
         if view_d is not None:
             means = lighting_lib.occlusion_means(view_d)
             if shadow_strength > 0:
                 sh = 1 - shadow_strength * (1 - lighting_lib.shadow_visibility(view_d, D, softness))
             else:
                 sh = torch.ones(len(D), *means.shape[1:], device=device)
-            light_maps = torch.cat([sh, means], 0)  # (L + 3 x AO radii, h, w)
+            # light scattered under the skin: red and green see softer shadow edges than blue
+            r_low = sss * view_d.head_m / view_d.m_per_px
+            sh_r, sh_g = (lighting_lib.masked_blur(view_d, sh, k * r_low) if k * r_low > 0.3 else sh for k in (1, 0.45))
+            light_maps = torch.cat([sh, sh_r, sh_g, means], 0)  # (3 L + 3 x AO radii, h, w)
 
         # per-pixel material from per-class tables, then teeth and hair
         ks_t = [ks_skin] * 256
@@ -1168,6 +1231,13 @@ class ProceduralRenderer:
         ks = tables[0] * (0.8 + 0.4 * fine[:, 0])
         shin = tables[1]
         wrap_px = tables[2]
+        # skin detail (its own stream): oily T-zone, fine bumps for the highlights, subsurface radius
+        oil = srng.u(cfg.skin_oiliness_range)
+        tzone = (is_["forehead"] | is_["glabella"] | is_["nose"]).float() + 0.7 * reg[:, 5]
+        ks = ks * (1 + oil * tzone)
+        shin = shin * (1 + oil * tzone)
+        bump = srng.u(cfg.skin_bump_range)
+        relief = 0.6 * srng.randn(len(pix), 2) + 0.8 * fx.noise2(srng, (120, 120), pts[:, :2], 2)
         if len(ti):
             ks[ti] = 0.25
             wrap_px[ti] = 0.0
@@ -1175,22 +1245,34 @@ class ProceduralRenderer:
         # shading, all lights at once: D (L, 3) directions towards the lights, Lc (L, 3) colours x intensities
         n = normal
         ndl = n @ D.T  # (N, L)
-        w = wrap_px[:, None]
-        diff = ((ndl + w) / (1 + w)).clamp_min(0)
+        nL = len(D)
         ambient = self._ambient(n, amb_up, amb_down)  # (N, 3)
-        vis = torch.ones_like(ndl)  # (N, L) light visibility
+        vis = vis_r = vis_g = torch.ones_like(ndl)  # (N, L) light visibility (red and green: softer, see above)
+        ao = torch.zeros_like(ndl[:, :1])
         if view_d is not None and light_maps is not None:  # ambient occlusion and shadows from the depth map
             py = torch.div(pix, W, rounding_mode="floor")
             terms = lighting_lib.sample_at(view_d, light_maps, pix % W, py)
-            vis = terms[:, : len(D)]  # (N, L)
+            vis, vis_r, vis_g = terms[:, :nL], terms[:, nL : 2 * nL], terms[:, 2 * nL : 3 * nL]
             points = ray * depth_img.reshape(-1)[pix][:, None]
-            ao = lighting_lib.ambient_occlusion(points, n, terms[:, len(D) :], view_d.head_m)[:, None] * ao_strength
+            ao = lighting_lib.ambient_occlusion(points, n, terms[:, 3 * nL :], view_d.head_m)[:, None] * ao_strength
             ambient = ambient * (1 - ao)
-            diff = diff * vis * (1 - 0.3 * ao)
-        irr = ambient + diff @ Lc
-        # n . normalize(view + d) for unit view and d: (n.v + n.d) / sqrt(2 + 2 v.d), without (N, L, 3) temporaries
-        nv = (n * view) @ ones3
-        ndh = ((nv[:, None] + ndl) * torch.rsqrt((2 + 2 * (view @ D.T)).clamp_min(1e-6))).clamp_min(1e-6)
+        # diffuse per channel: subsurface scattering wraps red light further round the terminator (red-shifted
+        # wrap) and softens its shadow edges
+        skin_px = ~(is_["right_eyeball"] | is_["left_eyeball"] | is_["inner_mouth"])
+        if len(hi):
+            skin_px[hi] = False
+        sss_wrap = min(0.5, 25.0 * sss) * skin_px.float()[:, None]
+        direct = torch.empty_like(albedo)
+        for c, (k, v) in enumerate(((1.0, vis_r), (0.45, vis_g), (0.25, vis))):
+            w = wrap_px[:, None] + k * sss_wrap
+            direct[:, c] = (((ndl + w) / (1 + w)).clamp_min(0) * v * (1 - 0.3 * ao)) @ Lc[:, c]
+        irr = ambient + direct
+        # n . normalize(view + d) for unit view and d: (n.v + n.d) / sqrt(2 + 2 v.d), without (N, L, 3) temporaries;
+        # the highlights see a bumpy normal (pores, relief) on the skin
+        nb = n + bump * skin_px[:, None].float() * torch.cat([relief, torch.zeros_like(relief[:, :1])], 1)
+        nb = F.normalize(nb, dim=-1)
+        nv = (nb * view) @ ones3
+        ndh = ((nv[:, None] + nb @ D.T) * torch.rsqrt((2 + 2 * (view @ D.T)).clamp_min(1e-6))).clamp_min(1e-6)
         norm = ((shin + 8) / (8 * math.pi)).clamp(max=4.0) * ks
         sp = torch.exp(shin[:, None] * torch.log(ndh)) * (ndl > 0) * norm[:, None]
         spec = (sp * vis) @ Lc
