@@ -301,3 +301,19 @@ def test_mixture_under_ddp_two_cpu_processes(sources: dict[str, Path], tmp_path:
     rows = _metrics(tmp_path / "run")
     assert _last(rows, "val/count/nme") == 14 and _last(rows, "val/fs/count/nme") == 6
     assert _last(rows, "val/synth/depth_rmse_mm") > 0 and _last(rows, "val/fs/depth_rmse_mm") is None
+
+
+def test_mixture_batches_are_the_same_with_any_worker_count(sources: dict[str, Path]) -> None:
+    """The draws come from the seeded sampler in the main process: the (source, row) of every batch item is the same
+    with 0 or 2 DataLoader workers (each worker opens its own reader per source)."""
+    from synthforge.data.datamodule import SynthDataModule
+
+    def draws(workers: int) -> list[tuple[int, int]]:
+        dm = SynthDataModule(f"{sources['synth']}:2,{sources['fs']}:1,{sources['release']}:1", batch_size=3,
+                             num_workers=workers, crop_size=32, persistent_workers=False, seed=5)  # fmt: skip
+        return [(int(s), int(i)) for b in dm.train_dataloader() for s, i in zip(b["source"], b["index"], strict=True)]
+
+    single = draws(0)
+    assert draws(2) == single and len(single) == 18  # 8 + 6 + 4 rows, 6 full batches
+    counts = np.bincount([s for s, _ in single], minlength=3)
+    assert np.abs(counts - np.array([9, 4.5, 4.5])).max() <= 1  # weights 2:1:1 of 18 draws
