@@ -317,3 +317,24 @@ def test_mixture_batches_are_the_same_with_any_worker_count(sources: dict[str, P
     assert draws(2) == single and len(single) == 18  # 8 + 6 + 4 rows, 6 full batches
     counts = np.bincount([s for s, _ in single], minlength=3)
     assert np.abs(counts - np.array([9, 4.5, 4.5])).max() <= 1  # weights 2:1:1 of 18 draws
+
+
+def test_a_file_without_landmarks_is_cropped_around_its_head_box(tmp_path: Path) -> None:
+    from next3d_gen.importers import write_samples
+
+    size = 40
+    image = np.zeros((size, size, 3), np.uint8)
+    seg = np.zeros((size, size), np.uint8)
+    seg[10:30, 14:24] = FACESYNTHETICS.id("skin")  # head box x 13.5..23.5, y 9.5..29.5 (pixel edges)
+    image[seg > 0] = 200
+    sample = {"image": image, "seg": seg, "bbox": np.array([13.5, 9.5, 23.5, 29.5], np.float32),
+              "sample_seed": np.int64(-1)}  # fmt: skip
+    shapes = {"image": (size, size, 3), "seg": (size, size), "bbox": (4,), "sample_seed": ()}
+    path = write_samples(tmp_path / "nolm.h5", ["a"], shapes, FACESYNTHETICS.to_json(), {"importer": "facesynthetics"},
+                         size, "none", lambda stem: sample)  # fmt: skip
+    ds = SynthFaceDataset(path, crop_size=20)
+    item = ds[0]
+    assert not item["has_landmarks"] and not item["landmarks_in_crop"].any() and not item["has_depth"]
+    # the 20 px head box fills the 20 px crop: the face column spans the crop's middle half, rows all of it
+    face = item["seg_partial"] != 0  # FaceSynthetics skin is a partial label
+    assert face[:, 5:15].all() and not face[:, :4].any() and not face[:, 16:].any()
