@@ -751,7 +751,9 @@ Next3D images draw hair and glasses the mesh does not have (hair over the forehe
 the background, frames and lenses over eyes and nose): any pixel may be ``hair`` or ``eyeglasses`` in our space, so
 every class c is the partial label {c, hair, eyeglasses}."""
 
-TRAINING_MERGE_TABLES: dict[str, TrainingMergeTable] = {t.source: t for t in (FACESYNTHETICS_TO_SYNTH, RELEASE_TO_SYNTH)}
+TRAINING_MERGE_TABLES: dict[str, TrainingMergeTable] = {
+    t.source: t for t in (FACESYNTHETICS_TO_SYNTH, RELEASE_TO_SYNTH)
+}
 """Merge tables into the training label space, keyed by importer name (``generator_config["importer"]``). A file
 written by the generator has none: its ``seg`` is already in its (current) label space."""
 

@@ -130,9 +130,10 @@ def test_missing_fields_contribute_exactly_zero_and_zero_gradient(sources: dict[
     assert (batch["seg_partial"][2] != 0).any() and (batch["seg"][2] == IGNORE_INDEX).all()  # release: all partial
 
     o = _fake_outputs(3, 32)
-    net_out = type("Out", (), {"seg": o["seg"], "depth": o["depth"], "heatmaps": [o["hm"]], "landmark_stacks": [o["co"]],
-                               "normal": None, "uv": None})()  # fmt: skip
-    system = MultiTaskSystem(torch.nn.Identity(), loss=L.LossConfig(seg=1, depth=100, depth_ssi=2, heatmap=1, coord=0.1))
+    net_out = type("Out", (), {"seg": o["seg"], "depth": o["depth"], "heatmaps": [o["hm"]],
+                               "landmark_stacks": [o["co"]], "normal": None, "uv": None})()  # fmt: skip
+    weights = L.LossConfig(seg=1, depth=100, depth_ssi=2, heatmap=1, coord=0.1)
+    system = MultiTaskSystem(torch.nn.Identity(), loss=weights)
     terms = system._task_terms(net_out, batch)
     grads = {}
     for name, outputs in (("depth", "depth"), ("depth_ssi", "depth"), ("seg", "seg"), ("heatmap", "hm")):

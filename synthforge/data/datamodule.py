@@ -102,7 +102,9 @@ class SynthDataModule(pl.LightningDataModule):
                              seed=seed, source_index=k, **common)
             for k, src in enumerate(self.train_sources)
         ]  # fmt: skip
-        val_sets = [SynthFaceDataset(Path(src.path), source_index=k, **common) for k, src in enumerate(self.val_sources)]
+        val_sets = [
+            SynthFaceDataset(Path(src.path), source_index=k, **common) for k, src in enumerate(self.val_sources)
+        ]
         space = train_sets[0].label_space
         for src, ds in zip(self.train_sources + self.val_sources, train_sets + val_sets, strict=True):
             if ds.label_space.classes != space.classes:
