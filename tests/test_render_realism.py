@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render import face_detail as face_lib
 from next3d_gen.render import hair as hair_lib
 from next3d_gen.render import lighting as lighting_lib
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
@@ -461,3 +462,133 @@ def test_oily_sheen_and_bumps_change_the_highlights(toy) -> None:
         return float(lap[tzone].mean())
 
     assert rough(lum["bumpy"]) > 1.5 * rough(lum["dry"]) + 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# eyes and mouth
+
+
+def test_lashes_darken_the_upper_lid_line_most(toy) -> None:
+    """Lash density 0 vs 1 on the same scene: only eye-region pixels change, they darken, the upper lid next to the
+    eyeball the most (more than the lower lid), pixels far from the eyeball not at all."""
+    scene = make_scene(toy, 128)
+    seg = scene.annotations.seg[0].numpy()
+    base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, eye_shadow_prob=0.0, eyeliner_prob=0.0)
+    off, on = (_render(scene, 0, ProceduralConfig(**base, lash_density_range=(d, d))).image.numpy().astype(float)
+               for d in (0.0, 1.0))  # fmt: skip
+    dark = (off - on).mean(-1)
+    lids = np.isin(seg, [C["right_eye_region"], C["left_eye_region"]])
+    assert (dark[~lids] == 0).all() and (dark >= -1).all()
+    eyeball = np.isin(seg, [C["right_eyeball"], C["left_eyeball"]])
+    near = lids & (np.roll(eyeball, 1, 0) | np.roll(eyeball, -1, 0))  # lid pixels right above / below the eyeball
+    centre_row = scene.annotations.landmarks_2d[0, 36:48, 1].mean().item()
+    rows = np.arange(seg.shape[0])[:, None] * np.ones((1, seg.shape[1]))
+    upper = near & (rows < centre_row)
+    lower = near & (rows > centre_row)
+    assert dark[upper].mean() > 25 and dark[upper].mean() > 2 * dark[lower].mean()
+    ball = torch.as_tensor(eyeball, dtype=torch.float32)[None, None]
+    far = lids & ~(torch.nn.functional.max_pool2d(ball, 11, 1, 5)[0, 0].numpy() > 0)  # > 5 px from the eyeball
+    assert far.sum() > 5 and dark[far].mean() < 0.2 * dark[upper].mean()
+
+
+def test_eyelash_coverage_function() -> None:
+    g = torch.Generator().manual_seed(0)
+    b = torch.rand(4000, generator=g) * 0.5
+    upper = torch.rand(4000, generator=g) > 0.5
+    angle = (torch.rand(4000, generator=g) * 2 - 1) * math.pi
+    lash = hair_free = face_lib.eyelashes(_rng(0), b, upper, angle, 1.0, 0.0)
+    assert lash.min() >= 0 and lash.max() <= 1
+    margin, away = b > 0.45, b < 0.03
+    assert lash[margin & upper].mean() > 0.8 and lash[margin & ~upper].mean() < 0.5
+    assert lash[away].max() < 0.05  # nothing beyond the lashes' reach
+    mid = (b > 0.1) & (b < 0.25) & upper
+    assert 0.05 < (lash[mid] > 0.5).float().mean() < 0.95  # strokes with gaps between them
+    assert (face_lib.eyelashes(_rng(0), b, upper, angle, 0.0, 0.0) == 0).all()
+    liner = face_lib.eyelashes(_rng(0), b, upper, angle, 1.0, 1.0)
+    assert (liner >= hair_free - 1e-6).all() and liner[mid].mean() > hair_free[mid].mean()
+
+
+def test_lid_shadow_and_iris_structure() -> None:
+    p = torch.tensor([0.5, 0.5, 0.0])
+    shade = face_lib.lid_shadow(p, torch.tensor([True, False, True]), 0.8)
+    assert shade[0] < shade[1] < 1 and shade[2] == 1
+    rr = torch.linspace(0, 1, 400)
+    phi = torch.linspace(-math.pi, math.pi, 400)
+    base = torch.tensor([0.1, 0.2, 0.4])
+    amber = torch.tensor([0.5, 0.3, 0.05])
+    col = face_lib.iris(_rng(0), base, rr, phi, 0.35, amber)
+    inner, outer = rr < 0.3, rr > 0.75
+    dist = lambda c: (col / col.sum(1, keepdim=True) - c / c.sum()).norm(dim=1)  # noqa: E731 - chromaticity
+    assert dist(amber)[inner].mean() < dist(amber)[outer].mean()
+    assert col[outer].std(0).mean() > 0.01  # fibres and crypts
+
+
+def test_catchlight_is_a_spot_where_the_normal_halves_light_and_view() -> None:
+    light = torch.nn.functional.normalize(torch.tensor([0.5, -0.5, -1.0]), dim=0)
+    view = torch.tensor([0.0, 0.0, -1.0])
+    h = torch.nn.functional.normalize(light + view, dim=0)
+    g = torch.Generator().manual_seed(0)
+    n = torch.nn.functional.normalize(h + 0.3 * torch.randn(3000, 3, generator=g), dim=1)
+    ang = torch.rad2deg(torch.acos((n @ h).clamp(-1, 1)))
+    small, big = (face_lib.catchlight(n, view.expand(3000, 3), light, r) for r in (8.0, 20.0))
+    assert small[ang < 2].min() > 0.99 and small[ang > 4.01].max() == 0
+    assert big[ang > 10.01].max() == 0 and (big > 0).sum() > (small > 0).sum()
+
+
+def test_mouth_parts_places_teeth_gaps_and_tongue() -> None:
+    across = torch.linspace(-40, 40, 81).repeat(11)
+    down = torch.linspace(0, 1, 11).repeat_interleave(81)
+    near_upper, near_lower = down < 0.25, down > 0.85
+    teeth, gaps, tongue = face_lib.mouth_parts(across, down, near_upper, near_lower, 10.0, lower_teeth=False)
+    assert torch.equal(teeth, near_upper)
+    assert gaps[across == 0].min() == 1 and gaps[across == 5].max() == 0  # gaps 10 px apart, one on the centre
+    assert tongue[teeth].max() == 0 and tongue[(down > 0.9) & (across.abs() < 5)].min() > 0.9
+    assert tongue[down < 0.35].max() == 0
+    teeth2, _, _ = face_lib.mouth_parts(across, down, near_upper, near_lower, 10.0, lower_teeth=True)
+    assert torch.equal(teeth2, near_upper | near_lower)
+
+
+def _open_mouth_scene(size: int = 128) -> Scene:
+    """A built-in head sample of the generation pipeline with its mouth open (inner mouth visible)."""
+    pytest.importorskip("next3d_gen.head_model")
+    from next3d_gen.pipeline import SamplePipeline
+    from next3d_gen.sampling import GenerateConfig
+
+    pipe = SamplePipeline(GenerateConfig(seed=11, image_size=size))
+    for i in range(40):
+        p = pipe.params(i)
+        v, lm, frags, ann = pipe._pose_and_label(p)
+        if (ann.seg[0] == C["inner_mouth"]).sum() > 60:
+            return Scene(v[0], lm[0], pipe.layer.faces, p.K.to(v), p.cam2world.to(v), size, size, frags, ann,
+                         pipe.model, {})  # fmt: skip
+    pytest.fail("no open mouth in 40 samples")
+
+
+def test_teeth_and_tongue_change_only_the_open_mouth_and_brighten_it() -> None:
+    scene = _open_mouth_scene()
+    seg = scene.annotations.seg[0].numpy()
+    mouth = seg == C["inner_mouth"]
+    base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, teeth_prob=0.0, lower_teeth_prob=0.0)
+    outs = {t: _render(scene, 0, ProceduralConfig(**base, tongue_prob=t)).image.numpy().astype(float) for t in (0, 1)}
+    d = np.abs(outs[1] - outs[0]).sum(-1) > 0
+    assert d.any() and mouth[d].all()
+    assert (outs[1] - outs[0])[d].mean() > 0  # the tongue is lighter than the cavity
+    # teeth (teeth_prob draws from the main stream, so compare within one render): the mouth just under the upper
+    # lip is much brighter than the rest of the mouth
+    img = _render(scene, 0, ProceduralConfig(**dict(base, teeth_prob=1.0), tongue_prob=0.0)).image.numpy()
+    lum = img.astype(float).mean(-1)
+    upper_lip = seg == C["upper_lip"]
+    under = mouth & (np.roll(upper_lip, 1, 0) | np.roll(upper_lip, 2, 0))
+    assert under.sum() > 5 and lum[under].mean() > lum[mouth & ~under].mean() + 20
+
+
+def test_catchlight_brightens_only_the_eyes(toy) -> None:
+    scene = make_scene(toy, 128)
+    seg = scene.annotations.seg[0].numpy()
+    base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, num_lights_range=(1, 1), light_azimuth_deg_range=(10.0, 10.0),
+                light_elevation_deg_range=(10.0, 10.0), catchlight_radius_deg_range=(16.0, 16.0))  # fmt: skip
+    off, on = (_render(scene, 0, ProceduralConfig(**base, catchlight_strength_range=(s, s))).image.numpy().astype(float)
+               for s in (0.0, 1.0))  # fmt: skip
+    d = (on - off).sum(-1)
+    eyes = np.isin(seg, [C["right_eyeball"], C["left_eyeball"]])
+    assert (d[~eyes] == 0).all() and d.min() >= 0 and d[eyes].max() > 60

@@ -242,12 +242,18 @@ def flyaways(
     pick, jitter, turn, bend, length, alpha = (rng.rand(count) for _ in range(6))
     if count <= 0:
         return out.view(H, W)
-    reg = region.float()[None, None]
-    outside = (allowed & ~region).float()[None, None]
-    edge = (reg[0, 0] > 0) & (F.max_pool2d(outside, 3, 1, 1)[0, 0] > 0)
-    seeds = edge.reshape(-1).nonzero().squeeze(1)
-    if len(seeds) == 0:
+    nz = region.nonzero()
+    if len(nz) == 0:
         return out.view(H, W)
+    r0, c0 = max(0, int(nz[:, 0].min()) - 1), max(0, int(nz[:, 1].min()) - 1)
+    r1, c1 = min(H, int(nz[:, 0].max()) + 2), min(W, int(nz[:, 1].max()) + 2)
+    reg = region[r0:r1, c0:c1]
+    outside = (allowed[r0:r1, c0:c1] & ~reg).float()[None, None]
+    edge = reg & (F.max_pool2d(outside, 3, 1, 1)[0, 0] > 0)
+    local = edge.nonzero()
+    if len(local) == 0:
+        return out.view(H, W)
+    seeds = (local[:, 0] + r0) * W + (local[:, 1] + c0)
     ids = seeds[(pick * len(seeds)).long().clamp(max=len(seeds) - 1)]
     p0 = torch.stack([(ids % W).float(), torch.div(ids, W, rounding_mode="floor").float()], 1) + (jitter[:, None] - 0.5)
     _, t2 = strand_texture(flow, p0[:, 0], p0[:, 1])

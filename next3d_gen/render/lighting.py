@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from next3d_gen.render.fields import blur, rays, smoothstep
+from next3d_gen.render.fields import blur_lowres, rays, smoothstep
 
 _FAR = 1e3  # metres: depth given to background pixels of the low-resolution map (never an occluder)
 
@@ -85,7 +85,8 @@ def depth_view(depth: Tensor, mask: Tensor, K: Tensor, max_side: int = 72) -> De
 def masked_blur(view: DepthView, x: Tensor, sigma_px: float) -> Tensor:
     """Mean of (C, h, w) ``x`` over the head's blocks in a Gaussian window of ``sigma_px`` low-resolution pixels."""
     m = view.mask.float()[None]
-    return blur(x * m, sigma_px) / blur(m, sigma_px).clamp_min(1e-4)
+    both = blur_lowres(torch.cat([x * m, m], 0), sigma_px, max_side=36)  # large windows at half resolution
+    return both[:-1] / both[-1:].clamp_min(1e-4)
 
 
 AO_RADII = (0.03, 0.1)

@@ -14,9 +14,12 @@ The renderer paints the head in the label rasterization the pipeline already mad
   cheek flush; darker/redder tones on ears, neck, eye regions; optional freckles and stubble; makeup (eye shadow on
   the upper lids, blush on the cheeks, lipstick). Eyebrows are
   noise-modulated strokes on the eyebrow classes, lips a lip tone on the lip classes, the inner mouth dark with
-  optional teeth, eyeballs get sclera / iris (radial streaks, dark limbal ring) / pupil from the direction out of
-  each eyeball's centre in the rest pose (the iris follows the eye joint), lash lines darken the lids next to the
-  eyeball. The scalp gets hair (opaque) or bare skin.
+  optional teeth (upper and lower rows, dark lines between them, darker towards the corners) and a tongue (from
+  the mouth's screen-space frame given by the lip landmarks), eyeballs get sclera / iris (radial streaks and fibres,
+  wavy collarette, crypts, dark ruff and limbal ring, optional amber centre) / pupil from the direction out of each
+  eyeball's centre in the rest pose (the iris follows the eye joint) and a shadow under the lids; the lids get a
+  lash line and lash strokes leaning towards the temple (upper: long and dense; lower: short and sparse) and a wet
+  lower margin (:mod:`next3d_gen.render.face_detail`). The scalp gets hair (opaque) or bare skin.
 * **Hair** (:mod:`next3d_gen.render.hair`): scalp hair, fringe, hair volume and flyaways share one flow (strands
   running away from a point beyond the crown, straight to curly) and strand texture (locks, strands, fine strands,
   darker roots), shaded with Kajiya-Kay diffuse and two shifted anisotropic highlights that break up along the
@@ -29,7 +32,7 @@ The renderer paints the head in the label rasterization the pipeline already mad
   Blinn-Phong specular (per-region strength and exponent; stronger and sharper on an oily T-zone; the skin's
   highlights see a normal perturbed by fine bumps) in linear RGB, then sRGB encoding; the direct light is scattered
   under the skin (per-channel wrap and shadow blur, red widest: soft, reddish terminators and shadow edges); hair
-  pixels are shaded as hair. Ambient
+  pixels are shaded as hair; the key light, seen as an area light, makes a catchlight in the eyes. Ambient
   occlusion and soft shadows come from the rasterized depth at reduced resolution (:mod:`next3d_gen.render.lighting`):
   occlusion where the surroundings rise above a pixel's tangent plane (eye sockets, nose sides, under the chin), and
   shadow rays marched over the depth map towards each light (the nose's, the brows' and the chin's shadows) with a
@@ -82,6 +85,7 @@ from torch import Tensor
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render import face_detail as face_lib
 from next3d_gen.render import fields as fx
 from next3d_gen.render import hair as hair_lib
 from next3d_gen.render import lighting as lighting_lib
@@ -189,7 +193,15 @@ class ProceduralConfig:
         iris_colour_weights: relative weights of :data:`IRIS_COLOURS` (6 values).
         iris_angle_deg_range: half-angle of the iris seen from the eyeball centre (degrees).
         pupil_fraction_range: pupil radius as a fraction of the iris radius.
-        teeth_prob: probability that teeth are visible behind the upper lip when the mouth is open.
+        teeth_prob: probability that teeth are visible behind the upper lip when the mouth is open (separated by
+            dark lines, darker towards the mouth corners); ``lower_teeth_prob`` of a lower row too.
+        tongue_prob: probability of a tongue in the lower middle of an open mouth.
+        lash_density_range: opacity of the lash lines and lashes (upper lashes lean towards the temple, lower ones
+            are sparser and shorter); ``eyeliner_prob``: a thick dark line on the upper lid, a thin one below.
+        iris_heterochromia_prob: probability of an amber ring inside the collarette (central heterochromia); every
+            iris has radial fibres, a wavy collarette, crypts and a dark ruff round the pupil.
+        catchlight_radius_deg_range, catchlight_strength_range: angular radius of the key light seen as an area
+            light, reflected in the wet eyeball as a soft spot, and its strength.
         hair_prob: probability of hair on the scalp (else bare, skin-coloured scalp).
         hair_colour_weights: relative weights of :data:`HAIR_COLOURS` (8 values).
         hair_volume_prob: probability of hair volume drawn on the background around the scalp silhouette.
@@ -287,6 +299,13 @@ class ProceduralConfig:
     iris_angle_deg_range: Range = (26.0, 33.0)
     pupil_fraction_range: Range = (0.28, 0.45)
     teeth_prob: float = 0.8
+    lower_teeth_prob: float = 0.5
+    tongue_prob: float = 0.7
+    lash_density_range: Range = (0.6, 1.0)
+    eyeliner_prob: float = 0.12
+    iris_heterochromia_prob: float = 0.25
+    catchlight_radius_deg_range: Range = (5.0, 16.0)
+    catchlight_strength_range: Range = (0.4, 1.0)
     hair_prob: float = 0.85
     hair_colour_weights: tuple[float, float, float, float, float, float, float, float] = (
         3.0,
@@ -1011,6 +1030,7 @@ class ProceduralRenderer:
         # ---------------- inner mouth and teeth ----------------
         mi = where_(is_["inner_mouth"])
         ti = mi[:0]
+        mouth_light = tongue_a = torch.zeros(0, device=device)
         if len(mi):
             mouth_col = _lin(_const(device, (0.55, 0.26, 0.26))) * rng.u((0.6, 1.1))
             # deeper = darker (relative to the lips' depth)
@@ -1019,15 +1039,38 @@ class ProceduralRenderer:
             lip_depth = d_flat[pix[li]].min() if len(li) else d_m.min()
             deep = ((d_m - lip_depth) / 0.03).clamp(0, 1)[:, None]
             albedo[mi] = mouth_col * (1 - 0.6 * deep)
+            # screen-space frame of the mouth: across (from its centre line) and down (upper to lower inner lip)
+            lmk2 = ann.landmarks_2d[0].to(device, torch.float32)
+            mx, my = (pix[mi] % W).float(), torch.div(pix[mi], W, rounding_mode="floor").float()
+            corner_l, corner_r, top, bottom = lmk2[48], lmk2[54], lmk2[62], lmk2[66]
+            side = F.normalize(corner_r - corner_l, dim=0)
+            dn = torch.stack([-side[1], side[0]])
+            rel = torch.stack([mx, my], 1) - 0.5 * (corner_l + corner_r)
+            across = rel @ side
+            opening = float((bottom - top) @ dn)
+            down = ((torch.stack([mx, my], 1) - top) @ dn) / max(opening, 1.0)
+            mouth_w = float((corner_r - corner_l).norm())
+            mrng = looks["mouth"]
+            k = max(3, int(round(head_px / 30)) | 1)
+            near_upper = torch.zeros_like(mi, dtype=torch.bool)
+            tooth = _lin(_const(device, (0.9, 0.87, 0.78)))
             if rng.chance(cfg.teeth_prob):
-                k = max(3, int(round(head_px / 30)) | 1)
                 near_upper = fx.dilate_at(seg == _C["upper_lip"], (k, 3), pix[mi])
-                tooth = _lin(_const(device, (0.9, 0.87, 0.78))) * rng.u((0.75, 1.0))
-                rm = rest[mi]
-                gaps = fx.noise2(rng, (4, 24), torch.stack([rm[:, 1], rm[:, 0] * 3], 1).clamp(-1, 1), 1)
-                tv = tooth * (0.9 + 0.1 * gaps) * (1 - 0.5 * deep)
-                ti = mi[near_upper]
-                albedo[ti] = tv[near_upper]
+                tooth = tooth * rng.u((0.75, 1.0))
+                rng.rand(1, 1, 4, 24)  # a grid the teeth no longer use: keeps the main stream's layout
+            near_lower = fx.dilate_at(seg == _C["lower_lip"], (max(3, k - 2), 3), pix[mi]) & (down > 0.5)
+            lower_teeth = mrng.chance(cfg.lower_teeth_prob) and bool(near_upper.any())
+            teeth, gaps, tongue = face_lib.mouth_parts(across, down, near_upper, near_lower, mouth_w / 7.0, lower_teeth)
+            if not mrng.chance(cfg.tongue_prob):
+                tongue = torch.zeros_like(tongue)
+            tongue_col = _lin(_const(device, (0.72, 0.38, 0.4))) * mrng.u((0.7, 1.1))
+            albedo[mi] = torch.lerp(albedo[mi], tongue_col * (1 - 0.3 * deep), tongue[:, None])
+            tongue_a = tongue
+            mouth_light = 0.55 + 0.2 * tongue + 0.3 * teeth.float()  # cavity darkening: less on tongue and teeth
+            corner = fx.smoothstep(0.25, 0.5, across.abs() / max(mouth_w, 1.0))  # teeth darken towards the corners
+            tv = tooth * ((1 - 0.4 * gaps) * (1 - 0.5 * corner) * (1 - 0.35 * deep[:, 0]))[:, None]
+            ti = mi[teeth]
+            albedo[ti] = tv[teeth]
 
         # ---------------- eyeballs ----------------
         any_eye = False
@@ -1035,9 +1078,20 @@ class ProceduralRenderer:
         iris_col = iris_col * rng.u((0.8, 1.2))
         iris_ang = math.radians(rng.u(cfg.iris_angle_deg_range))
         pupil_ang = iris_ang * rng.u(cfg.pupil_fraction_range)
-        sclera = _lin(_const(device, (0.93, 0.9, 0.86))) * rng.u((0.8, 1.0))
+        sclera = _lin(_const(device, (0.86, 0.83, 0.79))) * rng.u((0.8, 1.0))
         radial_grid = rng.rand(1, 1, 6, 72) * 2 - 1
         vein = _const(device, (0.6, 1.0, 1.0))
+        erng = looks["eyes"]
+        centre_col = _lin(_const(device, (0.62, 0.42, 0.14))) if erng.chance(cfg.iris_heterochromia_prob) else None
+        eyeball_img = (seg == _C["right_eyeball"]) | (seg == _C["left_eyeball"])
+        lm2d = ann.landmarks_2d[0].to(device, torch.float32)
+        lash_sigma = max(0.6, 0.035 * float((lm2d[45] - lm2d[36]).norm()))  # half the upper lashes' length
+        cornea = torch.zeros(len(pix), device=device)
+        # closeness of eyeball pixels to the lids: 1 - the eyeball's blurred mask (0.5 on the lid margin)
+        near_lid = torch.zeros(len(pix), device=device)
+        balls = where_(is_["right_eyeball"] | is_["left_eyeball"])
+        if len(balls):
+            near_lid[balls] = 1 - fx.masked_blur_at(eyeball_img, 1.5 * lash_sigma, pix[balls])
         for k_eye, name in enumerate(("right_eyeball", "left_eyeball")):
             ei = where_(is_[name])
             if not len(ei):
@@ -1055,26 +1109,39 @@ class ProceduralRenderer:
             )
             ic = iris_col * (1 + 0.35 * streaks[:, None]) * (1 + 0.4 * (1 - rr.clamp(0, 1))[:, None])
             ic = ic * (1 - 0.55 * fx.smoothstep(0.75, 1.0, rr)[:, None])  # dark limbal ring
+            ic = face_lib.iris(erng, ic, rr, phi, pupil_ang / iris_ang, centre_col)
             in_iris = (1 - fx.smoothstep(0.94, 1.04, rr))[:, None]
             pf = pupil_ang / iris_ang
             in_pupil = (1 - fx.smoothstep(pf - 0.06, pf + 0.04, rr))[:, None]
             sc = sclera * (1 - 0.18 * fx.smoothstep(1.3, 2.6, rr)[:, None] * vein)
             col = sc * (1 - in_iris) + ic * in_iris
-            albedo[ei] = col * (1 - in_pupil) + 0.01 * in_pupil
+            col = col * (1 - in_pupil) + 0.01 * in_pupil
+            # the lids (and lashes) shade the eyeball below the upper lid and above the lower one
+            shade = face_lib.lid_shadow(near_lid[ei], re_[:, 1] > c[1], erng.u((0.5, 0.9)))
+            albedo[ei] = col * shade[:, None]
+            cornea[ei] = 1 - fx.smoothstep(1.0, 1.3, rr)  # the cornea's bulge over the iris: the wettest part
         lash_f = rng.u((0.7, 1.0))
+        wet = mi[:0]  # the lower lid's wet margin (glossy)
         if any_eye:
-            # lash lines: eye-region pixels next to the eyeball; the upper lid (above the eyeball centre in the
-            # rest pose) gets the darker line
+            # lashes and lash lines on the eye-region pixels round the eyeball, denser on the upper lid (above the
+            # eyeball centre in the rest pose)
             oi = where_(is_["right_eye_region"] | is_["left_eye_region"])
-            k = max(3, int(round(head_px / 60)) | 1)
-            near_eye = fx.dilate_at((seg == _C["right_eyeball"]) | (seg == _C["left_eyeball"]), (k, k), pix[oi])
-            lids = oi[near_eye]
+            b = fx.masked_blur_at(eyeball_img, lash_sigma, pix[oi])
+            lids = oi[b > 0.005]
             if len(lids):
+                b = b[b > 0.005]
                 rl = rest[lids]
-                cy = torch.where(rl[:, 0] < 0, data.eye_centre[0, 1], data.eye_centre[1, 1])
-                lash = ((0.35 + 0.5 * (rl[:, 1] > cy).float()) * lash_f)[:, None]
+                right = rl[:, 0] < 0
+                cen = torch.where(right[:, None], data.eye_centre[0], data.eye_centre[1])
+                upper = rl[:, 1] > cen[:, 1]
+                out = torch.where(right, cen[:, 0] - rl[:, 0], rl[:, 0] - cen[:, 0])  # towards the temple
+                angle = torch.atan2(rl[:, 1] - cen[:, 1], out)
+                liner = erng.u((0.4, 1.0)) if erng.chance(cfg.eyeliner_prob) else 0.0
+                density = erng.u(cfg.lash_density_range) * lash_f
+                lash = face_lib.eyelashes(erng, b, upper, angle, density, liner)[:, None]
                 lash_col = torch.minimum(hair_col, torch.full_like(hair_col, 0.01))
                 albedo[lids] = albedo[lids] * (1 - lash) + lash_col * lash
+                wet = lids[~upper & (b > 0.3)]
 
         # ---------------- scalp / hair ----------------
         occl = torch.zeros(H * W, dtype=torch.bool, device=device)
@@ -1241,6 +1308,11 @@ class ProceduralRenderer:
         if len(ti):
             ks[ti] = 0.25
             wrap_px[ti] = 0.0
+        if len(mi):  # a wet tongue
+            ks[mi] = torch.lerp(ks[mi], torch.full_like(ks[mi], 0.3), tongue_a)
+            shin[mi] = torch.lerp(shin[mi], torch.full_like(shin[mi], 40.0), tongue_a)
+        if len(wet):  # the lower lid's wet margin
+            ks[wet], shin[wet] = 0.45, 80.0
 
         # shading, all lights at once: D (L, 3) directions towards the lights, Lc (L, 3) colours x intensities
         n = normal
@@ -1277,6 +1349,12 @@ class ProceduralRenderer:
         sp = torch.exp(shin[:, None] * torch.log(ndh)) * (ndl > 0) * norm[:, None]
         spec = (sp * vis) @ Lc
         rad = albedo * irr + spec
+        eye_px = where_(is_["right_eyeball"] | is_["left_eyeball"])
+        if len(eye_px):  # the key light seen as an area light in the wet eye
+            radius, strength = erng.u(cfg.catchlight_radius_deg_range), erng.u(cfg.catchlight_strength_range)
+            glint = face_lib.catchlight(n[eye_px], view[eye_px], D[0], radius) * vis[eye_px, 0] * strength
+            glint = glint * (0.25 + 0.75 * cornea[eye_px])  # the sclera is less glossy
+            rad[eye_px] += glint[:, None] * (Lc[0] / Lc[0].max().clamp_min(1e-6))
         if len(hi):  # scalp hair and fringe: opaque hair (coverage 1)
             tangent = hair_lib.lift_tangent(hair_t2, n[hi])
             rad[hi] = self._hair_radiance(albedo[hi], n[hi], tangent, view[hi], ambient[hi], (D, Lc, vis[hi]), hair_mat,
@@ -1288,7 +1366,7 @@ class ProceduralRenderer:
                                      ambient[beard_px], (D, Lc, vis[beard_px]), beard_mat, beard_s)  # fmt: skip
             rad[beard_px] = torch.lerp(rad[beard_px], rb, beard_a[:, None])
         if len(mi):  # cavity darkening: the inner mouth gets less light
-            rad[mi] = rad[mi] * 0.55
+            rad[mi] = rad[mi] * mouth_light[:, None]
         rad = rad * exposure
         head_rgb = _srgb(rad)  # (N, 3) sRGB
 
@@ -1514,18 +1592,19 @@ class ProceduralRenderer:
         ids = data.scalp_ids
         target = F.normalize(torch.tensor([off, 1.0, -back], device=device), dim=0)
         verts = torch.as_tensor(scene.vertices_world, dtype=torch.float32).to(device)
-        crown = verts[int(ids[int(torch.argmax(data.rest[ids] @ target))])]
-        # the flow centre sits outside the head, beyond the crown: seen from the front the strands come over the
-        # top of the head instead of converging on a visible point
-        centre3 = 0.5 * (verts.amin(0) + verts.amax(0))
-        crown = crown + lift * (crown - centre3)
-        c2w = torch.as_tensor(scene.cam2world, dtype=torch.float32, device=device).reshape(4, 4)
-        p = c2w[:3, :3].T @ (crown - c2w[:3, 3])
         x0, y0, x1, _ = (float(v) for v in bbox)
-        centre = ((x0 + x1) / 2, y0)
-        if float(p[2]) > 1e-3 and bool(torch.isfinite(p).all()):
-            q = K @ (p / p[2])
-            centre = (float(q[0]), float(q[1]))
+        centre = ((x0 + x1) / 2, y0)  # without the posed mesh: the top of the head's box
+        if len(verts) == len(data.rest):
+            crown = verts[int(ids[int(torch.argmax(data.rest[ids] @ target))])]
+            # the flow centre sits outside the head, beyond the crown: seen from the front the strands come over
+            # the top of the head instead of converging on a visible point
+            centre3 = 0.5 * (verts.amin(0) + verts.amax(0))
+            crown = crown + lift * (crown - centre3)
+            c2w = torch.as_tensor(scene.cam2world, dtype=torch.float32, device=device).reshape(4, 4)
+            p = c2w[:3, :3].T @ (crown - c2w[:3, 3])
+            if float(p[2]) > 1e-3 and bool(torch.isfinite(p).all()):
+                q = K @ (p / p[2])
+                centre = (float(q[0]), float(q[1]))
         return hair_lib.make_flow(look, centre, head_px, wave, contrast, root), material
 
     def _hair_radiance(
