@@ -592,3 +592,19 @@ def test_catchlight_brightens_only_the_eyes(toy) -> None:
     d = (on - off).sum(-1)
     eyes = np.isin(seg, [C["right_eyeball"], C["left_eyeball"]])
     assert (d[~eyes] == 0).all() and d.min() >= 0 and d[eyes].max() > 60
+
+
+def test_detail_options_are_validated() -> None:
+    from next3d_gen.errors import UserError
+
+    cfg = ProceduralConfig.from_dict({"beard_style_weights": [1, 0, 0, 0], "flyaway_count_range": [2, 5]})
+    assert cfg.beard_style_weights == (1.0, 0.0, 0.0, 0.0) and cfg.flyaway_count_range == (2, 5)
+    bad_options = (
+        ({"flyaway_count_range": [-1, 3]}, "flyaway_count_range"),
+        ({"beard_style_weights": [0, 0, 0, 0]}, "beard_style_weights"),
+        ({"tongue_prob": 1.5}, "tongue_prob"),
+        ({"shadow_softness_range": [0.2, 0.1]}, "shadow_softness"),
+    )
+    for bad, word in bad_options:
+        with pytest.raises(UserError, match=word):
+            ProceduralConfig.from_dict(bad)

@@ -327,7 +327,7 @@ class ProceduralConfig:
     beard_style_weights: tuple[float, float, float, float] = (3.0, 2.0, 1.0, 0.5)
     beard_density_range: Range = (0.55, 1.0)
     beard_curl_range: Range = (0.05, 0.4)
-    hair_strand_contrast_range: Range = (0.35, 0.8)
+    hair_strand_contrast_range: Range = (0.5, 0.9)
     hair_wave_range: Range = (0.0, 0.45)
     hair_flow_offset_range: Range = (-0.45, 0.45)
     hair_root_darkness_range: Range = (0.05, 0.35)
