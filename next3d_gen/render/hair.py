@@ -99,6 +99,11 @@ def _periodic_grid(rng: Draws, rows: int, cols: int) -> Tensor:
     return torch.cat([g, g[..., :1]], -1)
 
 
+def _wrap(angle: Tensor) -> Tensor:
+    """An angle (radians, any range) as the periodic grids' column coordinate in [-1, 1]."""
+    return torch.remainder(angle + math.pi, 2 * math.pi) / math.pi - 1
+
+
 def _sample(grid: Tensor, u: Tensor, v: Tensor) -> Tensor:
     """Bilinear lookup of a (1, 1, rows, cols) grid at u (across), v (along), both in [-1, 1] -> (N,)."""
     pts = torch.stack([u, v], -1).view(1, 1, -1, 2)
@@ -117,9 +122,11 @@ def strand_texture(flow: HairFlow, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     r_px = torch.sqrt(dx * dx + dy * dy).clamp_min(1e-3)
     r = r_px / flow.head_px
     theta = torch.atan2(dy, dx)
-    psi = (2 * math.pi / flow.wave_len) * r + flow.wave_phase
+    # each lock waves with its own phase (a slowly varying function of the angle), so waves do not line up
+    phase = flow.wave_phase + math.pi * _sample(flow.grids[0][..., :1, :], _wrap(theta), torch.zeros_like(theta))
+    psi = (2 * math.pi / flow.wave_len) * r + phase
     theta_w = theta + flow.wave_amp * torch.sin(psi)
-    u = torch.remainder(theta_w + math.pi, 2 * math.pi) / math.pi - 1
+    u = _wrap(theta_w)
     v = (r / _R_MAX).clamp(0, 1) * 2 - 1
     locks, strands, fine = (_sample(g, u, v) for g in flow.grids)
     # an octave fades out where its strands come closer than ~1.5 pixels (near the centre, at small sizes)
@@ -130,7 +137,8 @@ def strand_texture(flow: HairFlow, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     s = 0.6 * strands * fade1 + 0.4 * fine * fade2 + 0.5 * flow.lock_contrast * locks
     tex = torch.exp((1.6 * flow.contrast) * s - 0.25 * flow.contrast)
     tex = tex * (1 - flow.root_dark * (1 - smoothstep(0.0, 0.35, r)))
-    # direction of the curve theta_w = const: d theta / d r = -A cos(psi) 2 pi / lambda
+    # direction of the curve theta_w = const: d theta / d r = -A cos(psi) 2 pi / lambda (the phase's slow change
+    # with the angle neglected)
     k = -r * flow.wave_amp * torch.cos(psi) * (2 * math.pi / flow.wave_len)
     c, s_ = dx / r_px, dy / r_px
     t = torch.stack([c - s_ * k, s_ + c * k], -1)
