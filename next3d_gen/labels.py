@@ -167,7 +167,7 @@ SYNTH = LabelSpace(
 """The synthetic label space (22 classes, HDF5 schema version 2): :data:`SYNTH_V1`'s 20 classes, then
 
 * ``hair`` = 20: hair in front of whatever is behind it: scalp hair, a fringe over the forehead / brows / ears, hair
-  volume around the head on the background, beard or sideburns where a renderer draws them as a hair layer (the
+  volume around the head on the background, flyaway strands, beards where a renderer draws them as a hair layer (the
   procedural renderer's stubble is a shade of the skin and keeps the skin's class). A pixel is
   ``hair`` where hair covers at least half of it (coverage >= :data:`LAYER_COVERAGE_THRESHOLD`); skin seen through thin
   hair (coverage below that) keeps its skin class. ``scalp`` remains the class of *bare* scalp.
