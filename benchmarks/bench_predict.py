@@ -1,7 +1,8 @@
 """``synthforge predict`` figures: end-to-end speed, and detection rate / landmark NME on the AFW dev set.
 
     python benchmarks/bench_predict.py --ckpt STAGE1.ckpt [--only speed|afw|calibrate] [--images 40]
-                                       [--crop-scale S] [--min-face PX] [--threshold T] [--threads N]
+                                       [--crop-scale S] [--min-face PX] [--threshold T] [--refine N]
+                                       [--threads N]
 
 (a) speed: ~640 x 480 photos with one face (AFW dev-set faces scaled into a 640 x 480 frame when
     ``../shared/realdata/afw68`` exists, else toy faces pasted on a textured background), JPEG-encoded in memory.
@@ -11,8 +12,12 @@
 (b) afw: on ``../shared/realdata/afw68`` (337 annotated faces, see its README): detection rate (a detection matches
     a face when its box centre lies within half the landmark box's side of the landmark box's centre), and the landmark
     NME (%, outer eye corners) with detected boxes vs with boxes from the annotation (the landmark box: what the
-    training crops are made from), both over the detected faces, plus annotation boxes over all faces.
-(c) calibrate: the dlib box -> landmark box ratios stored in ``synthforge.detect.DLIB_CALIBRATION``.
+    training crops are made from), both over the detected faces and through the same pipeline but for the first
+    window, plus annotation boxes over all faces, and the detected/annotation ratio per detector view.
+(c) calibrate: the dlib box -> landmark box offsets and side ratio per view stored in
+    ``synthforge.detect.DLIB_CALIBRATION``: medians over the matched faces, each photo detected at
+    ``CALIBRATION_SCALES`` scales spread over one step of dlib's image pyramid (its box sizes are quantised to that
+    step and the AFW faces all have about the same size, so one scale would measure one phase of the quantisation).
 
 Exit status 2 when the AFW folder is missing for (b)/(c). Figures depend on machine load.
 """
@@ -35,7 +40,15 @@ AFW = ROOT.parent / "shared" / "realdata" / "afw68"
 sys.path.insert(0, str(ROOT))
 
 from synthforge.crops import landmark_box  # noqa: E402
-from synthforge.detect import BoxCalibration, Detection, DlibHogDetector  # noqa: E402
+from synthforge.detect import DLIB_THRESHOLD, Detection, DlibHogDetector  # noqa: E402
+
+CALIBRATION_SCALES = 4
+"""(c): image scales per photo, ``DLIB_PYRAMID_STEP ** (j / CALIBRATION_SCALES)`` for j = 0 .. 3."""
+DLIB_PYRAMID_STEP = 1.2
+"""dlib's HOG detector scans a pyramid of images each 5/6 the size of the previous (``pyramid_down<6>``)."""
+FRONT_VIEWS = ("front", "front_rotated_left", "front_rotated_right")
+"""Views calibrated together (the rotated ones are too few, 24 of the 329 faces, to be fitted alone); "left" and
+"right" are fitted together with the right view's horizontal offsets mirrored."""
 
 
 def afw_faces() -> list[tuple[Path, np.ndarray]]:
@@ -168,7 +181,7 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, r
     detector = DlibHogDetector(min_face=min_face, threshold=threshold)
     pipe = FacePipeline(predictor, crop_scale, detector, refine=refine)
     faces = afw_faces()
-    det_pred, ann_pred, gts, found = [], [], [], []
+    det_pred, ann_pred, gts, found, views = [], [], [], [], []
     for jpg, gt in faces:
         img = np.ascontiguousarray(cv2.imread(str(jpg))[..., ::-1])
         x0, y0 = gt.min(0)
@@ -177,6 +190,7 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, r
         ann_pred.append(ann.faces[0].landmarks)
         d = match(detector.detect(img), gt)
         found.append(d is not None)
+        views.append(None if d is None else d.view)
         if d is not None:
             res = pipe.run(img, boxes=[d], calibration=detector.calibration)
             det_pred.append(res.faces[0].landmarks)
@@ -193,26 +207,43 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, r
     print(f"[afw] NME (%, outer eye corners) on the {k} detected faces: detected boxes {det_nme.mean():.2f}, "
           f"annotation boxes {ann_nme[f].mean():.2f} (ratio {det_nme.mean() / ann_nme[f].mean():.3f}); "
           f"annotation boxes on all {n} faces: {ann_nme.mean():.2f}")
+    found_views = [v for v in views if v is not None]
+    per_view = []
+    for name, group in (("front views", FRONT_VIEWS), ("side views", ("left", "right"))):
+        m = torch.tensor([v in group for v in found_views])
+        if m.any():
+            per_view.append(f"{name} ({int(m.sum())}) {det_nme[m].mean():.2f} vs {ann_nme[f][m].mean():.2f}")
+    print("[afw] NME detected vs annotation boxes per detector view: " + ", ".join(per_view))
     return 0
 
 
-def calibrate(min_face: float) -> int:
+def calibrate(min_face: float, threshold: float) -> int:
     if not AFW.is_dir():
         print(f"[calibrate] {AFW} not found: skipped", file=sys.stderr)
         return 2
-    detector = DlibHogDetector(min_face=min_face)
-    rows = []
+    detectors = [DlibHogDetector(min_face=min_face / DLIB_PYRAMID_STEP ** (j / CALIBRATION_SCALES),
+                                 threshold=threshold) for j in range(CALIBRATION_SCALES)]
+    rows: dict[str, list[tuple[float, float, float]]] = {"front": [], "side": []}
     for jpg, gt in afw_faces():
-        d = match(detector.detect(np.ascontiguousarray(cv2.imread(str(jpg))[..., ::-1])), gt)
-        if d is not None:
+        img = np.ascontiguousarray(cv2.imread(str(jpg))[..., ::-1])
+        for detector in detectors:
+            d = match(detector.detect(img), gt)
+            if d is None:
+                continue
             cx, cy, side = landmark_box(gt)
             x0, y0, x1, y1 = d.box
             w, h = x1 - x0, y1 - y0
-            rows.append(((cx - (x0 + x1) / 2) / w, (cy - (y0 + y1) / 2) / h, side / np.sqrt(w * h)))
-    a = np.array(rows)
-    med = np.median(a, 0)
-    print(f"[calibrate] {len(a)} matched faces: {BoxCalibration(*(round(float(v), 3) for v in med))} "
-          f"(side ratio 10-90%: {np.percentile(a[:, 2], 10):.2f}-{np.percentile(a[:, 2], 90):.2f})")
+            sign = -1.0 if d.view == "right" else 1.0  # the right view as the mirror image of the left one
+            rows["front" if d.view in FRONT_VIEWS else "side"].append(
+                (sign * (cx - (x0 + x1) / 2) / w, (cy - (y0 + y1) / 2) / h, side / np.sqrt(w * h)))
+    print(f"[calibrate] min_face {min_face:g}, threshold {threshold:g}, {CALIBRATION_SCALES} scales per photo")
+    for name, views in (("front", ", ".join(FRONT_VIEWS)), ("side", "left and mirrored right")):
+        a = np.array(rows[name])
+        dx, dy = np.median(a[:, :2], 0)
+        scale = np.exp(np.median(np.log(a[:, 2])))
+        print(f"[calibrate] {name} views ({views}; {len(a)} boxes): "
+              f"dx={dx:.3f}, dy={dy:.3f}, scale={scale:.3f} "
+              f"(side ratio 10-90%: {np.percentile(a[:, 2], 10):.2f}-{np.percentile(a[:, 2], 90):.2f})")
     return 0
 
 
@@ -223,7 +254,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=40, help="images for the speed run")
     p.add_argument("--crop-scale", type=float, default=None, help="default: the checkpoint's data.crop_scale")
     p.add_argument("--min-face", type=float, default=40.0, help="detector min face side, px (default 40)")
-    p.add_argument("--threshold", type=float, default=-0.3, help="detector score threshold for afw (default -0.3)")
+    p.add_argument("--threshold", type=float, default=DLIB_THRESHOLD,
+                   help=f"detector score threshold for afw and calibrate (default {DLIB_THRESHOLD:g}, the detector's)")
     p.add_argument("--refine", type=int, default=1, help="afw: re-crops from landmarks (default 1, as predict)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1 as synthforge predict; "
                                                           "0 = torch's default)")
@@ -231,7 +263,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.only == "calibrate":
-        return calibrate(args.min_face)
+        return calibrate(args.min_face, args.threshold)
     if not args.ckpt:
         p.error("--ckpt is needed for speed and afw")
     from synthforge.inference import Predictor
@@ -246,7 +278,7 @@ def main() -> int:
     if args.only in (None, "afw"):
         status = bench_afw(predictor, crop_scale, args.min_face, args.threshold, args.refine)
     if args.only is None:
-        calibrate(args.min_face)
+        calibrate(args.min_face, args.threshold)
     return status
 
 

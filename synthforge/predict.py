@@ -5,7 +5,8 @@ Works with stage-I and fine-tuned (stage-II) predictors alike; the crop follows 
 
 1. Faces: a :class:`~synthforge.detect.FaceDetector`, user boxes, or the whole image as one face.
 2. First pass: each face box is turned into an estimated landmark box (the detector's
-   :class:`~synthforge.detect.BoxCalibration`), and the crop window is that box measured as the crop definition
+   :class:`~synthforge.detect.BoxCalibration`, per detector view: dlib's side views place their box off the face's
+   centre), and the crop window is that box measured as the crop definition
    measures its box (side times the crop scale, centred on it); the window is warped to the network's ``crop_size``
    square (:func:`~synthforge.crops.crop_matrix`, bilinear, zero border; a window more than twice the crop
    side is first warped at an integer multiple of the crop size and area-averaged down, which keeps the same affine
@@ -289,7 +290,8 @@ class FacePipeline:
         Args:
             image: the photo.
             boxes: face boxes to use instead of the detector (treated as landmark boxes unless ``calibration``).
-            calibration: box -> landmark box for ``boxes`` (default: identity).
+            calibration: box -> landmark box for ``boxes`` (default: identity), per ``Detection.view`` when it
+                has views.
             whole_image: treat the image as one face crop (first-pass window: the image's centred enclosing square,
                 as ``Predictor.predict`` pads a crop; the crop definition ``image`` is this window).
         """
@@ -307,5 +309,5 @@ class FacePipeline:
             dets, cal = self.detector.detect(image), self.detector.calibration
         else:
             dets, cal = list(boxes), calibration or BoxCalibration()
-        windows = [self.crop.window(*cal.landmark_box(det.box)) for det in dets]
+        windows = [self.crop.window(*cal.landmark_box(det.box, det.view)) for det in dets]
         return self.predict_windows(image, dets, windows)

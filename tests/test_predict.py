@@ -91,12 +91,69 @@ def test_depth_png_encoding_round_trip() -> None:
 
 
 def test_box_calibration_and_dlib_blank() -> None:
-    cal = BoxCalibration(dx=0.1, dy=-0.2, scale=1.5)
-    cx, cy, side = cal.landmark_box((10.0, 20.0, 50.0, 60.0))
-    assert (cx, cy, side) == pytest.approx((34.0, 32.0, 60.0))
+    cal = BoxCalibration(dx=0.1, dy=-0.2, scale=1.5, views=(("left", BoxCalibration(0.25, 0.5, 0.5)),))
+    box = (10.0, 20.0, 50.0, 60.0)
+    assert cal.landmark_box(box) == pytest.approx((34.0, 32.0, 60.0))
+    assert cal.landmark_box(box, "right") == pytest.approx((34.0, 32.0, 60.0))  # not listed: the top-level values
+    assert cal.landmark_box(box, "left") == pytest.approx((40.0, 60.0, 20.0))
+    assert cal.for_view("left").mirrored().landmark_box(box) == pytest.approx((20.0, 60.0, 20.0))
     assert DlibHogDetector().detect(np.full((120, 160, 3), 128, np.uint8)) == []
     # resizing for --min-face maps boxes back to the original pixels: upsampled detection of a 2x image
     assert DlibHogDetector(min_face=40).factor == 2.0
+
+
+def test_dlib_views_and_their_calibration() -> None:
+    """dlib's sub-detector index names the view; the side views' landmark boxes are mirror images of each other."""
+    import dlib
+
+    from synthforge.detect import DLIB_CALIBRATION, DLIB_THRESHOLD, DLIB_VIEWS, make_detector
+
+    class FakeHog:  # dlib's run(image, upsample, threshold) -> rectangles, scores, sub-detector indices
+        def run(self, image: np.ndarray, upsample: int, threshold: float) -> tuple[list, list, list]:
+            assert image.shape == (200, 240, 3) and threshold == DLIB_THRESHOLD
+            return [dlib.rectangle(20, 40, 99, 119), dlib.rectangle(120, 40, 199, 119)], [1.5, -0.2], [1, 2]
+
+    det = make_detector("dlib_hog", min_face=40)  # the image is upsampled 2x before dlib sees it
+    assert det.threshold == DLIB_THRESHOLD and make_detector("dlib_hog", threshold=0.5).threshold == 0.5
+    det._detector = FakeHog()
+    found = det.detect(np.zeros((100, 120, 3), np.uint8))
+    assert [d.view for d in found] == ["left", "right"] and [d.score for d in found] == [1.5, -0.2]
+    # dlib's inclusive pixels 20..99 at 2x: edges 19.5..99.5 there, (e + 0.5) / 2 - 0.5 in the photo
+    assert found[0].box == pytest.approx((9.5, 19.5, 49.5, 59.5))
+    assert DLIB_VIEWS[0] == "front" and set(DLIB_VIEWS) >= {"left", "right"}
+    box = (100.0, 50.0, 180.0, 130.0)
+    left, right = DLIB_CALIBRATION.landmark_box(box, "left"), DLIB_CALIBRATION.landmark_box(box, "right")
+    assert left[0] > 140 > right[0] and left[0] - 140 == pytest.approx(140 - right[0])
+    assert left[1:] == pytest.approx(right[1:])
+    assert DLIB_CALIBRATION.landmark_box(box, "front_rotated_left") == DLIB_CALIBRATION.landmark_box(box, "front")
+
+
+class _FixedLandmarks:
+    """A stand-in predictor: the same (68, 2) crop-frame landmarks for every crop (no parsing)."""
+
+    crop_size = 32
+    label_space = None
+
+    def __init__(self, landmarks: np.ndarray) -> None:
+        self.landmarks = landmarks.astype(np.float32)
+        self.batches: list[list[np.ndarray]] = []
+
+    def predict(self, images: list[np.ndarray], batch_size: int = 16) -> list[Prediction]:
+        self.batches.append(list(images))
+        return [Prediction(None, None, None, self.landmarks.copy()) for _ in images]
+
+
+def test_first_window_follows_the_detection_view() -> None:
+    from synthforge.crops import crop_matrix
+
+    rng = np.random.default_rng(1)
+    predictor = _FixedLandmarks(rng.uniform(8, 24, (68, 2)))
+    cal = BoxCalibration(0.0, 0.1, 1.0, views=(("left", BoxCalibration(0.2, 0.1, 0.9)),))
+    pipe = FacePipeline(predictor, crop_scale=1.5, refine=0)
+    dets = [Detection((10.0, 10.0, 50.0, 50.0), 1.0, "left"), Detection((60.0, 10.0, 100.0, 50.0), 1.0, "front")]
+    res = pipe.run(np.zeros((80, 120, 3), np.uint8), boxes=dets, calibration=cal)
+    np.testing.assert_allclose(res.faces[0].matrix, crop_matrix(38.0, 34.0, 36.0 * 1.5, 32))
+    np.testing.assert_allclose(res.faces[1].matrix, crop_matrix(80.0, 34.0, 40.0 * 1.5, 32))
 
 
 @pytest.fixture(scope="module")

@@ -87,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=float, default=None,
                    help="smallest face side to find, pixels (default 80: dlib's window; smaller upsamples, larger "
                         "downsamples and runs faster)")
-    p.add_argument("--detect-threshold", type=float, default=0.0,
-                   help="detector score threshold (default 0; lower, e.g. -0.3, finds more faces and more false ones)")
+    from synthforge.detect import DLIB_THRESHOLD
+
+    p.add_argument("--detect-threshold", type=float, default=None,
+                   help=f"detector score threshold (default: the detector's, {DLIB_THRESHOLD:g} for dlib_hog; lower "
+                        "finds more faces and more false ones, higher fewer)")
     p.add_argument("--save", default=DEFAULT_SAVE, help=f"outputs besides the JSON, from {','.join(OUTPUTS)} "
                                                         f"(default {DEFAULT_SAVE}; 'none' for the JSON only)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
