@@ -2,7 +2,7 @@
 
     python benchmarks/bench_predict.py --ckpt STAGE1.ckpt [--only speed|afw|calibrate] [--images 40]
                                        [--crop-scale S] [--min-face PX] [--threshold T] [--refine N]
-                                       [--threads N]
+                                       [--flip] [--threads N]
 
 (a) speed: ~640 x 480 photos with one face (AFW dev-set faces scaled into a 640 x 480 frame when
     ``../shared/realdata/afw68`` exists, else toy faces pasted on a textured background), JPEG-encoded in memory.
@@ -171,7 +171,8 @@ def bench_speed(predictor, crop_scale: float, min_face: float, n: int) -> None: 
                                              for k, v in split.items()))
 
 
-def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, refine: int = 1) -> int:  # noqa: ANN001
+def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, refine: int = 1,  # noqa: ANN001
+              flip: bool = False) -> int:
     from synthforge.metrics import nme
     from synthforge.predict import FacePipeline
 
@@ -179,7 +180,7 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, r
         print(f"[afw] {AFW} not found: skipped", file=sys.stderr)
         return 2
     detector = DlibHogDetector(min_face=min_face, threshold=threshold)
-    pipe = FacePipeline(predictor, crop_scale, detector, refine=refine)
+    pipe = FacePipeline(predictor, crop_scale, detector, refine=refine, flip=flip)
     faces = afw_faces()
     det_pred, ann_pred, gts, found, views = [], [], [], [], []
     for jpg, gt in faces:
@@ -203,7 +204,7 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, r
     det_nme = nme(torch.from_numpy(np.stack(det_pred))[f], gt_t[f]) * 100
     n, k = len(faces), int(f.sum())
     print(f"[afw] detection: {k}/{n} faces found ({100 * k / n:.1f}%), dlib HOG, min_face {min_face:g}, "
-          f"threshold {threshold:g}, {refine} re-crop(s) from landmarks")
+          f"threshold {threshold:g}, {refine} re-crop(s) from landmarks{', flip averaging' if flip else ''}")
     print(f"[afw] NME (%, outer eye corners) on the {k} detected faces: detected boxes {det_nme.mean():.2f}, "
           f"annotation boxes {ann_nme[f].mean():.2f} (ratio {det_nme.mean() / ann_nme[f].mean():.3f}); "
           f"annotation boxes on all {n} faces: {ann_nme.mean():.2f}")
@@ -257,6 +258,7 @@ def main() -> int:
     p.add_argument("--threshold", type=float, default=DLIB_THRESHOLD,
                    help=f"detector score threshold for afw and calibrate (default {DLIB_THRESHOLD:g}, the detector's)")
     p.add_argument("--refine", type=int, default=1, help="afw: re-crops from landmarks (default 1, as predict)")
+    p.add_argument("--flip", action="store_true", help="afw: landmarks averaged with the mirrored crop's (--flip)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1 as synthforge predict; "
                                                           "0 = torch's default)")
     args = p.parse_args()
@@ -276,7 +278,7 @@ def main() -> int:
     if args.only in (None, "speed"):
         bench_speed(predictor, crop_scale, args.min_face, args.images)
     if args.only in (None, "afw"):
-        status = bench_afw(predictor, crop_scale, args.min_face, args.threshold, args.refine)
+        status = bench_afw(predictor, crop_scale, args.min_face, args.threshold, args.refine, args.flip)
     if args.only is None:
         calibrate(args.min_face, args.threshold)
     return status

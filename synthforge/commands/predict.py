@@ -19,9 +19,9 @@ is predicted twice: from the detector box, then re-cropped from its own predicte
 Outputs under ``--out``, named after the input's stem (video frames: ``<stem>_<frame>``, frame numbers from 0; inputs
 found in a folder keep their sub-folder):
 
-* ``<stem>.json``: image size, the checkpoint's kind, dataset and crop, its label space (name, classes, palette;
-  null without parsing, 300W), and per face ``box`` [x0, y0, x1, y1],
-  detector ``score``, ``landmarks`` [[x, y], ...] in the original image's pixels (integer values are pixel centres);
+* ``<stem>.json``: image size, the checkpoint's kind, dataset and crop, ``flip`` (``--flip``), its label space
+  (name, classes, palette; null without parsing, 300W), and per face ``box`` [x0, y0, x1, y1], detector ``score``,
+  ``landmarks`` [[x, y], ...] in the original image's pixels (integer values are pixel centres);
   ``"faces": []`` with a note when none is found; the files written and how to read the depth PNG.
 * ``<stem>_seg.png``: 8-bit class ids of the checkpoint's label space in the original image's frame (faces pasted
   back, background 0); not written without a parsing head.
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=DEFAULT_SAVE, help=f"outputs besides the JSON, from {','.join(OUTPUTS)} "
                                                         f"(default {DEFAULT_SAVE}; 'none' for the JSON only)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
+    p.add_argument("--flip", action="store_true",
+                   help="average each face's landmarks with those predicted on the mirrored crop (more accurate "
+                        "landmarks, twice the network time; 68-point checkpoints)")
     p.add_argument("--crop-scale", type=float, default=None,
                    help="crop side / crop-box side (default: the checkpoint's data.crop_scale, or data.crop.scale "
                         "when fine-tuned; give it for checkpoints that do not record it)")
@@ -391,7 +394,10 @@ def main(argv: list[str]) -> int:
     if not crop_scale and not whole_images:
         raise UserError(f"{args.ckpt}: the checkpoint does not record its crop scale: pass --crop-scale "
                         "(the data.crop_scale it was trained with)")
-    pipeline = FacePipeline(predictor, crop_scale, detector, batch_size=args.batch_size)
+    try:
+        pipeline = FacePipeline(predictor, crop_scale, detector, batch_size=args.batch_size, flip=args.flip)
+    except ValueError as err:
+        raise UserError(f"--flip: {err}") from None
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -401,7 +407,7 @@ def main(argv: list[str]) -> int:
     crop = pipeline.crop
     meta = {"checkpoint": str(args.ckpt), "checkpoint_kind": predictor.kind, "dataset": predictor.dataset,
             "faces_from": faces_from, "detector": detector.name if detector is not None else None,
-            "crop_scale": pipeline.crop_scale, "crop": {"box": crop.box, "scale": crop.scale}}
+            "crop_scale": pipeline.crop_scale, "crop": {"box": crop.box, "scale": crop.scale}, "flip": pipeline.flip}
     failed: list[str] = [f"{m}: no such file or folder" for m in missing]
     for line in failed:
         print(f"synthforge predict: {line}", file=sys.stderr)
