@@ -118,3 +118,17 @@ def test_clutter_is_background_only_and_sharper_than_the_smooth_kinds(scene) -> 
         sharp_clutter += _edge_energy(a.image, ~head)
         sharp_smooth += _edge_energy(b.image, ~head)
     assert sharp_clutter > 3 * sharp_smooth
+
+
+def test_low_resolution_is_a_size_in_reference_pixels() -> None:
+    """``low_res_scale_range`` is the longer side as a fraction of 256 px: a 48 px image is already smaller than
+    0.5 x 256 and stays as it is; a 512 px image goes through 128 px and loses its finest detail."""
+    cfg = ProceduralConfig(**dict(NO_CAMERA_EFFECTS, low_res_prob=1.0, low_res_scale_range=(0.5, 0.5)))
+    plain = ProceduralConfig(**NO_CAMERA_EFFECTS)
+    small = _image(2, 48)
+    assert torch.equal(apply_camera_effects(small, _rng(0), cfg), apply_camera_effects(small, _rng(0), plain))
+    checks = (torch.arange(512)[:, None] + torch.arange(512)[None, :]) % 2  # finest possible detail
+    big = checks.float().expand(3, 512, 512) * 0.8 + 0.1
+    out = apply_camera_effects(big, _rng(0), cfg).float()
+    assert out.std() < 5  # the 1-pixel checkerboard is averaged away at 128 px
+    assert apply_camera_effects(big, _rng(0), plain).float().std() > 90

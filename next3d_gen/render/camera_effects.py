@@ -5,7 +5,8 @@ Applied once to the finished sRGB image, in the order a camera applies them:
 1. optics: defocus (a disc kernel), motion blur (a line kernel, kornia), a slight Gaussian blur;
 2. white balance: per-channel gains in linear light (colour temperature along blue-amber, tint along green-magenta);
 3. tone: saturation, contrast about mid-grey and a gamma change of the tone curve, and a lens vignette;
-4. resolution: a down- and up-sampling (a small face in a large photo, enlarged to the crop);
+4. resolution: a down- and up-sampling through a longer side of f x 256 pixels (a small face in a large photo,
+   enlarged to the crop; no change where the image is already that small);
 5. sensor noise: signal-dependent (shot) noise per channel plus luminance grain;
 6. 8-bit quantisation and JPEG compression (OpenCV's encoder, chroma subsampled, deterministic).
 
@@ -117,9 +118,11 @@ def apply_camera_effects(img: Tensor, rng: Draws, cfg: ProceduralConfig) -> Tens
 
     # 4. resolution
     if rng.chance(cfg.low_res_prob):
-        f = rng.u(cfg.low_res_scale_range)
-        small = F.interpolate(x, size=(max(8, round(H * f)), max(8, round(W * f))), mode="area")
-        x = F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)
+        # through a longer side of f * 256 pixels, like every length here: the same loss of detail at any size
+        f = rng.u(cfg.low_res_scale_range) / px
+        if f < 1.0:
+            small = F.interpolate(x, size=(max(8, round(H * f)), max(8, round(W * f))), mode="area")
+            x = F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)
 
     # 5. sensor noise: shot noise grows with the signal, grain is the same on all channels
     shot = rng.u(cfg.shot_noise_range)

@@ -266,8 +266,8 @@ class ProceduralConfig:
         tint_range: green-magenta error, log gain of green (positive = more magenta).
         saturation_range, contrast_range, gamma_range: tone-curve changes (1 = none).
         vignette_range: darkening of the image corners (0 = none, 0.3 = 30 % at the corners).
-        low_res_prob, low_res_scale_range: probability and factor of a down- and up-sampling (a small face in a
-            large photo, enlarged).
+        low_res_prob, low_res_scale_range: probability of a down- and up-sampling, and its longer side as a fraction
+            of 256 pixels (a small face in a large photo, enlarged; a smaller image is left as it is).
         shot_noise_range: signal-dependent noise per channel, standard deviation at full white.
         noise_sigma_range: luminance grain standard deviation (in [0, 1] units of the sRGB image).
         jpeg_prob, jpeg_quality_range: probability and quality (1-100) of a JPEG compression.
@@ -373,12 +373,12 @@ class ProceduralConfig:
     contrast_range: Range = (0.85, 1.15)
     gamma_range: Range = (0.85, 1.2)
     vignette_range: Range = (0.0, 0.3)
-    low_res_prob: float = 0.3
-    low_res_scale_range: Range = (0.3, 0.8)
+    low_res_prob: float = 0.2
+    low_res_scale_range: Range = (0.35, 0.8)
     shot_noise_range: Range = (0.0, 0.03)
     noise_sigma_range: Range = (0.0, 0.02)
     jpeg_prob: float = 0.6
-    jpeg_quality_range: Range = (35.0, 95.0)
+    jpeg_quality_range: Range = (50.0, 95.0)
     antialias: bool = True
 
     def __post_init__(self) -> None:
