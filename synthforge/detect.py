@@ -96,7 +96,7 @@ turned towards the image's left (the face's landmarks then lie right of the box'
 DLIB_THRESHOLD = -0.3
 """Default SVM score threshold of :class:`DlibHogDetector`. On the AFW dev set at ``min_face=40`` dlib's own default
 (0) finds 93.2 % of the 337 faces, -0.3 finds 97.6 % (-0.5: 98.8 %); the faces found between -0.3 and 0 are real
-(partly cut faces at the photos' edges), and on 60 face-free pictures (screenshots, plots) -0.3 adds no box to the
+(partly cut faces at the photos' edges), and on 59 face-free pictures (screenshots, plots) -0.3 adds no box to the
 one that 0 finds, -0.5 adds 4."""
 
 _DLIB_SIDE = BoxCalibration(dx=0.125, dy=0.128, scale=0.975)  # the "left" view; "right" is its mirror image
