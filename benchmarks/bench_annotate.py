@@ -118,13 +118,17 @@ def main() -> None:
     labels, uvc, uvf = model.face_labels, model.uv_coords, model.uv_faces
 
     print(f"mesh: {name}: {model.num_vertices} vertices, {len(model.faces)} faces")
-    print(f"view: {size}x{size}, yaw {args.yaw} deg, pitch {args.pitch} deg, fov {args.fov} deg, "
-          f"distance {radius:.3f} m; torch threads = {torch.get_num_threads()}")
+    print(
+        f"view: {size}x{size}, yaw {args.yaw} deg, pitch {args.pitch} deg, fov {args.fov} deg, "
+        f"distance {radius:.3f} m; torch threads = {torch.get_num_threads()}"
+    )
 
     frags, ann = render_labels(verts, faces, K, c2w, size, size, lmk, model)
     box = [round(x, 1) for x in ann.bbox[0].tolist()]
-    print(f"foreground {ann.mask.float().mean().item():.3f} of the image; "
-          f"{int(ann.landmarks_visible.sum())}/68 landmarks visible; bbox {box}")
+    print(
+        f"foreground {ann.mask.float().mean().item():.3f} of the image; "
+        f"{int(ann.landmarks_visible.sum())}/68 landmarks visible; bbox {box}"
+    )
 
     with torch.no_grad():
         t_all = time_ms(lambda: render_labels(verts, faces, K, c2w, size, size, lmk, model), args.repeats)
@@ -135,9 +139,11 @@ def main() -> None:
         )
     for label, (wall, cpu, cpu_min) in (("render_labels (transform + rasterize + annotate)", t_all),
                                         ("rasterize alone", t_ras), ("annotate alone", t_ann)):  # fmt: skip
-        print(f"{label}: wall {wall:.2f} ms, cpu {cpu:.2f} ms (medians of {args.repeats}), cpu min {cpu_min:.2f} ms"
-              f" | ratio to the {BUDGET_MS:.0f} ms budget: wall {wall / BUDGET_MS:.2f}, cpu {cpu / BUDGET_MS:.2f},"
-              f" cpu min {cpu_min / BUDGET_MS:.2f}")
+        print(
+            f"{label}: wall {wall:.2f} ms, cpu {cpu:.2f} ms (medians of {args.repeats}), cpu min {cpu_min:.2f} ms"
+            f" | ratio to the {BUDGET_MS:.0f} ms budget: wall {wall / BUDGET_MS:.2f}, cpu {cpu / BUDGET_MS:.2f},"
+            f" cpu min {cpu_min / BUDGET_MS:.2f}"
+        )
     print(f"annotate / rasterize (median cpu) = {t_ann[1] / t_ras[1]:.2f}")
 
 

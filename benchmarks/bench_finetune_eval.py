@@ -39,8 +39,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 def build_tree(ds: str, root: Path, n: int) -> tuple[str, dict]:
     """Returns (test split, extra datamodule kwargs)."""
     if ds == "w300":
-        make_w300(root, size=512, counts={"afw": 1, "helen/trainset": 1, "lfpw/trainset": 1, "helen/testset": n,
-                                          "lfpw/testset": 1, "ibug": 1})
+        make_w300(
+            root,
+            size=512,
+            counts={
+                "afw": 1,
+                "helen/trainset": 1,
+                "lfpw/trainset": 1,
+                "helen/testset": n,
+                "lfpw/testset": 1,
+                "ibug": 1,
+            },
+        )
         return "common", {}
     if ds == "lapa":
         make_lapa(root, size=512, counts={"train": 1, "val": 1, "test": n})
@@ -78,8 +88,10 @@ def main() -> None:
             run = run_split(model, data, batch_size=args.batch)
             ips = run["steady_images"] / run["steady_seconds"]
             # reference: the frozen stage-I forward alone on the same crops, same batches
-            batches = [torch.stack([data[i]["image"] for i in range(s, min(s + args.batch, len(data)))])
-                       for s in range(0, len(data), args.batch)]
+            batches = [
+                torch.stack([data[i]["image"] for i in range(s, min(s + args.batch, len(data)))])
+                for s in range(0, len(data), args.batch)
+            ]
             with torch.inference_mode():
                 net.eval()
                 net(batches[0])
@@ -89,10 +101,12 @@ def main() -> None:
                 ref = time.perf_counter() - t
             ref_ips = sum(len(b) for b in batches[1:]) / ref
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"[{ds}] {res} px crops, tasks {model.tasks}: evaluation {ips:.2f} images/s "
-                  f"(first batch excluded; {run['images'] / run['seconds']:.2f} images/s with it); "
-                  f"stage-I forward alone {ref_ips:.2f} images/s; ratio eval/stage-I time {ref_ips / ips:.2f}; "
-                  f"peak RSS so far {rss:.0f} MiB")
+            print(
+                f"[{ds}] {res} px crops, tasks {model.tasks}: evaluation {ips:.2f} images/s "
+                f"(first batch excluded; {run['images'] / run['seconds']:.2f} images/s with it); "
+                f"stage-I forward alone {ref_ips:.2f} images/s; ratio eval/stage-I time {ref_ips / ips:.2f}; "
+                f"peak RSS so far {rss:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

@@ -152,8 +152,10 @@ def bench_generate_workers(size: int, num: int, workers: int, workdir: Path) -> 
     (t_first, n_first), (t_last, n_last) = stamps[0], stamps[-1]
     rate = (n_last - n_first) / max(t_last - t_first, 1e-9)
     ref = (ref0 + ref1) / 2
-    print(f"generate {size}px with {workers} worker processes: {num} samples in {total:.1f} s "
-          f"(start-up {t_first - t0:.1f} s)")
+    print(
+        f"generate {size}px with {workers} worker processes: {num} samples in {total:.1f} s "
+        f"(start-up {t_first - t0:.1f} s)"
+    )
     print(f"generate {size}px with {workers} worker processes, steady samples/s (wall): {rate:.2f}")
     print(f"generate {size}px with {workers} worker processes, samples/s incl. start-up: {num / total:.2f}")
     print(f"generate {size}px with {workers} worker processes, samples/s x reference seconds: {rate * ref:.5f}")

@@ -69,9 +69,15 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
 
     rounds = [RoundSpec(n(args.num0), n(args.steps0))]
     rounds += [RoundSpec(n(args.num), n(args.steps), max(n(args.pool), n(args.num))) for _ in range(args.rounds)]
-    return Recipe(train_config=args.train_config.resolve(), generate_config=args.generate_config.resolve(),
-                  rounds=tuple(rounds), seed=SEED, image_size=args.image_size,
-                  uniform_fraction=args.uniform_fraction, train_args=tuple(args.train_args))
+    return Recipe(
+        train_config=args.train_config.resolve(),
+        generate_config=args.generate_config.resolve(),
+        rounds=tuple(rounds),
+        seed=SEED,
+        image_size=args.image_size,
+        uniform_fraction=args.uniform_fraction,
+        train_args=tuple(args.train_args),
+    )
 
 
 def share_round0(guided: Path, uniform: Path) -> None:
@@ -97,16 +103,19 @@ def per_sample(ckpt: Path, heldout: Path, batch_size: int = 32) -> dict[str, np.
         for start in range(0, len(reader), batch_size):
             items = [scorer.item(reader[i]) for i in range(start, min(start + batch_size, len(reader)))]
             out["loss"].append(scorer.score_items(items)[0])
-            batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "seg", "depth", "depth_mask",
-                                                                      "landmarks")}
+            batch = {
+                k: torch.stack([it[k] for it in items]) for k in ("image", "seg", "depth", "depth_mask", "landmarks")
+            }
             pred = net(batch["image"])
             out["nme"].append(100 * metrics.nme(pred.landmarks.float(), batch["landmarks"]).numpy())
             seg = pred.seg.argmax(1)
-            out["cm"] += [metrics.confusion_matrix(seg[i : i + 1], batch["seg"][i : i + 1], c).numpy()
-                          for i in range(len(items))]
+            out["cm"] += [
+                metrics.confusion_matrix(seg[i : i + 1], batch["seg"][i : i + 1], c).numpy() for i in range(len(items))
+            ]
             mask = batch["depth_mask"].bool()
-            err = metrics.depth_errors(metrics.align_median(pred.depth.float(), batch["depth"], mask), batch["depth"],
-                                       mask)
+            err = metrics.depth_errors(
+                metrics.align_median(pred.depth.float(), batch["depth"], mask), batch["depth"], mask
+            )
             out["d_sq"].append(err.sq_sum.double().numpy().reshape(len(items)))
             out["d_n"].append(err.count.double().numpy().reshape(len(items)))
     return {k: np.stack(v) if k == "cm" else np.concatenate(v) for k, v in out.items()}
@@ -175,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=128, help="rendered image side (default 128)")
     ap.add_argument("--train-config", type=Path, default=ROOT / "configs" / "stage1" / "demo.yaml")
     ap.add_argument("--generate-config", type=Path, default=ROOT / "configs" / "generate" / "default.yaml")
-    ap.add_argument("--train-args", nargs="*", default=["--trainer.max_time=null"],
-                    help="extra synthforge train options (default: --trainer.max_time=null)")
+    ap.add_argument(
+        "--train-args",
+        nargs="*",
+        default=["--trainer.max_time=null"],
+        help="extra synthforge train options (default: --trainer.max_time=null)",
+    )
     ap.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))), help="generating processes")
     ap.add_argument("--realdata", type=Path, default=DEFAULT_REALDATA, help="real data folder (default %(default)s)")
     ap.add_argument("--no-real", action="store_true", help="skip the AFW dev set")
@@ -218,12 +231,20 @@ def main(argv: list[str] | None = None) -> int:
             "widest jaw tenth": top_tenth(attrs["jaw_deg"]),
             "inner landmarks hidden": np.flatnonzero(attrs["hidden_inner"] > 0),
         }
-        table = {name: {arm: subset_figures(ps, idx) for arm, ps in [("round0", base), *figures.items()]}
-                 | {"num": int(len(idx))} for name, idx in subsets.items() if len(idx)}
+        table = {
+            name: {arm: subset_figures(ps, idx) for arm, ps in [("round0", base), *figures.items()]}
+            | {"num": int(len(idx))}
+            for name, idx in subsets.items()
+            if len(idx)
+        }
         hard = subsets["hardest tenth (round-0 loss)"]
-        makeup = {name: {"all": float(np.mean(np.abs(v) if name == "yaw_deg" else v)),
-                         "hardest_tenth": float(np.mean(np.abs(v[hard]) if name == "yaw_deg" else v[hard]))}
-                  for name, v in attrs.items()}
+        makeup = {
+            name: {
+                "all": float(np.mean(np.abs(v) if name == "yaw_deg" else v)),
+                "hardest_tenth": float(np.mean(np.abs(v[hard]) if name == "yaw_deg" else v[hard])),
+            }
+            for name, v in attrs.items()
+        }
         timings["evaluate_s"] = time.perf_counter() - t0
         afw = {}
         if not args.no_real:
@@ -235,30 +256,55 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     budget = [(s.num, s.pool, s.steps) for s in recipe.rounds]
-    print(f"\nbudget per arm (round 0 shared): rounds (samples, pool, steps) = {budget}; {recipe.total_steps} steps, "
-          f"{sum(s.num for s in recipe.rounds)} samples at {args.image_size} px; guided uniform share "
-          f"{recipe.uniform_fraction}; held-out {n_heldout}")
+    print(
+        f"\nbudget per arm (round 0 shared): rounds (samples, pool, steps) = {budget}; {recipe.total_steps} steps, "
+        f"{sum(s.num for s in recipe.rounds)} samples at {args.image_size} px; guided uniform share "
+        f"{recipe.uniform_fraction}; held-out {n_heldout}"
+    )
     print("\n| held-out subset | n | metric | round 0 | uniform | guided | guided vs uniform |\n" + "|---" * 7 + "|")
     for name, row in table.items():
-        for key, label in (("nme", "NME %"), ("loss", "loss"), ("seg_f1_error", "1 - seg F1"),
-                           ("depth_rmse_mm", "depth RMSE mm")):
+        for key, label in (
+            ("nme", "NME %"),
+            ("loss", "loss"),
+            ("seg_f1_error", "1 - seg F1"),
+            ("depth_rmse_mm", "depth RMSE mm"),
+        ):
             g, u, r0 = row["guided"][key], row["uniform"][key], row["round0"][key]
             print(f"| {name} | {row['num']} | {label} | {r0:.3f} | {u:.3f} | {g:.3f} | {change(g, u)} |")
-    print("\nhardest tenth vs all held-out: " + ", ".join(
-        f"{k} {v['hardest_tenth']:.3g} vs {v['all']:.3g}" for k, v in makeup.items()))
+    print(
+        "\nhardest tenth vs all held-out: "
+        + ", ".join(f"{k} {v['hardest_tenth']:.3g} vs {v['all']:.3g}" for k, v in makeup.items())
+    )
     if afw:
-        print(f"\n| AFW dev set ({afw['guided']['num_faces']} faces), % | uniform | guided | guided vs uniform |\n"
-              "|---|---|---|---|")
-        for key, label in (("nme_all", "NME, 68 points"), ("nme_jaw17", "NME, 17 jaw points"),
-                           ("nme_inner51", "NME, 51 inner points"), ("fr_10", "failure rate at 10 %")):
+        print(
+            f"\n| AFW dev set ({afw['guided']['num_faces']} faces), % | uniform | guided | guided vs uniform |\n"
+            "|---|---|---|---|"
+        )
+        for key, label in (
+            ("nme_all", "NME, 68 points"),
+            ("nme_jaw17", "NME, 17 jaw points"),
+            ("nme_inner51", "NME, 51 inner points"),
+            ("fr_10", "failure rate at 10 %"),
+        ):
             g, u = afw["guided"][key], afw["uniform"][key]
             print(f"| {label} | {u:.2f} | {g:.2f} | {change(g, u)} |")
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     if args.json is not None:
-        args.json.write_text(json.dumps({"budget": budget, "uniform_fraction": recipe.uniform_fraction,
-                                         "heldout": n_heldout, "subsets": table, "hardest_tenth_makeup": makeup,
-                                         "afw": afw, "timings": timings,
-                                         "checkpoints": {a: [str(c) for c in v] for a, v in arms.items()}}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "budget": budget,
+                    "uniform_fraction": recipe.uniform_fraction,
+                    "heldout": n_heldout,
+                    "subsets": table,
+                    "hardest_tenth_makeup": makeup,
+                    "afw": afw,
+                    "timings": timings,
+                    "checkpoints": {a: [str(c) for c in v] for a, v in arms.items()},
+                },
+                indent=2,
+            )
+        )
         print(f"wrote {args.json}")
     return 0
 

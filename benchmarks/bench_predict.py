@@ -158,21 +158,40 @@ def bench_speed(predictor, crop_scale: float, min_face: float, n: int) -> None: 
             faces_cli += write_outputs(item, img, res, Path(out), {"seg", "depth"}, meta)
         total_cli = time.perf_counter() - start
     net = net_serial
-    print(f"[speed] {len(images)} images ({source}), {faces} faces found, min_face {min_face:g}, "
-          f"crop {predictor.crop_size}px, torch threads {torch.get_num_threads()}")
-    print(f"[speed] end to end, one step after the other: {faces / total:.1f} faces/s, "
-          f"{len(images) / total:.1f} images/s "
-          f"({1000 * total / len(images):.1f} ms per image)")
-    print(f"[speed] as synthforge predict runs (decode + detect overlapped with the network in a thread): "
-          f"{faces_cli / total_cli:.1f} faces/s ({1000 * total_cli / len(images):.1f} ms per image)")
-    split = {"decode": t["decode"], "detect": t["detect"], "network (2 passes)": net,
-             "crop + paste back": t["run"] - net, "write JSON + PNGs": t["write"]}
-    print("[speed] per image: " + ", ".join(f"{k} {1000 * v / len(images):.1f} ms ({100 * v / total:.0f}%)"
-                                             for k, v in split.items()))
+    print(
+        f"[speed] {len(images)} images ({source}), {faces} faces found, min_face {min_face:g}, "
+        f"crop {predictor.crop_size}px, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"[speed] end to end, one step after the other: {faces / total:.1f} faces/s, "
+        f"{len(images) / total:.1f} images/s "
+        f"({1000 * total / len(images):.1f} ms per image)"
+    )
+    print(
+        f"[speed] as synthforge predict runs (decode + detect overlapped with the network in a thread): "
+        f"{faces_cli / total_cli:.1f} faces/s ({1000 * total_cli / len(images):.1f} ms per image)"
+    )
+    split = {
+        "decode": t["decode"],
+        "detect": t["detect"],
+        "network (2 passes)": net,
+        "crop + paste back": t["run"] - net,
+        "write JSON + PNGs": t["write"],
+    }
+    print(
+        "[speed] per image: "
+        + ", ".join(f"{k} {1000 * v / len(images):.1f} ms ({100 * v / total:.0f}%)" for k, v in split.items())
+    )
 
 
-def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, refine: int = 1,  # noqa: ANN001
-              flip: bool = False) -> int:
+def bench_afw(
+    predictor,
+    crop_scale: float,
+    min_face: float,
+    threshold: float,
+    refine: int = 1,  # noqa: ANN001
+    flip: bool = False,
+) -> int:
     from synthforge.metrics import nme
     from synthforge.predict import FacePipeline
 
@@ -203,11 +222,15 @@ def bench_afw(predictor, crop_scale: float, min_face: float, threshold: float, r
     f = torch.tensor(found)
     det_nme = nme(torch.from_numpy(np.stack(det_pred))[f], gt_t[f]) * 100
     n, k = len(faces), int(f.sum())
-    print(f"[afw] detection: {k}/{n} faces found ({100 * k / n:.1f}%), dlib HOG, min_face {min_face:g}, "
-          f"threshold {threshold:g}, {refine} re-crop(s) from landmarks{', flip averaging' if flip else ''}")
-    print(f"[afw] NME (%, outer eye corners) on the {k} detected faces: detected boxes {det_nme.mean():.2f}, "
-          f"annotation boxes {ann_nme[f].mean():.2f} (ratio {det_nme.mean() / ann_nme[f].mean():.3f}); "
-          f"annotation boxes on all {n} faces: {ann_nme.mean():.2f}")
+    print(
+        f"[afw] detection: {k}/{n} faces found ({100 * k / n:.1f}%), dlib HOG, min_face {min_face:g}, "
+        f"threshold {threshold:g}, {refine} re-crop(s) from landmarks{', flip averaging' if flip else ''}"
+    )
+    print(
+        f"[afw] NME (%, outer eye corners) on the {k} detected faces: detected boxes {det_nme.mean():.2f}, "
+        f"annotation boxes {ann_nme[f].mean():.2f} (ratio {det_nme.mean() / ann_nme[f].mean():.3f}); "
+        f"annotation boxes on all {n} faces: {ann_nme.mean():.2f}"
+    )
     found_views = [v for v in views if v is not None]
     per_view = []
     for name, group in (("front views", FRONT_VIEWS), ("side views", ("left", "right"))):
@@ -222,8 +245,10 @@ def calibrate(min_face: float, threshold: float) -> int:
     if not AFW.is_dir():
         print(f"[calibrate] {AFW} not found: skipped", file=sys.stderr)
         return 2
-    detectors = [DlibHogDetector(min_face=min_face / DLIB_PYRAMID_STEP ** (j / CALIBRATION_SCALES),
-                                 threshold=threshold) for j in range(CALIBRATION_SCALES)]
+    detectors = [
+        DlibHogDetector(min_face=min_face / DLIB_PYRAMID_STEP ** (j / CALIBRATION_SCALES), threshold=threshold)
+        for j in range(CALIBRATION_SCALES)
+    ]
     rows: dict[str, list[tuple[float, float, float]]] = {"front": [], "side": []}
     for jpg, gt in afw_faces():
         img = np.ascontiguousarray(cv2.imread(str(jpg))[..., ::-1])
@@ -236,15 +261,18 @@ def calibrate(min_face: float, threshold: float) -> int:
             w, h = x1 - x0, y1 - y0
             sign = -1.0 if d.view == "right" else 1.0  # the right view as the mirror image of the left one
             rows["front" if d.view in FRONT_VIEWS else "side"].append(
-                (sign * (cx - (x0 + x1) / 2) / w, (cy - (y0 + y1) / 2) / h, side / np.sqrt(w * h)))
+                (sign * (cx - (x0 + x1) / 2) / w, (cy - (y0 + y1) / 2) / h, side / np.sqrt(w * h))
+            )
     print(f"[calibrate] min_face {min_face:g}, threshold {threshold:g}, {CALIBRATION_SCALES} scales per photo")
     for name, views in (("front", ", ".join(FRONT_VIEWS)), ("side", "left and mirrored right")):
         a = np.array(rows[name])
         dx, dy = np.median(a[:, :2], 0)
         scale = np.exp(np.median(np.log(a[:, 2])))
-        print(f"[calibrate] {name} views ({views}; {len(a)} boxes): "
-              f"dx={dx:.3f}, dy={dy:.3f}, scale={scale:.3f} "
-              f"(side ratio 10-90%: {np.percentile(a[:, 2], 10):.2f}-{np.percentile(a[:, 2], 90):.2f})")
+        print(
+            f"[calibrate] {name} views ({views}; {len(a)} boxes): "
+            f"dx={dx:.3f}, dy={dy:.3f}, scale={scale:.3f} "
+            f"(side ratio 10-90%: {np.percentile(a[:, 2], 10):.2f}-{np.percentile(a[:, 2], 90):.2f})"
+        )
     return 0
 
 
@@ -255,12 +283,17 @@ def main() -> int:
     p.add_argument("--images", type=int, default=40, help="images for the speed run")
     p.add_argument("--crop-scale", type=float, default=None, help="default: the checkpoint's data.crop_scale")
     p.add_argument("--min-face", type=float, default=40.0, help="detector min face side, px (default 40)")
-    p.add_argument("--threshold", type=float, default=DLIB_THRESHOLD,
-                   help=f"detector score threshold for afw and calibrate (default {DLIB_THRESHOLD:g}, the detector's)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DLIB_THRESHOLD,
+        help=f"detector score threshold for afw and calibrate (default {DLIB_THRESHOLD:g}, the detector's)",
+    )
     p.add_argument("--refine", type=int, default=1, help="afw: re-crops from landmarks (default 1, as predict)")
     p.add_argument("--flip", action="store_true", help="afw: landmarks averaged with the mirrored crop's (--flip)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1 as synthforge predict; "
-                                                          "0 = torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1 as synthforge predict; 0 = torch's default)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -218,9 +218,13 @@ def evaluate_parsing(
         src = item.table.space
         by_source[src] = by_source.get(src, torch.zeros_like(cm)) + cm
         size = (TILE, TILE)
-        tiles.append((cv2.resize(crop, size, interpolation=cv2.INTER_AREA),
-                      cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST),
-                      cv2.resize(merged, size, interpolation=cv2.INTER_NEAREST)))
+        tiles.append(
+            (
+                cv2.resize(crop, size, interpolation=cv2.INTER_AREA),
+                cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST),
+                cv2.resize(merged, size, interpolation=cv2.INTER_NEAREST),
+            )
+        )
         bar.update(1)
     return {
         "num_images": len(items),
@@ -264,15 +268,21 @@ def _pad(row: np.ndarray, width: int) -> np.ndarray:
 def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active: tuple[str, ...]) -> None:
     print(f"\ncheckpoint {ckpt}, crop scale {crop_scale:g}, no fine-tuning (AFW dev set)")
     print(f"\n| AFW dev set, {afw['num_faces']} faces, NME % (outer eye corners) | value |\n|---|---|")
-    rows = [("all 68 points", "nme_all"), ("17 jaw points", "nme_jaw17"), ("51 inner points", "nme_inner51"),
-            ("median over faces, all points", "nme_median")]
+    rows = [
+        ("all 68 points", "nme_all"),
+        ("17 jaw points", "nme_jaw17"),
+        ("51 inner points", "nme_inner51"),
+        ("median over faces, all points", "nme_median"),
+    ]
     for th in THRESHOLDS:
         p = round(th * 100)
         rows += [(f"failure rate at {p} % (%)", f"fr_{p}"), (f"AUC at {p} %", f"auc_{p}")]
     for label, key in rows:
         print(f"| {label} | {afw[key]:.3f} |" if key.startswith("auc") else f"| {label} | {afw[key]:.2f} |")
-    print("\nmean signed offset, % of inter-ocular distance (dx: towards the subject's left eye along the eye line, "
-          "dy: towards the chin)")
+    print(
+        "\nmean signed offset, % of inter-ocular distance (dx: towards the subject's left eye along the eye line, "
+        "dy: towards the chin)"
+    )
     print("| jaw point | " + " | ".join(str(i) for i in JAW) + " |\n|---|" + "---|" * len(JAW))
     for axis, name in ((0, "dx"), (1, "dy")):
         print(f"| {name} | " + " | ".join(f"{afw['offset_per_point'][i][axis]:+.1f}" for i in JAW) + " |")
@@ -281,8 +291,10 @@ def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active
         if group != "jaw":
             print(f"| {group} | {dx:+.1f} | {dy:+.1f} |")
     names = REAL_MERGED.classes[1:]
-    print(f"\nparsing F1, merged classes, {parsing['num_images']} images (CelebAMask-HQ + LaPa samples; ears and neck "
-          "from CelebAMask-HQ only)")
+    print(
+        f"\nparsing F1, merged classes, {parsing['num_images']} images (CelebAMask-HQ + LaPa samples; ears and neck "
+        "from CelebAMask-HQ only)"
+    )
     print("| " + " | ".join(names) + " | mean |\n|" + "---|" * (len(names) + 1))
     cells = ["n/a" if parsing["f1"][n] is None else f"{parsing['f1'][n]:.3f}" for n in names]
     print("| " + " | ".join(cells) + f" | {parsing['f1_mean']:.3f} |")
@@ -294,8 +306,10 @@ def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active
 def run_demo(folder: Path, demo_args: str) -> Path:
     """``synthforge demo --out folder`` in a subprocess with this Python; returns the checkpoint it evaluated."""
     if folder.exists() and any(folder.iterdir()):
-        raise UserError(f"--demo: {folder} is not empty (the demo would reuse its shards and hide a generator "
-                        "change); pass a new folder")
+        raise UserError(
+            f"--demo: {folder} is not empty (the demo would reuse its shards and hide a generator "
+            "change); pass a new folder"
+        )
     cmd = [sys.executable, "-m", "synthforge.cli", "demo", "--out", str(folder), *shlex.split(demo_args)]
     print("[bench_real_transfer] " + " ".join(cmd), flush=True)
     status = subprocess.run(cmd, check=False).returncode
@@ -310,9 +324,16 @@ def run_demo(folder: Path, demo_args: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ckpt", nargs="?", type=Path, help="stage-I checkpoint (synthforge train)")
-    ap.add_argument("--demo", nargs="?", type=Path, const=DEFAULT_DEMO_DIR, default=None, metavar="DIR",
-                    help="run 'synthforge demo --out DIR' first (a new folder) and evaluate its checkpoint "
-                    f"(default {DEFAULT_DEMO_DIR})")
+    ap.add_argument(
+        "--demo",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_DEMO_DIR,
+        default=None,
+        metavar="DIR",
+        help="run 'synthforge demo --out DIR' first (a new folder) and evaluate its checkpoint "
+        f"(default {DEFAULT_DEMO_DIR})",
+    )
     ap.add_argument("--demo-args", default="", help="extra 'synthforge demo' options, one quoted string")
     ap.add_argument("--realdata", type=Path, default=DEFAULT_REALDATA, help="real data folder (default %(default)s)")
     ap.add_argument("--crop-scale", type=float, default=None, help="override the checkpoint's data.crop_scale")
@@ -344,9 +365,13 @@ def main(argv: list[str] | None = None) -> int:
             parsing = evaluate_parsing(predictor, parsing_items, crop_scale, active, bar)
         print_report(Path(ckpt), crop_scale, afw, parsing, active)
         if args.json is not None:
-            figures = {"checkpoint": str(ckpt), "crop_scale": crop_scale, "realdata": str(args.realdata),
-                       "afw": {k: v for k, v in afw.items() if not k.startswith("_")},
-                       "parsing": {k: v for k, v in parsing.items() if not k.startswith("_")}}
+            figures = {
+                "checkpoint": str(ckpt),
+                "crop_scale": crop_scale,
+                "realdata": str(args.realdata),
+                "afw": {k: v for k, v in afw.items() if not k.startswith("_")},
+                "parsing": {k: v for k, v in parsing.items() if not k.startswith("_")},
+            }
             args.json.write_text(json.dumps(figures, indent=2))
             print(f"wrote {args.json}")
         if args.png is not None:

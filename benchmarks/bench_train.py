@@ -70,7 +70,11 @@ class _ListModule(torch.utils.data.Dataset):
 
 
 def lightning_rate(
-    system, batches, warmup: int, precision: str = "32-true", steps: int | None = None  # noqa: ANN001
+    system,
+    batches,
+    warmup: int,
+    precision: str = "32-true",
+    steps: int | None = None,  # noqa: ANN001
 ) -> float:
     """Steps per second of Trainer.fit (steps after ``warmup``) over ``batches``: a list of cached batches, or a
     DataLoader (then ``steps`` bounds the run)."""

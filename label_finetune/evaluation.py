@@ -55,7 +55,8 @@ def seg_to_original(logits: torch.Tensor, affine: torch.Tensor, size: tuple[int,
     r_h, r_w = logits.shape[-2:]
     dev = logits.device
     ys, xs = torch.meshgrid(
-        torch.arange(h, device=dev, dtype=torch.float32), torch.arange(w, device=dev, dtype=torch.float32),
+        torch.arange(h, device=dev, dtype=torch.float32),
+        torch.arange(w, device=dev, dtype=torch.float32),
         indexing="ij",
     )
     a = affine.to(dev, torch.float32)
@@ -165,8 +166,9 @@ def markdown_table(dataset: str, ours: dict[str, float], label: str = "ours") ->
     cols = [c for c in COLUMNS[dataset] if c in ours or any(c in r.values for r in published)]
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for row in published:
-        lines.append(f"| {row.method} | " + " | ".join(_fmt(row.values[c]) if c in row.values else ""
-                                                          for c in cols) + " |")
+        lines.append(
+            f"| {row.method} | " + " | ".join(_fmt(row.values[c]) if c in row.values else "" for c in cols) + " |"
+        )
     lines.append(f"| {label} | " + " | ".join(_fmt(ours.get(c)) for c in cols) + " |")
     sources = sorted({row.source for row in published})
     if sources:
@@ -250,5 +252,11 @@ def run_split(
             if not first_images:
                 first_images, first_seconds = images, time.perf_counter() - start
     seconds = time.perf_counter() - start
-    return {"seg": seg, "nme": lm, "images": images, "seconds": seconds,
-            "steady_images": images - first_images, "steady_seconds": seconds - first_seconds}
+    return {
+        "seg": seg,
+        "nme": lm,
+        "images": images,
+        "seconds": seconds,
+        "steady_images": images - first_images,
+        "steady_seconds": seconds - first_seconds,
+    }

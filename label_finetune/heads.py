@@ -98,14 +98,12 @@ OLD_HOURGLASS_NAMES = {"skip": "upper", "down": "low1", "inner": "low2", "up": "
 """Block names (``old: new``) of the adapter's hourglasses in checkpoints from before they were :class:`Hourglass`."""
 
 
-def _rename_old_hourglass_keys(
-    module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object
-) -> None:
+def _rename_old_hourglass_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
     """Load-state-dict pre-hook: ``hourglasses.0.inner.skip.body.2.weight`` -> ``hourglasses.0.low2.upper.body.2...``
     (a checkpoint of the adapter's own hourglass, whose layers and order were those of :class:`Hourglass`)."""
     start = prefix + "hourglasses."
     for key in [k for k in state_dict if k.startswith(start)]:
-        stack, _, rest = key[len(start):].partition(".")
+        stack, _, rest = key[len(start) :].partition(".")
         blocks, sep, tail = rest.partition(".body.")
         names = blocks.split(".")
         if sep and all(name in OLD_HOURGLASS_NAMES for name in names):
@@ -132,14 +130,21 @@ class LandmarkAdapter(nn.Module):
     """
 
     def __init__(
-        self, stage1_points: int, num_points: int, feature_channels: int = 0, width: int = 64, stacks: int = 1,
+        self,
+        stage1_points: int,
+        num_points: int,
+        feature_channels: int = 0,
+        width: int = 64,
+        stacks: int = 1,
         depth: int = 3,
     ) -> None:
         super().__init__()
         self.feature_channels = feature_channels
         self.stem = nn.Sequential(
             nn.Conv2d(stage1_points + feature_channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True), Residual(width, width, bias=True),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            Residual(width, width, bias=True),
         )
         self.hourglasses = nn.ModuleList(Hourglass(depth, width, bias=True) for _ in range(stacks))
         self.heads = nn.ModuleList(nn.Conv2d(width, num_points, 1) for _ in range(stacks))

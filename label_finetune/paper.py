@@ -37,16 +37,49 @@ PAPER = "SynthForge (arXiv 2406.07840)"
 """Citation of the paper the rows come from (``source`` is ``f"{PAPER}, Table N"``)."""
 
 W300_COLUMNS: tuple[str, ...] = (
-    "common_nme", "challenge_nme", "full_nme", "full_fr_8", "full_auc_8", "full_fr_10", "full_auc_10"
+    "common_nme",
+    "challenge_nme",
+    "full_nme",
+    "full_fr_8",
+    "full_auc_8",
+    "full_fr_10",
+    "full_auc_10",
 )
 """300W table columns (NME / failure rate in %, AUC x 100), on the splits named by the prefix."""
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "w300": W300_COLUMNS,
-    "lapa": ("skin", "hair", "l-eye", "r-eye", "u-lip", "i-mouth", "l-lip", "nose", "l-brow", "r-brow", "mean",
-             "mean_mouth_merged"),
-    "celebamask_hq": ("face", "nose", "glasses", "l-eye", "r-eye", "l-brow", "r-brow", "l-ear", "r-ear", "i-mouth",
-                      "u-lip", "l-lip", "hair", "neck", "mean"),
+    "lapa": (
+        "skin",
+        "hair",
+        "l-eye",
+        "r-eye",
+        "u-lip",
+        "i-mouth",
+        "l-lip",
+        "nose",
+        "l-brow",
+        "r-brow",
+        "mean",
+        "mean_mouth_merged",
+    ),
+    "celebamask_hq": (
+        "face",
+        "nose",
+        "glasses",
+        "l-eye",
+        "r-eye",
+        "l-brow",
+        "r-brow",
+        "l-ear",
+        "r-ear",
+        "i-mouth",
+        "u-lip",
+        "l-lip",
+        "hair",
+        "neck",
+        "mean",
+    ),
 }
 """Table columns per benchmark, in print order."""
 
@@ -63,8 +96,23 @@ PAPER_COLUMNS: dict[str, tuple[str, ...]] = {
 PRINTED_HEADERS: dict[str, tuple[str, ...]] = {
     "w300": ("Common", "Challenge"),
     "lapa": ("Skin", "Hair", "L-eye", "R-eye", "U-lip", "I-mouth", "L-lip", "Nose", "L-brow", "R-brow", "Mean"),
-    "celebamask_hq": ("Face", "Nose", "Glasses", "LE", "RE", "LB", "RB", "L-ER", "R-ER", "IM", "UL", "LL", "Hair",
-                      "Neck", "Mean"),
+    "celebamask_hq": (
+        "Face",
+        "Nose",
+        "Glasses",
+        "LE",
+        "RE",
+        "LB",
+        "RB",
+        "L-ER",
+        "R-ER",
+        "IM",
+        "UL",
+        "LL",
+        "Hair",
+        "Neck",
+        "Mean",
+    ),
 }
 """Each paper table's headers as printed, parallel to :data:`PAPER_COLUMNS`."""
 
@@ -92,23 +140,27 @@ _PRINTED: dict[str, tuple[tuple[str, tuple[float, ...]], ...]] = {
         ("SB + LF 100k samples", (96.80, 94.30, 88.60, 88.60, 84.43, 87.97, 87.13, 96.16, 87.64, 88.62, 90.03)),
     ),
     "celebamask_hq": (
-        ("Wei et al. [42]",
-         (96.4, 91.9, 89.5, 87.1, 85, 80.8, 82.5, 84.1, 83.3, 90.6, 87.9, 91.0, 91.1, 88.1, 87.80)),
+        ("Wei et al. [42]", (96.4, 91.9, 89.5, 87.1, 85, 80.8, 82.5, 84.1, 83.3, 90.6, 87.9, 91.0, 91.1, 88.1, 87.80)),
         ("EAGR [39]", (96.2, 94.0, 92.3, 88.6, 88.7, 85.7, 85.2, 88, 85.7, 95.0, 88.9, 91.2, 94.9, 89.4, 90.27)),
         ("AGRNet [38]", (96.5, 93.9, 91.8, 88.7, 89.1, 85.5, 85.6, 88.1, 88.7, 92, 89.1, 91.1, 95.2, 89.9, 90.37)),
         ("DML-CSR [47]", (95.7, 93.9, 92.6, 89.4, 89.6, 85.5, 85.7, 88.3, 88.2, 91.8, 87.4, 91.0, 94.5, 89.6, 90.23)),
-        ("FaRL-B [48]",
-         (96.29, 93.72, 93.91, 88.75, 88.64, 85.24, 85.46, 87.06, 87.36, 90.96, 87.53, 89.81, 95.6, 91.54, 90.13)),
-        ("SB + LF w/ fs",
-         (95.6, 93.0, 89.13, 86.61, 86.32, 83.75, 83.61, 84.88, 84.57, 89.04, 85.85, 88.34, 94.03, 89.36, 88.15)),
+        (
+            "FaRL-B [48]",
+            (96.29, 93.72, 93.91, 88.75, 88.64, 85.24, 85.46, 87.06, 87.36, 90.96, 87.53, 89.81, 95.6, 91.54, 90.13),
+        ),
+        (
+            "SB + LF w/ fs",
+            (95.6, 93.0, 89.13, 86.61, 86.32, 83.75, 83.61, 84.88, 84.57, 89.04, 85.85, 88.34, 94.03, 89.36, 88.15),
+        ),
     ),
 }
 """The rows as printed, values in :data:`PAPER_COLUMNS` order."""
 
 PUBLISHED: dict[str, tuple[PublishedRow, ...]] = {
     ds: tuple(
-        PublishedRow(method, TABLES[ds], f"{PAPER}, Table {TABLES[ds]}",
-                     dict(zip(PAPER_COLUMNS[ds], vals, strict=True)))
+        PublishedRow(
+            method, TABLES[ds], f"{PAPER}, Table {TABLES[ds]}", dict(zip(PAPER_COLUMNS[ds], vals, strict=True))
+        )
         for method, vals in rows
     )
     for ds, rows in _PRINTED.items()

@@ -81,8 +81,9 @@ def load_stage1(path: str | Path) -> tuple[nn.Module, dict[str, Any] | None]:
     ckpt = load_checkpoint(path, "--model.backbone", expect=STAGE1)  # safe: nothing in the file runs
     hparams = ckpt.get("hyper_parameters") or {}
     if not isinstance(hparams.get("net"), dict):
-        raise UserError(f"--model.backbone: {path}: the stage-I checkpoint has no network config "
-                        "(not written by synthforge train)")
+        raise UserError(
+            f"--model.backbone: {path}: the stage-I checkpoint has no network config (not written by synthforge train)"
+        )
     net = build_stage1_system(ckpt, path, "--model.backbone").net
     config = dict(hparams)
     meta = ckpt.get("synthforge")
@@ -188,8 +189,9 @@ class FinetuneSystem(L.LightningModule):
             else None
         )
         self.landmark_head = (
-            LandmarkAdapter(probe.heatmaps.shape[1], self.num_landmarks, f, landmark_width, landmark_stacks,
-                            landmark_depth)
+            LandmarkAdapter(
+                probe.heatmaps.shape[1], self.num_landmarks, f, landmark_width, landmark_stacks, landmark_depth
+            )
             if "landmarks" in tasks
             else None
         )

@@ -325,9 +325,7 @@ FACESYNTHETICS = LabelSpace(
     merges={"mouth": (9, 10, 11)},
 )
 
-LABEL_SPACES: dict[str, LabelSpace] = {
-    s.name: s for s in (SYNTH, SYNTH_V1, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)
-}
+LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (SYNTH, SYNTH_V1, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)}
 
 
 def _landmark_flip_permutation() -> tuple[int, ...]:

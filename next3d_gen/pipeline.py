@@ -268,9 +268,7 @@ def _generate_in_worker(index: int) -> dict[str, np.ndarray]:
     return _WORKER_PIPELINE.generate(index)
 
 
-def iter_samples(
-    pipeline: SamplePipeline, indices: Sequence[int], workers: int = 1
-) -> Iterator[dict[str, np.ndarray]]:
+def iter_samples(pipeline: SamplePipeline, indices: Sequence[int], workers: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Samples ``indices`` of ``pipeline``'s dataset, in that order, as :meth:`SamplePipeline.generate` records.
 
     Args:

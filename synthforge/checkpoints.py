@@ -76,8 +76,10 @@ def load_checkpoint(
     where = _where(p, option)
     ckpt = _safe_torch_load(p, where)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise UserError(f"{where}: not a SynthForge checkpoint (no state_dict; expected "
-                        f"{DESCRIPTION[expect] if expect else 'a synthforge train or finetune checkpoint'})")
+        raise UserError(
+            f"{where}: not a SynthForge checkpoint (no state_dict; expected "
+            f"{DESCRIPTION[expect] if expect else 'a synthforge train or finetune checkpoint'})"
+        )
     kind = checkpoint_kind(ckpt)
     if expect is not None and kind != expect:
         what = DESCRIPTION[kind] if kind else "not a SynthForge checkpoint (no net.* or stage1.* weights)"
@@ -122,8 +124,10 @@ def _safe_torch_load(p: Path, where: str) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if _UNSAFE.search(str(err)):
-            raise UserError(f"{where}: refused: the checkpoint holds pickled objects that would run code when loaded "
-                            "(only tensors and plain data are accepted)") from None
+            raise UserError(
+                f"{where}: refused: the checkpoint holds pickled objects that would run code when loaded "
+                "(only tensors and plain data are accepted)"
+            ) from None
         raise UserError(f"{where}: not a PyTorch checkpoint or damaged (cannot unpickle it)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
         first = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else type(err).__name__
@@ -166,8 +170,10 @@ def check_hyper_parameters(hp: Any, where: str) -> None:
         if isinstance(node, dict):
             cp = node.get("class_path")
             if cp is not None and not (isinstance(cp, str) and cp.startswith(ALLOWED_CLASS_PREFIXES)):
-                raise UserError(f"{where}: refused: the checkpoint's config names class_path {str(cp)[:80]!r}, "
-                                f"outside {', '.join(p.rstrip('.') for p in ALLOWED_CLASS_PREFIXES)}")
+                raise UserError(
+                    f"{where}: refused: the checkpoint's config names class_path {str(cp)[:80]!r}, "
+                    f"outside {', '.join(p.rstrip('.') for p in ALLOWED_CLASS_PREFIXES)}"
+                )
             inst = node.get("_instantiator")
             if inst is not None and inst not in ALLOWED_INSTANTIATORS:
                 raise UserError(f"{where}: refused: unknown _instantiator {str(inst)[:80]!r} in the checkpoint")
@@ -253,8 +259,10 @@ def build_stage1_system(
         elif isinstance(kwargs.get("net"), dict):
             system = instantiate_module(MultiTaskSystem, kwargs)
         else:
-            raise UserError(f"{where}: the checkpoint has no network config (not written by synthforge train); "
-                            "pass the network explicitly")
+            raise UserError(
+                f"{where}: the checkpoint has no network config (not written by synthforge train); "
+                "pass the network explicitly"
+            )
         system.on_load_checkpoint(ckpt)
         system.load_state_dict(ckpt["state_dict"])
     except UserError:

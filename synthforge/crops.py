@@ -189,14 +189,16 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
 def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """Crop an (H, W, C) image with the (2, 3) affine ``matrix`` to (size, size, C), same dtype (bilinear; 0 outside
     the source)."""
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=0)
+    return cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
 
 
 def warp_labels(labels: np.ndarray, matrix: np.ndarray, size: int, fill: float) -> np.ndarray:
     """Crop an (H, W) or (H, W, C) label map (class ids, depth, normals, UV) with the (2, 3) affine ``matrix`` to
     (size, size[, C]), same dtype: nearest neighbour (no blended labels), ``fill`` in every channel outside the
     source."""
-    out = cv2.warpAffine(labels, matrix, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=(fill,) * 4)
+    out = cv2.warpAffine(
+        labels, matrix, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4
+    )
     return out.reshape((size, size) + labels.shape[2:])

@@ -64,8 +64,9 @@ class BoxCalibration:
         """The calibration of the horizontally mirrored detector (``dx`` negated; views not kept)."""
         return BoxCalibration(-self.dx, self.dy, self.scale)
 
-    def landmark_box(self, box: tuple[float, float, float, float], view: str | None = None
-                     ) -> tuple[float, float, float]:
+    def landmark_box(
+        self, box: tuple[float, float, float, float], view: str | None = None
+    ) -> tuple[float, float, float]:
         """(cx, cy, side) of the estimated landmark box of a ``box`` found by ``view``, pixels (same meaning as
         ``landmark_box``)."""
         c = self.for_view(view)

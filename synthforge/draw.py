@@ -21,14 +21,20 @@ LEGEND_ROW = 16
 _SUBPIXEL_SHIFT = 2  # OpenCV fixed-point drawing: coordinates in 1/4 pixels
 
 
-def text(image: np.ndarray, label: str, origin: tuple[int, int], scale: float = 0.33,
-         colour: tuple[int, int, int] = (0, 0, 0)) -> None:
+def text(
+    image: np.ndarray,
+    label: str,
+    origin: tuple[int, int],
+    scale: float = 0.33,
+    colour: tuple[int, int, int] = (0, 0, 0),
+) -> None:
     """Text (black by default) with its baseline at ``origin`` (in place)."""
     cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
-def seg_overlay(image: np.ndarray, seg: np.ndarray, label_space: LabelSpace, alpha: float = 0.6,
-                keep_background: bool = False) -> np.ndarray:
+def seg_overlay(
+    image: np.ndarray, seg: np.ndarray, label_space: LabelSpace, alpha: float = 0.6, keep_background: bool = False
+) -> np.ndarray:
     """(H, W, 3) uint8: the class colours of ``seg`` (H, W ints) blended over ``image`` with weight ``alpha``.
 
     With ``keep_background`` the background class and the ignore value keep the image as is; otherwise every pixel
@@ -43,8 +49,9 @@ def seg_overlay(image: np.ndarray, seg: np.ndarray, label_space: LabelSpace, alp
     return blended.astype(np.uint8)
 
 
-def points(image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], upscale: float = 1.0,
-           radius: float = 1.0) -> np.ndarray:
+def points(
+    image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], upscale: float = 1.0, radius: float = 1.0
+) -> np.ndarray:
     """Copy of ``image`` with filled dots at ``pts`` (K, 2), given in the pixels of an image ``upscale`` times
     smaller (pixel-centre convention); non-finite points are skipped."""
     out = np.ascontiguousarray(image.copy())
@@ -52,13 +59,21 @@ def points(image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], ups
     for x, y in np.asarray(pts, dtype=np.float64):
         if np.isfinite(x) and np.isfinite(y):
             cx, cy = (x + 0.5) * upscale - 0.5, (y + 0.5) * upscale - 0.5
-            cv2.circle(out, (int(round(cx * sub)), int(round(cy * sub))), max(1, int(round(radius * sub))), colour,
-                       -1, cv2.LINE_AA, shift=_SUBPIXEL_SHIFT)
+            cv2.circle(
+                out,
+                (int(round(cx * sub)), int(round(cy * sub))),
+                max(1, int(round(radius * sub))),
+                colour,
+                -1,
+                cv2.LINE_AA,
+                shift=_SUBPIXEL_SHIFT,
+            )
     return out
 
 
-def crosses(image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], upscale: float = 1.0,
-            size: float = 2.0) -> np.ndarray:
+def crosses(
+    image: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int], upscale: float = 1.0, size: float = 2.0
+) -> np.ndarray:
     """Copy of ``image`` with diagonal crosses (half-width ``size`` pixels) at ``pts`` (K, 2), placed as
     :func:`points` places its dots; non-finite points are skipped."""
     out = np.ascontiguousarray(image.copy())

@@ -75,8 +75,9 @@ def evaluate_synthetic(
     dm_hp = ckpt.get("datamodule_hyper_parameters", {}) or {}
     crop_size = int(system.crop_size or dm_hp.get("crop_size", 128))
     # a damaged held-out row stops the evaluation (UserError naming file and row) instead of being replaced
-    ds = SynthFaceDataset(dataset, crop_size=crop_size, crop_scale=float(dm_hp.get("crop_scale", 1.6)),
-                          skip_damaged=False)
+    ds = SynthFaceDataset(
+        dataset, crop_size=crop_size, crop_scale=float(dm_hp.get("crop_scale", 1.6)), skip_damaged=False
+    )
     if ds.label_space.classes != system.label_space.classes:
         raise UserError(f"{dataset}: label space differs from the checkpoint's ({system.label_space.name})")
     if max_samples is not None:

@@ -75,9 +75,9 @@ SELF_CHECK_ATOL = 1e-4
 
 BOX_SIDE = {
     False: "max(x1 - x0, y1 - y0, 1) of the box through the extreme points' pixel centres "
-           "(synthforge.data.transforms.landmark_box)",
+    "(synthforge.data.transforms.landmark_box)",
     True: "max(x1 - x0 + 1, y1 - y0 + 1): the extreme pixels counted (label_finetune.datasets.common."
-          "square_crop_affine)",
+    "square_crop_affine)",
 }
 """How the box side the crop scale multiplies is measured, by ``CropDefinition.pixel_extent``."""
 
@@ -101,17 +101,33 @@ class OutputSpec:
 
 
 OUTPUTS: tuple[OutputSpec, ...] = (
-    OutputSpec("seg_logits", "seg", "(B, C, S, S)",
-               "float32 segmentation logits over the C classes of label_space (softmax over axis 1 gives the class "
-               "probabilities, argmax the class ids)"),
-    OutputSpec("depth", "depth", "(B, 1, S, S)",
-               "float32 relative depth in metres: camera z minus the head's median z (defined up to an offset; "
-               "meaningful on the face/head foreground only)"),
-    OutputSpec("landmarks", "landmarks", "(B, K, 2)",
-               "float32 (x, y) in crop pixels, integer values at pixel centres (the crop spans [-0.5, S - 0.5]); "
-               "point order of the checkpoint's landmark scheme (iBUG 68 for stage I and 300W)"),
-    OutputSpec("normal", "normal", "(B, 3, S, S)", "float32 camera-frame unit normals (OpenCV axes: x right, y down, "
-               "z forward)"),
+    OutputSpec(
+        "seg_logits",
+        "seg",
+        "(B, C, S, S)",
+        "float32 segmentation logits over the C classes of label_space (softmax over axis 1 gives the class "
+        "probabilities, argmax the class ids)",
+    ),
+    OutputSpec(
+        "depth",
+        "depth",
+        "(B, 1, S, S)",
+        "float32 relative depth in metres: camera z minus the head's median z (defined up to an offset; "
+        "meaningful on the face/head foreground only)",
+    ),
+    OutputSpec(
+        "landmarks",
+        "landmarks",
+        "(B, K, 2)",
+        "float32 (x, y) in crop pixels, integer values at pixel centres (the crop spans [-0.5, S - 0.5]); "
+        "point order of the checkpoint's landmark scheme (iBUG 68 for stage I and 300W)",
+    ),
+    OutputSpec(
+        "normal",
+        "normal",
+        "(B, 3, S, S)",
+        "float32 camera-frame unit normals (OpenCV axes: x right, y down, z forward)",
+    ),
     OutputSpec("uv", "uv", "(B, 2, S, S)", "float32 template UV coordinates (-1 on background)"),
 )
 """Every output an exported graph can have, in graph order; a graph has those its network produces."""
@@ -234,8 +250,10 @@ def check_image_size(source: ExportSource, image_size: int, option: str = "--ima
     4096."""
     d = source.size_divisor
     if image_size <= 0 or image_size > 4096 or image_size % d:
-        raise UserError(f"{option} {image_size}: must be a multiple of {d} between {d} and 4096 for this network "
-                        f"(trained at {source.crop_size})")
+        raise UserError(
+            f"{option} {image_size}: must be a multiple of {d} between {d} and 4096 for this network "
+            f"(trained at {source.crop_size})"
+        )
 
 
 def build_wrapper(source: ExportSource, image_size: int, option: str = "--image-size") -> ExportWrapper:
@@ -262,9 +280,11 @@ def _input_normalisation(net: nn.Module) -> dict[str, Any]:
     trunks = [m for m in net.modules() if isinstance(m, UNetTrunk)]
     if trunks and all(t.normalize for t in trunks):
         t = trunks[0]
-        return {"inside_graph": "(image - mean) / std per channel, ImageNet statistics",
-                "mean": [round(v, 6) for v in t.mean.flatten().tolist()],
-                "std": [round(v, 6) for v in t.std.flatten().tolist()]}
+        return {
+            "inside_graph": "(image - mean) / std per channel, ImageNet statistics",
+            "mean": [round(v, 6) for v in t.mean.flatten().tolist()],
+            "std": [round(v, 6) for v in t.std.flatten().tolist()],
+        }
     if trunks and not any(t.normalize for t in trunks):
         return {"inside_graph": "none: the network reads [0, 1] RGB as it is"}
     return {"inside_graph": "unknown (the network has no synthforge UNetTrunk)"}
@@ -275,14 +295,21 @@ def export_metadata(source: ExportSource, wrapper: ExportWrapper, image_size: in
     shapes = probe(wrapper.net, image_size)
     specs = {s.name: s for s in OUTPUTS}
     outputs = [
-        {"name": n, "shape": [BATCH_AXIS, *shapes[n][1:]], "dtype": "float32", "documented_shape": specs[n].shape,
-         "meaning": specs[n].meaning}
+        {
+            "name": n,
+            "shape": [BATCH_AXIS, *shapes[n][1:]],
+            "dtype": "float32",
+            "documented_shape": specs[n].shape,
+            "meaning": specs[n].meaning,
+        }
         for n in wrapper.output_names
     ]
     if "seg_logits" in shapes and source.label_space is not None:
         if shapes["seg_logits"][1] != source.label_space.num_classes:
-            raise UserError(f"{source.checkpoint}: the network gives {shapes['seg_logits'][1]} classes but its label "
-                            f"space '{source.label_space.name}' has {source.label_space.num_classes}")
+            raise UserError(
+                f"{source.checkpoint}: the network gives {shapes['seg_logits'][1]} classes but its label "
+                f"space '{source.label_space.name}' has {source.label_space.num_classes}"
+            )
     label_space = json.loads(source.label_space.to_json()) if source.label_space is not None else None
     if "seg_logits" not in shapes:
         label_space = None
@@ -302,7 +329,7 @@ def export_metadata(source: ExportSource, wrapper: ExportWrapper, image_size: in
             "channels": "RGB",
             "range": [0.0, 1.0],
             "normalization": "none beyond scaling to [0, 1] (uint8 / 255); the network's own normalisation is "
-                             "part of the graph",
+            "part of the graph",
             "network_normalization": _input_normalisation(wrapper.net),
         },
         "outputs": outputs,
@@ -314,8 +341,8 @@ def export_metadata(source: ExportSource, wrapper: ExportWrapper, image_size: in
             "box": source.crop.box if source.crop is not None else None,
             "box_side": BOX_SIDE[source.crop.pixel_extent] if source.crop is not None else None,
             "meaning": "a square crop of side scale x box_side, centred on the box, resized to crop_size (box "
-                       "'landmarks': the box of the face's landmarks; 'label': of its labelled pixels; 'image': the "
-                       "whole image); scale and box are null when the checkpoint does not record them",
+            "'landmarks': the box of the face's landmarks; 'label': of its labelled pixels; 'image': the "
+            "whole image); scale and box are null when the checkpoint does not record them",
         },
         "label_space": label_space,
         "num_landmarks": int(shapes["landmarks"][1]) if "landmarks" in shapes else 0,
@@ -398,9 +425,11 @@ def export_onnx(wrapper: ExportWrapper, image_size: int, path: str | Path, metad
     )
     proto = program.model_proto
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata, indent=1))
-    proto.doc_string = (f"SynthForge {metadata['checkpoint_kind']} network: {INPUT_NAME} (B, 3, {image_size}, "
-                        f"{image_size}) float32 RGB in [0, 1] -> {', '.join(wrapper.output_names)}; details in "
-                        f"metadata_props['{METADATA_KEY}']")
+    proto.doc_string = (
+        f"SynthForge {metadata['checkpoint_kind']} network: {INPUT_NAME} (B, 3, {image_size}, "
+        f"{image_size}) float32 RGB in [0, 1] -> {', '.join(wrapper.output_names)}; details in "
+        f"metadata_props['{METADATA_KEY}']"
+    )
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path))
 
@@ -472,5 +501,6 @@ def max_abs_differences(
 
 def within_tolerance(reference: tuple[torch.Tensor, ...], diffs: dict[str, float], names: tuple[str, ...]) -> bool:
     """Every output's difference within :data:`SELF_CHECK_ATOL` x max(1, its largest magnitude)."""
-    return all(diffs[n] <= SELF_CHECK_ATOL * max(1.0, float(r.abs().max())) for n, r in zip(names, reference,
-                                                                                             strict=True))
+    return all(
+        diffs[n] <= SELF_CHECK_ATOL * max(1.0, float(r.abs().max())) for n, r in zip(names, reference, strict=True)
+    )

@@ -312,14 +312,17 @@ def save_selection(path: Path, key: dict, selection: Selection, terms: dict[str,
         "term_mean_pool": {name: mean(v) for name, v in terms.items()},
         "term_mean_hard": {name: mean(v[hard_rows]) for name, v in terms.items()},
     }
-    _write_json(path, {
-        "format": SELECTION_FORMAT,
-        "key": key,
-        "summary": summary,
-        "indices": selection.indices.tolist(),
-        "hard": selection.hard.astype(bool).tolist(),
-        "scores": [float(v) if np.isfinite(v) else None for v in selection.scores],
-    })
+    _write_json(
+        path,
+        {
+            "format": SELECTION_FORMAT,
+            "key": key,
+            "summary": summary,
+            "indices": selection.indices.tolist(),
+            "hard": selection.hard.astype(bool).tolist(),
+            "scores": [float(v) if np.isfinite(v) else None for v in selection.scores],
+        },
+    )
 
 
 def load_selection(path: Path, key: dict) -> Selection | None:
@@ -342,10 +345,15 @@ def load_selection(path: Path, key: dict) -> Selection | None:
         raise UserError(f"{path}: damaged guided selection ({str(err)[:80]}); delete it to score again") from None
     if stored_key != key:
         diff = h5._first_difference(stored_key, key)
-        raise UserError(f"{path} holds a selection made with other settings (differs at {diff}); "
-                        "use another --out or delete it")
-    ok = (len(scores) == key["pool"] and indices.shape == hard.shape == (key["num_samples"],)
-          and (np.diff(indices) > 0).all() and (indices.size == 0 or 0 <= indices[0] <= indices[-1] < len(scores)))
+        raise UserError(
+            f"{path} holds a selection made with other settings (differs at {diff}); use another --out or delete it"
+        )
+    ok = (
+        len(scores) == key["pool"]
+        and indices.shape == hard.shape == (key["num_samples"],)
+        and (np.diff(indices) > 0).all()
+        and (indices.size == 0 or 0 <= indices[0] <= indices[-1] < len(scores))
+    )
     if not ok:
         raise UserError(f"{path}: damaged guided selection (inconsistent rows); delete it to score again")
     return Selection(indices=indices, hard=hard, scores=scores)
@@ -399,8 +407,10 @@ def prepare_selection(
     options.check(num_samples)
     scorer = LossScorer(options.checkpoint, "--guide", options.batch_size)
     if scorer.system.label_space.classes != pipeline.label_space.classes:
-        raise UserError(f"--guide: {options.checkpoint} predicts the '{scorer.system.label_space.name}' label space, "
-                        f"the generator writes '{pipeline.label_space.name}'")
+        raise UserError(
+            f"--guide: {options.checkpoint} predicts the '{scorer.system.label_space.name}' label space, "
+            f"the generator writes '{pipeline.label_space.name}'"
+        )
     key = _selection_key(pipeline, scorer, num_samples, options.pool, options.uniform_fraction)
     path = selection_path(out)
     selection = load_selection(path, key)
@@ -440,7 +450,15 @@ def generate_guided(
     """
     selection, guide = prepare_selection(pipeline, out, num_samples, options, workers, score_progress, on_score_start)
     return generate_shard(
-        pipeline, str(out), num_samples, num_shards, shard_index, progress, on_start, workers,
-        sample_indices=selection.indices, extra_fields={SCORE_FIELD: selection.row_scores},
+        pipeline,
+        str(out),
+        num_samples,
+        num_shards,
+        shard_index,
+        progress,
+        on_start,
+        workers,
+        sample_indices=selection.indices,
+        extra_fields={SCORE_FIELD: selection.row_scores},
         config_extra={"guide": guide},
     )

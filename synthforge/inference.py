@@ -199,10 +199,19 @@ class Predictor:
                 system = build_finetune_system(ckpt, path, option)
             finally:
                 notices.setLevel(level)
-            return cls(system, int(system.hparams.resolution), system.label_space, device,
-                       crop=CropDefinition(box, scale, pixel_extent=True), kind=FINETUNE, dataset=system.dataset)
-        raise UserError(f"{where}: not a SynthForge checkpoint (no net.* or stage1.* weights; expected one written by "
-                        "synthforge train or synthforge finetune)")
+            return cls(
+                system,
+                int(system.hparams.resolution),
+                system.label_space,
+                device,
+                crop=CropDefinition(box, scale, pixel_extent=True),
+                kind=FINETUNE,
+                dataset=system.dataset,
+            )
+        raise UserError(
+            f"{where}: not a SynthForge checkpoint (no net.* or stage1.* weights; expected one written by "
+            "synthforge train or synthforge finetune)"
+        )
 
     @torch.no_grad()
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16) -> list[Prediction]:
@@ -262,6 +271,9 @@ class Predictor:
                         if key == "normal":
                             up = tnf.normalize(up, dim=0)
                         extra[key] = up.permute(1, 2, 0).cpu().numpy().astype(np.float32)
-                results.append(Prediction(seg=seg, seg_probs=probs, depth=depth, landmarks=lm,
-                                          label_space=self.label_space, **extra))
+                results.append(
+                    Prediction(
+                        seg=seg, seg_probs=probs, depth=depth, landmarks=lm, label_space=self.label_space, **extra
+                    )
+                )
         return results

@@ -152,15 +152,21 @@ def _window_roi(matrix: np.ndarray, crop_size: int, height: int, width: int) -> 
     return (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
 
 
-def _to_roi(crop_map: np.ndarray, matrix: np.ndarray, roi: tuple[int, int, int, int], border: int = cv2.BORDER_REPLICATE
-            ) -> np.ndarray:
+def _to_roi(
+    crop_map: np.ndarray, matrix: np.ndarray, roi: tuple[int, int, int, int], border: int = cv2.BORDER_REPLICATE
+) -> np.ndarray:
     """Warp an (S, S[, C]) crop-frame map into the image's ``roi`` (bilinear; outside the crop: the edge value
     repeated, so that values next to the crop's edge are not blended with a fill; pass ``BORDER_CONSTANT`` for 0)."""
     x0, y0, x1, y1 = roi
     m = matrix.copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
-    out = cv2.warpAffine(np.ascontiguousarray(crop_map), m, (x1 - x0, y1 - y0),
-                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
+    out = cv2.warpAffine(
+        np.ascontiguousarray(crop_map),
+        m,
+        (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=border,
+    )
     return out.reshape((y1 - y0, x1 - x0) + crop_map.shape[2:])
 
 
@@ -262,8 +268,10 @@ class FacePipeline:
             points = predictor.predict([np.zeros((s, s, 3), np.uint8)])[0].landmarks
             count = None if points is None else len(points)
             if count != len(LANDMARK_FLIP_PERMUTATION):
-                raise ValueError(f"flip averaging needs the {len(LANDMARK_FLIP_PERMUTATION)} iBUG landmarks; the "
-                                 f"checkpoint predicts {count or 'no'} landmarks")
+                raise ValueError(
+                    f"flip averaging needs the {len(LANDMARK_FLIP_PERMUTATION)} iBUG landmarks; the "
+                    f"checkpoint predicts {count or 'no'} landmarks"
+                )
 
     @property
     def label_space(self) -> LabelSpace | None:
@@ -293,9 +301,7 @@ class FacePipeline:
                 return self.crop.window_of_points(crop_to_image(matrix, mask_box_points(fg)))
         return None
 
-    def predict_windows(
-        self, image: np.ndarray, detections: list[Detection], windows: list[Window]
-    ) -> ImageResult:
+    def predict_windows(self, image: np.ndarray, detections: list[Detection], windows: list[Window]) -> ImageResult:
         """First pass from explicit crop ``windows`` (one per detection), then ``refine`` passes from predictions."""
         h, w = image.shape[:2]
         result = ImageResult(height=h, width=w, label_space=self.label_space)
@@ -337,8 +343,10 @@ class FacePipeline:
             windows = [((w - 1) / 2, (h - 1) / 2, float(max(w, h)))]
             return self.predict_windows(image, dets, windows)
         if self.crop_scale is None:
-            raise ValueError("the checkpoint was trained on whole aligned face images (crop box 'image'): use "
-                             "whole_image=True on such images, or give FacePipeline a crop_scale for face boxes")
+            raise ValueError(
+                "the checkpoint was trained on whole aligned face images (crop box 'image'): use "
+                "whole_image=True on such images, or give FacePipeline a crop_scale for face boxes"
+            )
         if boxes is None:
             if self.detector is None:
                 raise ValueError("no detector: give boxes or whole_image=True")

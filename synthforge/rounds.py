@@ -153,8 +153,9 @@ def _global_step(path: Path) -> int:
 
 def finished_checkpoint(out: Path, r: int, steps: int) -> Path | None:
     """Round ``r``'s newest ``final.ckpt`` if it reached ``steps`` (the cumulative step count), else None."""
-    found = sorted(round_dir(out, r).glob("lightning_logs/version_*/checkpoints/final.ckpt"),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        round_dir(out, r).glob("lightning_logs/version_*/checkpoints/final.ckpt"), key=lambda p: p.stat().st_mtime
+    )
     return found[-1] if found and _global_step(found[-1]) == steps else None
 
 
@@ -187,8 +188,9 @@ def generate_round(
         bars.append(tqdm(total=pool, desc=f"round {r} scoring", unit="candidate", disable=not show_progress))
 
     def on_start(done: int) -> None:
-        bars.append(tqdm(total=spec.num, initial=done, desc=f"round {r} data", unit="sample",
-                         disable=not show_progress))
+        bars.append(
+            tqdm(total=spec.num, initial=done, desc=f"round {r} data", unit="sample", disable=not show_progress)
+        )
 
     def step(n: int) -> None:
         bars[-1].update(n)
@@ -198,8 +200,17 @@ def generate_round(
     try:
         if guide_ckpt is not None and spec.pool is not None:
             options = GuideOptions(guide_ckpt, spec.pool, recipe.uniform_fraction)
-            generate_guided(pipeline, path, spec.num, options, progress=step, on_start=on_start, workers=workers,
-                            score_progress=step, on_score_start=on_score_start)
+            generate_guided(
+                pipeline,
+                path,
+                spec.num,
+                options,
+                progress=step,
+                on_start=on_start,
+                workers=workers,
+                score_progress=step,
+                on_score_start=on_score_start,
+            )
         else:
             generate_shard(pipeline, str(path), spec.num, progress=step, on_start=on_start, workers=workers)
     finally:
@@ -221,9 +232,14 @@ def train_round(recipe: Recipe, out: Path, r: int, previous: Path | None) -> Pat
         return done
     index = out / "data" / f"train-{r:02d}.json"
     _write_json(index, {"shards": [{"file": round_data(out, k).name} for k in range(r + 1)]})
-    argv = ["--config", str(recipe.train_config), f"--data.train={index}",
-            f"--trainer.default_root_dir={round_dir(out, r)}", f"--trainer.max_steps={steps}",
-            f"--model.schedule_steps={recipe.total_steps}"]
+    argv = [
+        "--config",
+        str(recipe.train_config),
+        f"--data.train={index}",
+        f"--trainer.default_root_dir={round_dir(out, r)}",
+        f"--trainer.max_steps={steps}",
+        f"--model.schedule_steps={recipe.total_steps}",
+    ]
     if not native_bf16():
         argv.append("--trainer.precision=32-true")
     argv += list(recipe.train_args)
@@ -239,7 +255,11 @@ def train_round(recipe: Recipe, out: Path, r: int, previous: Path | None) -> Pat
 
 
 def run_rounds(
-    recipe: Recipe, out: str | Path, uniform: bool = False, workers: int = 1, show_progress: bool = True,
+    recipe: Recipe,
+    out: str | Path,
+    uniform: bool = False,
+    workers: int = 1,
+    show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Run (or resume) every round of ``recipe`` into ``out``; returns each round's final checkpoint.
@@ -261,7 +281,15 @@ def run_rounds(
         log(f"[rounds] round {r}: training +{spec.steps} steps on rounds 0-{r} -> {round_dir(out, r)}")
         ckpt = train_round(recipe, out, r, checkpoints[-1] if checkpoints else None)
         checkpoints.append(ckpt)
-        state.append({"round": r, "data": str(data), "num": spec.num, "pool": spec.pool if guide else None,
-                      "checkpoint": str(ckpt), "global_step": sum(s.steps for s in recipe.rounds[: r + 1])})
+        state.append(
+            {
+                "round": r,
+                "data": str(data),
+                "num": spec.num,
+                "pool": spec.pool if guide else None,
+                "checkpoint": str(ckpt),
+                "global_step": sum(s.steps for s in recipe.rounds[: r + 1]),
+            }
+        )
         _write_json(out / "rounds.json", {"uniform": uniform, "rounds": state})
     return checkpoints

@@ -35,8 +35,9 @@ def template68() -> np.ndarray:
     return pts
 
 
-def draw_face(size: tuple[int, int], box: tuple[float, float, float], rng: np.random.Generator,
-              num_points: int = 68) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_face(
+    size: tuple[int, int], box: tuple[float, float, float], rng: np.random.Generator, num_points: int = 68
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one face.
 
     Args:
@@ -106,13 +107,28 @@ def rendered_faces(count: int = 4) -> tuple[tuple[np.ndarray, np.ndarray, np.nda
 SYNTH_TO_LAPA = np.array([0, 1, 1, 1, 1, 1, 1, 5, 4, 3, 2, 6, 7, 9, 8, 1, 1, 10, 0, 0, 10, 1], np.uint8)
 """SYNTH id -> LaPa id (skin regions and ears -> skin, eyeballs -> eyes, scalp and hair -> hair, neck ->
 background, eyeglasses -> skin: LaPa has no glasses class and paints them as what they cover)."""
-SYNTH_TO_CELEBA_PART = {7: "r_eye", 8: "l_eye", 9: "r_brow", 10: "l_brow", 11: "nose", 12: "u_lip", 13: "l_lip",
-                        14: "mouth", 15: "r_ear", 16: "l_ear", 17: "hair", 18: "neck", 19: "neck", 20: "hair",
-                        21: "eye_g"}
+SYNTH_TO_CELEBA_PART = {
+    7: "r_eye",
+    8: "l_eye",
+    9: "r_brow",
+    10: "l_brow",
+    11: "nose",
+    12: "u_lip",
+    13: "l_lip",
+    14: "mouth",
+    15: "r_ear",
+    16: "l_ear",
+    17: "hair",
+    18: "neck",
+    19: "neck",
+    20: "hair",
+    21: "eye_g",
+}
 
 
-def rendered_face(i: int, rng: np.random.Generator, canvas: tuple[int, int],
-                  num_points: int = 68) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def rendered_face(
+    i: int, rng: np.random.Generator, canvas: tuple[int, int], num_points: int = 68
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render i (cycled) pasted at a random place of a ``canvas`` (H, W) >= RENDER_SIZE image.
 
     Returns:
@@ -146,8 +162,9 @@ def write_pts(path: Path, lm: np.ndarray) -> None:
 W300_COUNTS = {"afw": 2, "helen/trainset": 2, "lfpw/trainset": 1, "helen/testset": 1, "lfpw/testset": 2, "ibug": 1}
 
 
-def make_w300(root: Path, seed: int = 0, size: int = 96, counts: dict[str, int] | None = None,
-              rendered: bool = False) -> Path:
+def make_w300(
+    root: Path, seed: int = 0, size: int = 96, counts: dict[str, int] | None = None, rendered: bool = False
+) -> Path:
     rng = np.random.default_rng(seed)
     k = 0
     for sub, count in (counts or W300_COUNTS).items():
@@ -169,8 +186,9 @@ def make_w300(root: Path, seed: int = 0, size: int = 96, counts: dict[str, int] 
 LAPA_COUNTS = {"train": 4, "val": 2, "test": 3}
 
 
-def make_lapa(root: Path, seed: int = 0, size: int = 96, counts: dict[str, int] | None = None,
-              rendered: bool = False) -> Path:
+def make_lapa(
+    root: Path, seed: int = 0, size: int = 96, counts: dict[str, int] | None = None, rendered: bool = False
+) -> Path:
     rng = np.random.default_rng(seed)
     k = 0
     for split, count in (counts or LAPA_COUNTS).items():
@@ -194,15 +212,31 @@ def make_lapa(root: Path, seed: int = 0, size: int = 96, counts: dict[str, int] 
     return root
 
 
-LAPA_TO_CELEBA = {1: "skin", 2: "l_brow", 3: "r_brow", 4: "l_eye", 5: "r_eye", 6: "nose", 7: "u_lip", 8: "mouth",
-                  9: "l_lip", 10: "hair"}
+LAPA_TO_CELEBA = {
+    1: "skin",
+    2: "l_brow",
+    3: "r_brow",
+    4: "l_eye",
+    5: "r_eye",
+    6: "nose",
+    7: "u_lip",
+    8: "mouth",
+    9: "l_lip",
+    10: "hair",
+}
 CELEBA_PARTITIONS = [0, 0, 0, 0, 1, 1, 2, 2, 2]
 """Partition of CelebA-HQ ids 0..8 in the test tree (4 train, 2 val, 3 test)."""
 
 
-def make_celebamask_hq(root: Path, seed: int = 0, image_size: int = 64, mask_size: int = 32,
-                       partition_name: str = "list_eval_partition.txt", partitions: list[int] | None = None,
-                       rendered: bool = False) -> Path:
+def make_celebamask_hq(
+    root: Path,
+    seed: int = 0,
+    image_size: int = 64,
+    mask_size: int = 32,
+    partition_name: str = "list_eval_partition.txt",
+    partitions: list[int] | None = None,
+    rendered: bool = False,
+) -> Path:
     """Tiny CelebAMask-HQ tree (ids 0..n-1 with the given partitions, default :data:`CELEBA_PARTITIONS`).
 
     With ``rendered``, the masks are RENDER_SIZE px and the images ``2 * RENDER_SIZE`` (as 512 / 1024 in the real
@@ -231,8 +265,9 @@ def make_celebamask_hq(root: Path, seed: int = 0, image_size: int = 64, mask_siz
             mapping.append(f"{idx:<12d}{orig_ids[idx] - 1:<12d}{orig}")
             partition.append(f"{orig} {partitions[idx]}")
             continue
-        image, labels, _ = draw_face((image_size, image_size), (image_size * 0.2, image_size * 0.15, image_size * 0.6),
-                                     rng)
+        image, labels, _ = draw_face(
+            (image_size, image_size), (image_size * 0.2, image_size * 0.15, image_size * 0.6), rng
+        )
         write_image(root / "CelebA-HQ-img" / f"{idx}.jpg", image)
         small = cv2.resize(labels, (mask_size, mask_size), interpolation=cv2.INTER_NEAREST)
         for lapa_id, part in LAPA_TO_CELEBA.items():

@@ -241,7 +241,7 @@ def test_plane_known_values(backend, backward):
 def test_two_sided_sheet_uses_face_normals(backend):
     """The same square with both windings: vertex normals cancel to zero, the face normal (towards the camera) is
     used."""
-    H, W, K, corners, faces, *_ , (c0, e1, e2, s) = _plane_scene(False)
+    H, W, K, corners, faces, *_, (c0, e1, e2, s) = _plane_scene(False)
     faces2 = torch.cat([faces, faces[:, [0, 2, 1]]])
     frags = rasterize_with(backend, corners[None], faces2, K[None], H, W)
     ann = annotate(frags, corners[None].float(), faces2, K.float(), torch.zeros(1, 68, 3))

@@ -36,8 +36,23 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                      f"--trainer.default_root_dir={root / 's1'}", "--trainer.max_steps=2"]) == 0  # fmt: skip
     stage1 = root / "s1" / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
     w300 = make_w300(root / "w300")
-    assert cli_main(["finetune", "--config", str(W300_TINY), "--data.root", str(w300), "--model.backbone",
-                     str(stage1), "--trainer.default_root_dir", str(root / "ft"), "--trainer.max_steps=1"]) == 0
+    assert (
+        cli_main(
+            [
+                "finetune",
+                "--config",
+                str(W300_TINY),
+                "--data.root",
+                str(w300),
+                "--model.backbone",
+                str(stage1),
+                "--trainer.default_root_dir",
+                str(root / "ft"),
+                "--trainer.max_steps=1",
+            ]
+        )
+        == 0
+    )
     finetune = root / "ft" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     data = stage1.read_bytes()
     (root / "truncated.ckpt").write_bytes(data[: len(data) - 200])

@@ -12,9 +12,23 @@ from synthforge.cli import main
 
 def test_demo_end_to_end_tiny(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--num-train", "12", "--num-heldout", "4", "--image-size", "64",
-            "--workers", "1", "--train-args", "--trainer.max_steps=2", "--data.batch_size=4",
-            "--trainer.enable_progress_bar=false"]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--num-train",
+        "12",
+        "--num-heldout",
+        "4",
+        "--image-size",
+        "64",
+        "--workers",
+        "1",
+        "--train-args",
+        "--trainer.max_steps=2",
+        "--data.batch_size=4",
+        "--trainer.enable_progress_bar=false",
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("nme", "seg_f1_mean", "depth_rmse_mm"):

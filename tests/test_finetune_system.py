@@ -47,8 +47,13 @@ class TinyStage1(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, object]:
         f = self.trunk(x)
         hm = self.hm(nnf.avg_pool2d(f, 4))
-        return {"seg": self.seg(f), "depth": self.depth(f), "heatmaps": [hm, hm],
-                "landmarks": heatmap_to_image(soft_argmax(hm)[0], 4), "features": f}
+        return {
+            "seg": self.seg(f),
+            "depth": self.depth(f),
+            "heatmaps": [hm, hm],
+            "landmarks": heatmap_to_image(soft_argmax(hm)[0], 4),
+            "features": f,
+        }
 
 
 def real_stage1_available() -> bool:
@@ -74,12 +79,15 @@ def write_tiny_stage1_checkpoint(path: Path) -> Path:
     system = instantiate_module(MultiTaskSystem, model_cfg)
     bn = next(m for m in system.net.modules() if isinstance(m, nn.BatchNorm2d))
     bn.running_mean.uniform_(-0.2, 0.2)  # non-trivial statistics, as after training
-    torch.save({
-        "state_dict": system.state_dict(),
-        "hyper_parameters": {**model_cfg, "_instantiator": "lightning.pytorch.cli.instantiate_module"},
-        "pytorch-lightning_version": L.__version__,
-        "synthforge": {"label_space": system.label_space.to_json(), "crop_size": 64},
-    }, path)
+    torch.save(
+        {
+            "state_dict": system.state_dict(),
+            "hyper_parameters": {**model_cfg, "_instantiator": "lightning.pytorch.cli.instantiate_module"},
+            "pytorch-lightning_version": L.__version__,
+            "synthforge": {"label_space": system.label_space.to_json(), "crop_size": 64},
+        },
+        path,
+    )
     return path
 
 
@@ -126,7 +134,7 @@ def test_landmark_adapter_loads_checkpoints_from_before_the_shared_hourglass() -
     tensors, at = {}, 0
     for name, shape, dtype in index:
         n = int(np.prod(shape))
-        tensors[name] = torch.from_numpy(values[at:at + n].reshape(shape)).to(getattr(torch, dtype))
+        tensors[name] = torch.from_numpy(values[at : at + n].reshape(shape)).to(getattr(torch, dtype))
         at += n
     state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
     assert any(".inner.skip.body." in k for k in state)  # really the old names
@@ -168,8 +176,14 @@ def test_seg_to_original_matches_opencv_inverse_warp() -> None:
     a = square_crop_affine(np.array([10.0, 6.0, 29.0, 25.0]), 1.25, 16, rotation_deg=7.0)
     pred = seg_to_original(torch.from_numpy(logits), torch.from_numpy(a), (40, 36), background=0).numpy()
     # reference: OpenCV resamples every logit channel onto the original grid (inverse map), then arg-max
-    ref = np.stack([cv2.warpAffine(c, a, (36, 40), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REPLICATE) for c in logits]).argmax(0)
+    ref = np.stack(
+        [
+            cv2.warpAffine(
+                c, a, (36, 40), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+            )
+            for c in logits
+        ]
+    ).argmax(0)
     ys, xs = np.mgrid[0:40, 0:36]
     u = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
     v = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
@@ -195,8 +209,15 @@ def test_stage1_stays_frozen_in_training(tmp_path: Path, backbone: str) -> None:
     model.train()
     assert model.training and not model.stage1.training and model.landmark_head.training
     dm = FinetuneDataModule("w300", str(root), resolution=32, batch_size=2)
-    trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     head_before = {k: v.clone() for k, v in model.landmark_head.state_dict().items()}
     trainer.fit(model, dm)
     assert not model.stage1.training
@@ -207,8 +228,11 @@ def test_stage1_stays_frozen_in_training(tmp_path: Path, backbone: str) -> None:
     # the same forward in train mode would move the statistics (so the check above can fail)
     stage1.train()
     stage1(torch.rand(2, 3, 32, 32))
-    assert any(not torch.equal(bn.running_mean, before[n + ".running_mean"])
-               for n, bn in stage1.named_modules() if isinstance(bn, nn.BatchNorm2d))
+    assert any(
+        not torch.equal(bn.running_mean, before[n + ".running_mean"])
+        for n, bn in stage1.named_modules()
+        if isinstance(bn, nn.BatchNorm2d)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -216,14 +240,38 @@ def test_stage1_stays_frozen_in_training(tmp_path: Path, backbone: str) -> None:
 
 def _finetune_and_evaluate(tmp_path: Path, ds: str, root: Path, backbone: str, extra: list[str]) -> dict:
     work = tmp_path / "run"
-    rc = cli_main(["finetune", "--config", str(CONFIGS / "tiny" / f"{ds}.yaml"), "--data.root", str(root),
-                   "--model.backbone", backbone, "--trainer.default_root_dir", str(work), *extra])
+    rc = cli_main(
+        [
+            "finetune",
+            "--config",
+            str(CONFIGS / "tiny" / f"{ds}.yaml"),
+            "--data.root",
+            str(root),
+            "--model.backbone",
+            backbone,
+            "--trainer.default_root_dir",
+            str(work),
+            *extra,
+        ]
+    )
     assert rc == 0
     ckpts = sorted(work.rglob("last.ckpt"))
     assert ckpts, list(work.rglob("*"))
     out = tmp_path / "results.json"
-    rc = cli_main(["evaluate", "--config", str(CONFIGS / "tiny" / f"{ds}.yaml"), "--data.root", str(root),
-                   "--ckpt", str(ckpts[0]), "--out", str(out), *extra])
+    rc = cli_main(
+        [
+            "evaluate",
+            "--config",
+            str(CONFIGS / "tiny" / f"{ds}.yaml"),
+            "--data.root",
+            str(root),
+            "--ckpt",
+            str(ckpts[0]),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert rc == 0
     assert out.with_suffix(".csv").is_file()
     return json.loads(out.read_text())
@@ -251,15 +299,39 @@ def test_end_to_end_lapa(tmp_path: Path, backbone: str) -> None:
         Path(backbone).unlink()
         ckpt = sorted((tmp_path / "run").rglob("last.ckpt"))[0]
         out = tmp_path / "again.json"
-        rc = cli_main(["evaluate", "--config", str(CONFIGS / "tiny" / "lapa.yaml"), "--data.root", str(root),
-                       "--ckpt", str(ckpt), "--out", str(out), *extra])
+        rc = cli_main(
+            [
+                "evaluate",
+                "--config",
+                str(CONFIGS / "tiny" / "lapa.yaml"),
+                "--data.root",
+                str(root),
+                "--ckpt",
+                str(ckpt),
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
         assert rc == 0
         assert json.loads(out.read_text())["splits"]["test"]["confusion"] == res["splits"]["test"]["confusion"]
     test = res["splits"]["test"]
     assert test["images"] == 3
     cols = test["columns"]
-    assert set(cols) >= {"skin", "hair", "l-eye", "r-eye", "u-lip", "i-mouth", "l-lip", "nose", "l-brow", "r-brow",
-                         "mean", "mean_mouth_merged"}
+    assert set(cols) >= {
+        "skin",
+        "hair",
+        "l-eye",
+        "r-eye",
+        "u-lip",
+        "i-mouth",
+        "l-lip",
+        "nose",
+        "l-brow",
+        "r-brow",
+        "mean",
+        "mean_mouth_merged",
+    }
     # the confusion matrix counts every labelled pixel of the original test images exactly once
     ds = FinetuneDataModule("lapa", str(root), resolution=32).dataset_for("test", return_original=True)
     pixels = sum(int(ds[i]["orig_seg"].numel()) for i in range(len(ds)))
@@ -272,8 +344,9 @@ def test_end_to_end_lapa(tmp_path: Path, backbone: str) -> None:
 
 def test_end_to_end_celebamask_hq(tmp_path: Path, backbone: str) -> None:
     root = make_celebamask_hq(tmp_path / "celeba", rendered=RENDERED)
-    res = _finetune_and_evaluate(tmp_path, "celebamask_hq", root, backbone,
-                                 ["--data.cache_dir", str(tmp_path / "cache")])
+    res = _finetune_and_evaluate(
+        tmp_path, "celebamask_hq", root, backbone, ["--data.cache_dir", str(tmp_path / "cache")]
+    )
     test = res["splits"]["test"]
     assert test["images"] == 3 and len(test["columns"]) == 15
     side = RENDER_SIZE if RENDERED else 32
@@ -282,11 +355,33 @@ def test_end_to_end_celebamask_hq(tmp_path: Path, backbone: str) -> None:
 
 def test_evaluate_errors(tmp_path: Path, backbone: str, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_lapa(tmp_path / "lapa")
-    rc = cli_main(["evaluate", "--config", str(CONFIGS / "tiny" / "lapa.yaml"), "--data.root", str(root),
-                   "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "r.json")])
+    rc = cli_main(
+        [
+            "evaluate",
+            "--config",
+            str(CONFIGS / "tiny" / "lapa.yaml"),
+            "--data.root",
+            str(root),
+            "--ckpt",
+            str(tmp_path / "none.ckpt"),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 2 and "--ckpt: no such checkpoint" in capsys.readouterr().err
-    rc = cli_main(["finetune", "--config", str(CONFIGS / "tiny" / "lapa.yaml"), "--data.root", str(tmp_path / "no"),
-                   "--model.backbone", backbone, "--trainer.default_root_dir", str(tmp_path / "w")])
+    rc = cli_main(
+        [
+            "finetune",
+            "--config",
+            str(CONFIGS / "tiny" / "lapa.yaml"),
+            "--data.root",
+            str(tmp_path / "no"),
+            "--model.backbone",
+            backbone,
+            "--trainer.default_root_dir",
+            str(tmp_path / "w"),
+        ]
+    )
     assert rc == 2 and f"--data.root: no such folder: {tmp_path / 'no'}" in capsys.readouterr().err
 
 

@@ -461,20 +461,45 @@ def test_generate_options_are_the_config_dataclasses(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("seed: 3\ncamera:\n  fov_deg: [15, 16]\nrenderer:\n  procedural:\n    hair_prob: 0.5\n")
-    args, overrides = parse_args(["--config", str(path), "--num", "4", "--out", "o", "--camera.yaw_deg", "[-5, 5]",
-                                  "--renderer", "procedural", "--renderer.procedural.glasses_prob", "0",
-                                  "--image_size", "40", "--seed", "7"])
+    args, overrides = parse_args(
+        [
+            "--config",
+            str(path),
+            "--num",
+            "4",
+            "--out",
+            "o",
+            "--camera.yaw_deg",
+            "[-5, 5]",
+            "--renderer",
+            "procedural",
+            "--renderer.procedural.glasses_prob",
+            "0",
+            "--image_size",
+            "40",
+            "--seed",
+            "7",
+        ]
+    )
     assert (args.num, args.out, args.image_size, args.num_shards, args.shard_index) == (4, "o", 40, 1, 0)
     assert args.workers is None and args.threads == 1 and not args.no_progress
-    assert overrides == {"camera.yaw_deg": (-5.0, 5.0), "renderer.name": "procedural",
-                         "renderer.procedural.glasses_prob": 0, "seed": 7}
+    assert overrides == {
+        "camera.yaw_deg": (-5.0, 5.0),
+        "renderer.name": "procedural",
+        "renderer.procedural.glasses_prob": 0,
+        "seed": 7,
+    }
     cfg = load_config(path, overrides)
     assert cfg.seed == 7 and cfg.camera.fov_deg == (15.0, 16.0) and cfg.camera.yaw_deg == (-5.0, 5.0)
     assert cfg.renderer.procedural == {"hair_prob": 0.5, "glasses_prob": 0}
     args, overrides = parse_args(["--num", "1", "--out", "o", "--image-size", "48", "--no-progress"])
     assert overrides == {} and args.image_size == 48 and args.config is None and args.no_progress
-    for bad, needle in ((["--camera.fov_deg", "[1]"], "camera.fov_deg"), (["--shape.count", "1.5"], "shape.count"),
-                        (["--camera.fov_degs", "[1, 2]"], "--camera.fov_degs"), (["--threads", "x"], "threads")):
+    for bad, needle in (
+        (["--camera.fov_deg", "[1]"], "camera.fov_deg"),
+        (["--shape.count", "1.5"], "shape.count"),
+        (["--camera.fov_degs", "[1, 2]"], "--camera.fov_degs"),
+        (["--threads", "x"], "threads"),
+    ):
         with pytest.raises(UserError, match=needle) as err:
             parse_args(["--num", "1", "--out", "o", *bad])
         assert "\n" not in str(err.value)
@@ -493,8 +518,13 @@ def test_preview_panels_are_drawn_by_the_shared_drawing_module():
     seg[16:48, 16:48] = 1
     depth = np.where(seg > 0, np.linspace(0.5, 0.7, size)[None, :], 0).astype(np.float32)
     landmarks = np.array([[10.0, 10.0], [50.0, 12.0]], np.float32)
-    sample = {"image": image, "seg": seg, "depth": depth, "landmarks_2d": landmarks,
-              "landmarks_visible": np.array([True, False])}
+    sample = {
+        "image": image,
+        "seg": seg,
+        "depth": depth,
+        "landmarks_2d": landmarks,
+        "landmarks_visible": np.array([True, False]),
+    }
     tiles, depth_range = sample_tiles(sample, SYNTH, size)
     assert len(tiles) == len(PANELS) and tiles[3] is None  # no normals in the sample
     np.testing.assert_array_equal(tiles[0], image)

@@ -102,8 +102,14 @@ def ckpt(model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN0
 
     d = tmp_path_factory.mktemp("guide_ckpt")
     generate_shard(_pipeline(model, seed=50), str(d / "train.h5"), 6)
-    argv = ["train", "--config", str(TINY_TRAIN), f"--data.train={d / 'train.h5'}", f"--trainer.default_root_dir={d}",
-            "--trainer.max_steps=2"]
+    argv = [
+        "train",
+        "--config",
+        str(TINY_TRAIN),
+        f"--data.train={d / 'train.h5'}",
+        f"--trainer.default_root_dir={d}",
+        "--trainer.max_steps=2",
+    ]
     assert cli_main(argv) == 0
     return d / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
 
@@ -151,7 +157,10 @@ class _Stop(Exception):
 
 
 def test_guided_generation_is_deterministic_and_resumes_to_the_same_rows(
-    ckpt: Path, model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    ckpt: Path,
+    model,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     options = GuideOptions(ckpt, pool=10, uniform_fraction=0.4)
     ref = tmp_path / "ref"
@@ -203,19 +212,42 @@ def test_reader_returns_the_fields_every_file_has(ckpt: Path, model, tmp_path: P
 
 
 def test_generate_guide_command_in_a_fresh_process(ckpt: Path, tmp_path: Path) -> None:
-    base = [sys.executable, "-m", "synthforge.cli", "generate", "--config", str(ROOT / "configs/generate/tiny.yaml"),
-            "--image-size", "48", "--no-progress", "--workers", "1", "--guide", str(ckpt)]
+    base = [
+        sys.executable,
+        "-m",
+        "synthforge.cli",
+        "generate",
+        "--config",
+        str(ROOT / "configs/generate/tiny.yaml"),
+        "--image-size",
+        "48",
+        "--no-progress",
+        "--workers",
+        "1",
+        "--guide",
+        str(ckpt),
+    ]
     out = tmp_path / "guided"
-    r = subprocess.run([*base, "--num", "3", "--pool", "6", "--guide-uniform", "0.34", "--out", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [*base, "--num", "3", "--pool", "6", "--guide-uniform", "0.34", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     with h5.SampleReader(out) as reader:
         assert len(reader) == 3 and guide.SCORE_FIELD in reader.fields
         assert np.isfinite([float(reader[i][guide.SCORE_FIELD]) for i in range(3)]).all()
         assert json.loads(reader.attrs[h5.ATTR_GENERATOR_CONFIG])["guide"]["num_hard"] == 2
     assert (out / "guide-selection.json").is_file()
-    bad = subprocess.run([*base, "--num", "3", "--pool", "2", "--out", str(tmp_path / "bad")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    bad = subprocess.run(
+        [*base, "--num", "3", "--pool", "2", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "synthforge generate: error: --pool must be >= --num (3), got 2"
     ]
@@ -256,13 +288,18 @@ def test_rounds_alternate_training_and_guided_generation_and_resume(tmp_path: Pa
     assert shipped.train_config.name == "demo.yaml" and shipped.rounds[0].pool is None
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("rounds:\n  - {num: 4, pool: 8, steps: 2}\n", r"rounds\[0\]\.pool: round 0 has no network"),
-    ("rounds:\n  - {num: 4, steps: 2}\n  - {num: 4, pool: 3, steps: 2}\n",
-     r"rounds\[1\]\.pool must be an integer >= 4"),
-    ("rounds: []\n", "'rounds' must be a non-empty list"),
-    ("rounds:\n  - {num: 4, steps: 2}\nseeds: 3\n", r"unknown key\(s\) \['seeds'\]"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("rounds:\n  - {num: 4, pool: 8, steps: 2}\n", r"rounds\[0\]\.pool: round 0 has no network"),
+        (
+            "rounds:\n  - {num: 4, steps: 2}\n  - {num: 4, pool: 3, steps: 2}\n",
+            r"rounds\[1\]\.pool must be an integer >= 4",
+        ),
+        ("rounds: []\n", "'rounds' must be a non-empty list"),
+        ("rounds:\n  - {num: 4, steps: 2}\nseeds: 3\n", r"unknown key\(s\) \['seeds'\]"),
+    ],
+)
 def test_bad_recipe_is_one_line_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
     from synthforge.rounds import load_recipe
 

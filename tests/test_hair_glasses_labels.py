@@ -128,8 +128,13 @@ def test_long_hair_falls_below_the_short_hair(toy) -> None:
     scene = make_scene(toy, 80, pitch=-20.0)
     low = {}
     for long_hair in (0.0, 1.0):
-        out = _render(scene, 0, ProceduralRenderer(ProceduralConfig(**HAIR_ON, long_hair_prob=long_hair,
-                                                                    long_hair_length_range=(1.0, 1.0))))
+        out = _render(
+            scene,
+            0,
+            ProceduralRenderer(
+                ProceduralConfig(**HAIR_ON, long_hair_prob=long_hair, long_hair_length_range=(1.0, 1.0))
+            ),
+        )
         low[long_hair] = int(np.flatnonzero((_override(out, scene) == HAIR).any(1)).max())
     assert low[1.0] > low[0.0] + 10, low
 
@@ -350,8 +355,17 @@ def test_version_1_file_reads_as_the_22_class_space_and_trains(tmp_path: Path) -
         assert r.label_space == SYNTH and r.label_space.num_classes == 22
         assert max(int(r[i]["seg"].max()) for i in range(len(r))) < 20
     val = write_toy_dataset(tmp_path / "val.h5", 4, 64, seed=1)  # a version-2 validation set joins it
-    code = cli_main(["train", "--config", str(ROOT / "configs/stage1/tiny.yaml"), f"--data.train={v1}",
-                     f"--data.val={val}", f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_steps=2"])
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs/stage1/tiny.yaml"),
+            f"--data.train={v1}",
+            f"--data.val={val}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--trainer.max_steps=2",
+        ]
+    )
     assert code == 0
     ckpt = torch.load(tmp_path / "run/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 and json_classes(ckpt["synthforge"]["label_space"]) == list(SYNTH.classes)
@@ -406,4 +420,3 @@ def test_label_space_extends_version_1() -> None:
     from next3d_gen.labels import REAL_MERGED
 
     assert REAL_MERGED.classes[lut[HAIR]] == "hair" and REAL_MERGED.classes[lut[GLASSES]] == "eyeglasses"
-

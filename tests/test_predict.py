@@ -39,8 +39,13 @@ def test_crop_round_trip_matches_opencv(side: float) -> None:
     size = 32
     window = (151.3, 122.7, side)
     h, w = 260, 320
-    pts = np.stack([rng.uniform(window[0] - side / 3, window[0] + side / 3, 20),
-                    rng.uniform(window[1] - side / 3, window[1] + side / 3, 20)], 1).astype(np.float32)
+    pts = np.stack(
+        [
+            rng.uniform(window[0] - side / 3, window[0] + side / 3, 20),
+            rng.uniform(window[1] - side / 3, window[1] + side / 3, 20),
+        ],
+        1,
+    ).astype(np.float32)
     _, matrix = warp_crop(np.zeros((h, w, 3), np.uint8), window, size)
     in_crop = cv2.transform(pts[None], matrix)[0]  # OpenCV's own affine application
     back = crop_to_image(matrix, in_crop)
@@ -65,8 +70,13 @@ def test_paste_back_matches_inverse_warp() -> None:
     seg = np.where((xx - 22) ** 2 + (yy - 17) ** 2 < 90, 11, 0)
     seg[(xx < 8) & (yy > 30)] = 3
     probs = np.stack([(seg == c).astype(np.float32) for c in range(SYNTH.num_classes)])
-    pred = Prediction(seg=seg, seg_probs=probs, depth=np.full((size, size), 0.02, np.float32),
-                      landmarks=np.zeros((68, 2), np.float32), label_space=SYNTH)
+    pred = Prediction(
+        seg=seg,
+        seg_probs=probs,
+        depth=np.full((size, size), 0.02, np.float32),
+        landmarks=np.zeros((68, 2), np.float32),
+        label_space=SYNTH,
+    )
     _, matrix = warp_crop(np.zeros((90, 120, 3), np.uint8), (60.0, 45.0, 100.0), size)
     from synthforge.predict import FaceResult, ImageResult
 
@@ -195,10 +205,12 @@ def test_flip_average_cancels_left_right_bias() -> None:
     np.testing.assert_allclose(flipped.faces[0].matrix, matrix)
     crop, _ = warp_crop(image, (58.0, 43.0, 54.0), 32)
     centre = _blob_centre(crop[..., 0])
-    np.testing.assert_allclose(res.faces[0].landmarks, crop_to_image(matrix, centre + plain.template + (1.5, -2.0)),
-                               atol=1e-4)
-    np.testing.assert_allclose(flipped.faces[0].landmarks, crop_to_image(matrix, centre + plain.template + (0, -2.0)),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        res.faces[0].landmarks, crop_to_image(matrix, centre + plain.template + (1.5, -2.0)), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        flipped.faces[0].landmarks, crop_to_image(matrix, centre + plain.template + (0, -2.0)), atol=1e-4
+    )
     # refine: each pass mirrored as well (2 crops per pass)
     again = _BlobLandmarks((1.5, -2.0))
     FacePipeline(again, crop_scale=1.5, refine=2, flip=True).run(image, boxes=box)
@@ -211,8 +223,16 @@ def test_flip_average_cancels_left_right_bias() -> None:
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("predict_ckpt")
     data = write_toy_dataset(d / "train.h5", 6, 64, seed=0)
-    code = cli_main(["train", "--config", str(TINY), f"--data.train={data}", f"--trainer.default_root_dir={d}",
-                     "--trainer.max_steps=2"])
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            str(TINY),
+            f"--data.train={data}",
+            f"--trainer.default_root_dir={d}",
+            "--trainer.max_steps=2",
+        ]
+    )
     assert code == 0
     return d / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
 
@@ -234,8 +254,9 @@ def test_pipeline_python_api(ckpt: Path) -> None:
     assert face.prediction.label_space is predictor.label_space
     assert face.landmarks.shape == (68, 2) and np.isfinite(face.landmarks).all()
     # landmarks are the crop's landmarks mapped through the inverse of the final crop matrix
-    expect = cv2.transform(face.prediction.landmarks[None].astype(np.float64),
-                           cv2.invertAffineTransform(face.matrix))[0]
+    expect = cv2.transform(face.prediction.landmarks[None].astype(np.float64), cv2.invertAffineTransform(face.matrix))[
+        0
+    ]
     np.testing.assert_allclose(face.landmarks, expect, atol=1e-3)
     # the final crop is the training crop of those landmarks' predecessor: a square window of the crop size
     assert face.matrix[0, 0] == pytest.approx(face.matrix[1, 1]) and face.matrix[0, 1] == 0
@@ -244,8 +265,14 @@ def test_pipeline_python_api(ckpt: Path) -> None:
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "synthforge.cli", "predict", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "synthforge.cli", "predict", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _write(path: Path, rgb: np.ndarray) -> Path:
@@ -278,8 +305,20 @@ def test_cli_no_detect_and_video(ckpt: Path, tmp_path: Path) -> None:
         writer.write(np.ascontiguousarray(_face(seed=seed)[..., ::-1]))
     writer.release()
     out = tmp_path / "out"
-    r = _run(["--ckpt", str(ckpt), str(face), str(video), "--no-detect", "--out", str(out),  # crop scale: the ckpt's
-              "--save", "seg,depth,overlay,normals"], tmp_path)
+    r = _run(
+        [
+            "--ckpt",
+            str(ckpt),
+            str(face),
+            str(video),
+            "--no-detect",
+            "--out",
+            str(out),  # crop scale: the ckpt's
+            "--save",
+            "seg,depth,overlay,normals",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "face.json").read_text())
     assert doc["num_faces"] == 1 and doc["faces_from"] == "whole image" and doc["crop_scale"] == float(CROP_SCALE)
@@ -309,8 +348,21 @@ def test_cli_boxes_two_faces(ckpt: Path, tmp_path: Path) -> None:
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"two.jpg": [[30, 28, 74, 80], [162.5, 40, 218, 106]]}))
     out = tmp_path / "out"
-    r = _run(["--ckpt", str(ckpt), str(photo), str(other), "--boxes", str(boxes), "--out", str(out),
-              "--crop-scale", CROP_SCALE], tmp_path)
+    r = _run(
+        [
+            "--ckpt",
+            str(ckpt),
+            str(photo),
+            str(other),
+            "--boxes",
+            str(boxes),
+            "--out",
+            str(out),
+            "--crop-scale",
+            CROP_SCALE,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "two.json").read_text())
     assert doc["faces_from"] == "boxes" and doc["num_faces"] == 2
@@ -326,8 +378,21 @@ def test_cli_flip_matches_the_python_pipeline(ckpt: Path, tmp_path: Path) -> Non
     photo = _write(tmp_path / "face.png", image)
     (tmp_path / "boxes.json").write_text(json.dumps({"face.png": [[38, 26, 86, 76]]}))
     out = tmp_path / "out"
-    r = _run(["--ckpt", str(ckpt), str(photo), "--boxes", str(tmp_path / "boxes.json"), "--out", str(out),
-              "--save", "none", "--flip"], tmp_path)
+    r = _run(
+        [
+            "--ckpt",
+            str(ckpt),
+            str(photo),
+            "--boxes",
+            str(tmp_path / "boxes.json"),
+            "--out",
+            str(out),
+            "--save",
+            "none",
+            "--flip",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "face.json").read_text())
     assert doc["flip"] is True
@@ -396,8 +461,12 @@ def test_overlapping_faces_larger_pasted_last() -> None:
         size = 16
         seg = np.full((size, size), cls)
         probs = np.stack([(seg == c).astype(np.float32) for c in range(SYNTH.num_classes)])
-        pred = Prediction(seg=seg, seg_probs=probs, depth=np.full((size, size), 0.01 * cls, np.float32),
-                          landmarks=np.zeros((68, 2), np.float32))
+        pred = Prediction(
+            seg=seg,
+            seg_probs=probs,
+            depth=np.full((size, size), 0.01 * cls, np.float32),
+            landmarks=np.zeros((68, 2), np.float32),
+        )
         return FaceResult(box, None, None, warp_crop(np.zeros((60, 60, 3), np.uint8), window, size)[1], pred)
 
     big = face(1, (30.0, 30.0, 40.0), (10, 10, 50, 50))

@@ -41,19 +41,36 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Data trees and fine-tuned checkpoints (1 step each) for LaPa, 300W and CelebAMask-HQ."""
     root = tmp_path_factory.mktemp("stage2")
     stage1 = write_tiny_stage1_checkpoint(root / "stage1.ckpt")
-    trees = {"lapa": make_lapa(root / "lapa"), "w300": make_w300(root / "w300"),
-             "celebamask_hq": make_celebamask_hq(root / "celeba")}
-    extra = {"lapa": ["--model.tasks", "[seg, landmarks]", "--data.with_landmarks", "true",
-                      "--data.crop.flip_prob", "0"],
-             "w300": ["--data.crop.scale", "1.5"], "celebamask_hq": ["--data.cache_dir", str(root / "cache")]}
+    trees = {
+        "lapa": make_lapa(root / "lapa"),
+        "w300": make_w300(root / "w300"),
+        "celebamask_hq": make_celebamask_hq(root / "celeba"),
+    }
+    extra = {
+        "lapa": ["--model.tasks", "[seg, landmarks]", "--data.with_landmarks", "true", "--data.crop.flip_prob", "0"],
+        "w300": ["--data.crop.scale", "1.5"],
+        "celebamask_hq": ["--data.cache_dir", str(root / "cache")],
+    }
     out: dict[str, Path] = {"stage1": stage1, **{f"{k}_root": v for k, v in trees.items()}}
     runs = [(ds, ds, extra[ds]) for ds in trees]
     runs.append(("lapa_depth", "lapa", ["--model.tasks", "[seg, depth]"]))  # a depth adapter (no depth labels)
     for name, ds, args in runs:
         run = root / f"run_{name}"
-        code = cli_main(["finetune", "--config", str(TINY / f"{ds}.yaml"), "--data.root", str(trees[ds]),
-                         "--model.backbone", str(stage1), "--trainer.default_root_dir", str(run),
-                         "--trainer.max_steps=1", *args])
+        code = cli_main(
+            [
+                "finetune",
+                "--config",
+                str(TINY / f"{ds}.yaml"),
+                "--data.root",
+                str(trees[ds]),
+                "--model.backbone",
+                str(stage1),
+                "--trainer.default_root_dir",
+                str(run),
+                "--trainer.max_steps=1",
+                *args,
+            ]
+        )
         assert code == 0
         out[name] = run / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     return out
@@ -126,8 +143,9 @@ def test_celebamask_predictor_whole_image_crops(assets: dict[str, Path]) -> None
     crop = _crop(2)
     [pred] = predictor.predict(crop)
     assert pred.landmarks is None and pred.seg.max() < CELEBAMASK_HQ.num_classes
-    np.testing.assert_allclose(pred.seg_probs, torch.softmax(_reference(assets["celebamask_hq"], crop)["seg"], 1)[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        pred.seg_probs, torch.softmax(_reference(assets["celebamask_hq"], crop)["seg"], 1)[0], atol=1e-5
+    )
     pipe = FacePipeline(predictor)
     res = pipe.run(crop, whole_image=True)  # the training crop of an aligned image: the image itself
     np.testing.assert_array_equal(res.seg, pred.seg.astype(np.uint8))  # identity window: pasted as predicted
@@ -227,16 +245,28 @@ def test_cli_bad_checkpoint_exit_2(case: str, assets: dict[str, Path], tmp_path:
         Predictor.from_checkpoint(bad)
 
 
-def test_cli_celebamask_needs_no_detect_or_crop_scale(assets: dict[str, Path], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_celebamask_needs_no_detect_or_crop_scale(
+    assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     image = _write(tmp_path / "img.png", np.full((40, 40, 3), 100, np.uint8))
-    code = cli_main(["predict", "--ckpt", str(assets["celebamask_hq"]), str(image), "--boxes",
-                     str(_boxes(tmp_path)), "--out", str(tmp_path / "out")])
+    code = cli_main(
+        [
+            "predict",
+            "--ckpt",
+            str(assets["celebamask_hq"]),
+            str(image),
+            "--boxes",
+            str(_boxes(tmp_path)),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--ckpt: {assets['celebamask_hq']}" in err[0] and "--no-detect" in err[0], err
-    code = cli_main(["predict", "--ckpt", str(assets["celebamask_hq"]), str(image), "--no-detect",
-                     "--out", str(tmp_path / "out")])
+    code = cli_main(
+        ["predict", "--ckpt", str(assets["celebamask_hq"]), str(image), "--no-detect", "--out", str(tmp_path / "out")]
+    )
     assert code == 0
     doc = json.loads((tmp_path / "out" / "img.json").read_text())
     assert doc["label_space"]["classes"] == list(CELEBAMASK_HQ.classes) and doc["faces"][0]["landmarks"] is None

@@ -35,8 +35,12 @@ BASE = ("background", "skin", "nose", "eyes", "brows", "lips", "inner_mouth", "e
 
 
 SPACES = {"synthforge20": SYNTH_V1, "synthforge22": SYNTH, "celebamask_hq19": CELEBAMASK_HQ, "lapa11": LAPA}
-TABLE_OF = {"synthforge20": SYNTH_TO_REAL, "synthforge22": SYNTH_TO_REAL, "celebamask_hq19": CELEBAMASK_HQ_TO_REAL,
-            "lapa11": LAPA_TO_REAL}
+TABLE_OF = {
+    "synthforge20": SYNTH_TO_REAL,
+    "synthforge22": SYNTH_TO_REAL,
+    "celebamask_hq19": CELEBAMASK_HQ_TO_REAL,
+    "lapa11": LAPA_TO_REAL,
+}
 
 
 def test_tables_are_keyed_by_their_spaces() -> None:
@@ -87,10 +91,24 @@ def _merged(table, space: LabelSpace, name: str, active: tuple[str, ...]) -> str
 def test_expected_mappings_without_and_with_hair_and_eyeglasses() -> None:
     base, full = real_merged_active(SYNTH_V1), real_merged_active(SYNTH)
     expected_synth = {
-        "face": "skin", "forehead": "skin", "glabella": "skin", "brow_band": "skin", "right_eye_region": "skin",
-        "left_eye_region": "skin", "right_eyeball": "eyes", "left_eyeball": "eyes", "right_eyebrow": "brows",
-        "left_eyebrow": "brows", "nose": "nose", "upper_lip": "lips", "lower_lip": "lips",
-        "inner_mouth": "inner_mouth", "right_ear": "ears", "left_ear": "ears", "neck": "neck", "neck_back": "neck",
+        "face": "skin",
+        "forehead": "skin",
+        "glabella": "skin",
+        "brow_band": "skin",
+        "right_eye_region": "skin",
+        "left_eye_region": "skin",
+        "right_eyeball": "eyes",
+        "left_eyeball": "eyes",
+        "right_eyebrow": "brows",
+        "left_eyebrow": "brows",
+        "nose": "nose",
+        "upper_lip": "lips",
+        "lower_lip": "lips",
+        "inner_mouth": "inner_mouth",
+        "right_ear": "ears",
+        "left_ear": "ears",
+        "neck": "neck",
+        "neck_back": "neck",
     }
     for name, merged in expected_synth.items():
         assert _merged(SYNTH_TO_REAL, SYNTH_V1, name, base) == merged
@@ -162,8 +180,9 @@ def test_face_crop_matrix_window(scale: float, out: int) -> None:
     lo, hi = pts.min(0).astype(np.float64), pts.max(0).astype(np.float64)
     centre, half = (lo + hi) / 2, scale * max(hi - lo) / 2
     corners = np.array([centre - half, centre + half, centre])
-    np.testing.assert_allclose(transform_points(m, corners), [[-0.5, -0.5], [out - 0.5, out - 0.5],
-                                                              [out / 2 - 0.5] * 2], atol=1e-4)
+    np.testing.assert_allclose(
+        transform_points(m, corners), [[-0.5, -0.5], [out - 0.5, out - 0.5], [out / 2 - 0.5] * 2], atol=1e-4
+    )
     back = transform_points(cv2.invertAffineTransform(m), transform_points(m, pts))
     np.testing.assert_allclose(back, pts, atol=1e-3)
 

@@ -186,8 +186,10 @@ def test_user_error_in_a_dataloader_worker_is_one_line(tmp_path: Path, capsys: p
     assert user_message(info.value) == f"unreadable image file: {tmp_path / 'x.jpg'}"
     # anything else is left alone, including a worker's non-UserError re-raised as a UserError-looking text
     assert user_message(UserError("--data.root: no such folder: /x")) == "--data.root: no such folder: /x"
-    other = UserError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                      "last):\n  File ...\nnext3d_gen.errors.UserError: not this")
+    other = UserError(
+        "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        "last):\n  File ...\nnext3d_gen.errors.UserError: not this"
+    )
     assert user_message(other) == str(other)
 
 
@@ -365,14 +367,20 @@ def test_cosine_schedule_follows_the_closer_of_max_steps_and_max_time(by_time: b
 
 def test_bf16_mixed_precision_trains_on_cpu(toy_data: dict[str, Path], tmp_path: Path) -> None:
     # the demo's and paper.yaml's precision; emulated (slow) where the CPU lacks native bf16, but it must work
-    args = [f"--data.train={toy_data['train']}", f"--data.val={toy_data['val']}",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3", "--trainer.precision=bf16-mixed"]
+    args = [
+        f"--data.train={toy_data['train']}",
+        f"--data.val={toy_data['val']}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=3",
+        "--trainer.precision=bf16-mixed",
+    ]
     assert _train(args) == 0
     rows = _metrics(tmp_path / "lightning_logs" / "version_0")
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 3 and all(np.isfinite(losses))
     val = [r for r in rows if r.get("val/depth_rmse_mm")]
     assert val and np.isfinite(float(val[-1]["val/depth_rmse_mm"]))
-    final = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt",
-                       map_location="cpu", weights_only=True)
+    final = torch.load(
+        tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True
+    )
     assert all(v.dtype != torch.bfloat16 for v in final["state_dict"].values())  # weights stay float32

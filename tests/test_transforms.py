@@ -154,8 +154,12 @@ def test_crop_matrix_rotation_and_flip() -> None:
     centre."""
     rng = np.random.default_rng(3)
     for _ in range(20):
-        cx, cy, side, size, rot = *rng.uniform(20, 80, 2), rng.uniform(10, 60), int(rng.integers(16, 96)), \
-            rng.uniform(-40, 40)
+        cx, cy, side, size, rot = (
+            *rng.uniform(20, 80, 2),
+            rng.uniform(10, 60),
+            int(rng.integers(16, 96)),
+            rng.uniform(-40, 40),
+        )
         radius, t = rng.uniform(1, 5), rng.uniform(0, 2 * np.pi)
         pt = np.array([[cx + radius * np.cos(t), cy + radius * np.sin(t)], [cx, cy]])
         mid = size / 2 - 0.5

@@ -99,8 +99,10 @@ def merge_part_masks(root: Path, idx: int) -> np.ndarray:
         if merged is None:
             merged, first = np.zeros(mask.shape, np.uint8), path
         elif mask.shape != merged.shape:
-            raise UserError(f"part mask is {mask.shape[1]}x{mask.shape[0]}, but {first} is "
-                            f"{merged.shape[1]}x{merged.shape[0]}: {path}")
+            raise UserError(
+                f"part mask is {mask.shape[1]}x{mask.shape[0]}, but {first} is "
+                f"{merged.shape[1]}x{merged.shape[0]}: {path}"
+            )
         merged[mask != 0] = label
     if merged is None:
         raise UserError(f"missing part masks for CelebA-HQ image {idx}: no {mask_path(root, idx, '<part>')}")
@@ -212,8 +214,10 @@ class CelebAMaskHQDataset(FaceBenchmark):
         try:
             write_png_atomic(cached, merged)
         except OSError as err:
-            raise UserError(f"cannot write the merged-mask cache {cached} ({err.strerror}); "
-                            "set --data.cache_dir to a writable folder") from None
+            raise UserError(
+                f"cannot write the merged-mask cache {cached} ({err.strerror}); "
+                "set --data.cache_dir to a writable folder"
+            ) from None
         return merged
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,18 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "w300": DatasetInfo(
-        None, NUM_LANDMARKS, ("train", "common", "full"), CropConfig("landmarks", 1.4, flip_prob=0.5),
+        None,
+        NUM_LANDMARKS,
+        ("train", "common", "full"),
+        CropConfig("landmarks", 1.4, flip_prob=0.5),
         tuple(dict.fromkeys(sub.split("/")[0] for subs in w300.SUBSETS.values() for sub in subs)),
     ),
     "lapa": DatasetInfo(LAPA, LAPA_LANDMARKS, ("train", "val", "test"), CropConfig("label", 1.2), lapa.SPLITS),
     "celebamask_hq": DatasetInfo(
-        CELEBAMASK_HQ, 0, ("train", "val", "test"), CropConfig("image", 1.0, 0.05, 0.02, 10.0, flip_prob=0.5),
+        CELEBAMASK_HQ,
+        0,
+        ("train", "val", "test"),
+        CropConfig("image", 1.0, 0.05, 0.02, 10.0, flip_prob=0.5),
         (celebamask_hq.IMAGE_DIR, celebamask_hq.MASK_DIR, celebamask_hq.MAPPING_FILE),
     ),
 }
@@ -153,8 +158,10 @@ class FinetuneDataModule(L.LightningDataModule):
             {"dataset": dataset, "resolution": resolution, "crop": dataclasses.asdict(self.crop)}, logger=False
         )
         if dataset == "lapa" and with_landmarks and self.crop.flip_prob > 0:
-            raise UserError("--data.crop.flip_prob must be 0 with LaPa landmarks (no 106-point mirror permutation); "
-                            "set it to 0 or --data.with_landmarks false")
+            raise UserError(
+                "--data.crop.flip_prob must be 0 with LaPa landmarks (no 106-point mirror permutation); "
+                "set it to 0 or --data.with_landmarks false"
+            )
         self.partition_file = partition_file
         self.cache_dir = cache_dir
         self.with_landmarks = with_landmarks
@@ -199,8 +206,17 @@ class FinetuneDataModule(L.LightningDataModule):
         key = (split, train, return_original, self.resolution)
         if key not in self._cache:
             self._cache[key] = build_dataset(
-                self.dataset, self.root, split, self.resolution, self.crop, train, return_original, self.seed,
-                self.partition_file, self.cache_dir, self.with_landmarks,
+                self.dataset,
+                self.root,
+                split,
+                self.resolution,
+                self.crop,
+                train,
+                return_original,
+                self.seed,
+                self.partition_file,
+                self.cache_dir,
+                self.with_landmarks,
             )
         return self._cache[key]
 
@@ -212,8 +228,13 @@ class FinetuneDataModule(L.LightningDataModule):
 
     def _loader(self, ds: FaceBenchmark, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate,
-            persistent_workers=self.num_workers > 0, drop_last=False,
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

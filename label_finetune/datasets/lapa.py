@@ -108,8 +108,10 @@ class LapaDataset(FaceBenchmark):
         image = read_image(image_path)
         labels = read_gray(label_path)
         if labels.shape != image.shape[:2]:
-            raise UserError(f"label map is {labels.shape[1]}x{labels.shape[0]}, image is "
-                            f"{image.shape[1]}x{image.shape[0]}: {label_path}")
+            raise UserError(
+                f"label map is {labels.shape[1]}x{labels.shape[0]}, image is "
+                f"{image.shape[1]}x{image.shape[0]}: {label_path}"
+            )
         if labels.max(initial=0) >= LAPA.num_classes and (labels[labels != 255] >= LAPA.num_classes).any():
             raise UserError(f"label map holds ids >= {LAPA.num_classes}: {label_path}")
         landmarks = self.points[index] if self.points is not None else None

@@ -67,5 +67,14 @@ def import_facesynthetics(src: str | Path, out: str | Path, progress=None) -> Pa
     size = int(read_image(src / f"{stems[0]}.png", "RGB").shape[0])
     shapes = {"image": (size, size, 3), "seg": (size, size), "landmarks_2d": (68, 2), "bbox": (4,), "sample_seed": ()}
     config = {"importer": "facesynthetics", "source": str(src.resolve()), "num_samples": len(stems)}
-    return write_samples(out, stems, shapes, FACESYNTHETICS.to_json(), config, size, "none",
-                         lambda stem: load_sample(src, stem, size), progress)
+    return write_samples(
+        out,
+        stems,
+        shapes,
+        FACESYNTHETICS.to_json(),
+        config,
+        size,
+        "none",
+        lambda stem: load_sample(src, stem, size),
+        progress,
+    )

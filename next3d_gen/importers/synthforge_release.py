@@ -43,8 +43,20 @@ COLOUR_THRESHOLD = 10.0
 their table colour within ~2 units; a tight threshold also rejects most anti-aliased blends of two classes, some of
 which land within ~13 units of a third class colour (e.g. eyeball/face blends near right_eye_region)."""
 BACKGROUND_COLOURS = ((255, 255, 255), (0x00, 0xFF, 0xF1), (0xD1, 0x82, 0x3D))
-FIELDS = ("image", "seg", "depth", "landmarks_2d", "bbox", "camera_K", "camera_cam2world", "flame_shape",
-          "flame_expression", "flame_pose", "latent", "sample_seed")
+FIELDS = (
+    "image",
+    "seg",
+    "depth",
+    "landmarks_2d",
+    "bbox",
+    "camera_K",
+    "camera_cam2world",
+    "flame_shape",
+    "flame_expression",
+    "flame_pose",
+    "latent",
+    "sample_seed",
+)
 
 
 def decode_seg(rgb: np.ndarray) -> np.ndarray:
@@ -87,8 +99,9 @@ def load_sample(src: Path, stem: str, size: int) -> dict[str, np.ndarray]:
         raise UserError(f"{src / 'seg' / (stem + '.png')}: size differs from its image")
     seg = decode_seg(seg_rgb)
     depth8 = read_image(src / "depth" / f"{stem}.png", "L").astype(np.float32)
-    depth = F.interpolate(torch.from_numpy(depth8)[None, None], size=(size, size), mode="bilinear",
-                          align_corners=False)[0, 0].numpy()
+    depth = F.interpolate(
+        torch.from_numpy(depth8)[None, None], size=(size, size), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     foreground = (seg != 0) & (seg != IGNORE_INDEX)
     depth = np.where(foreground, (depth + 1.0) / 256.0, 0.0)
     ann_path = src / "annotations" / f"{stem}.json"
@@ -126,10 +139,28 @@ def import_synthforge_release(src: str | Path, out: str | Path, progress=None) -
     size = int(first.shape[0])
     z_dim = len(_load_json(src / "annotations" / f"{stems[0]}.json").get("z", []))
     shapes = {
-        "image": (size, size, 3), "seg": (size, size), "depth": (size, size), "landmarks_2d": (68, 2),
-        "bbox": (4,), "camera_K": (3, 3), "camera_cam2world": (4, 4), "flame_shape": (100,),
-        "flame_expression": (50,), "flame_pose": (15,), "latent": (z_dim,), "sample_seed": (),
+        "image": (size, size, 3),
+        "seg": (size, size),
+        "depth": (size, size),
+        "landmarks_2d": (68, 2),
+        "bbox": (4,),
+        "camera_K": (3, 3),
+        "camera_cam2world": (4, 4),
+        "flame_shape": (100,),
+        "flame_expression": (50,),
+        "flame_pose": (15,),
+        "latent": (z_dim,),
+        "sample_seed": (),
     }
     config = {"importer": "synthforge", "source": str(src.resolve()), "num_samples": len(stems)}
-    return write_samples(out, stems, shapes, SYNTH_V1.to_json(), config, size, "relative",
-                         lambda stem: load_sample(src, stem, size), progress)
+    return write_samples(
+        out,
+        stems,
+        shapes,
+        SYNTH_V1.to_json(),
+        config,
+        size,
+        "relative",
+        lambda stem: load_sample(src, stem, size),
+        progress,
+    )

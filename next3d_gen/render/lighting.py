@@ -164,4 +164,3 @@ def sample_at(view: DepthView, fields: Tensor, x: Tensor, y: Tensor) -> Tensor:
     gy = ((y.float() - view.r0 + 0.5) / view.f - 0.5) / max(h - 1, 1) * 2 - 1
     g = torch.stack([gx, gy], -1).view(1, 1, -1, 2)
     return F.grid_sample(fields[None], g, mode="bilinear", padding_mode="border", align_corners=True)[0, :, 0].T
-

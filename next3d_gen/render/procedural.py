@@ -781,7 +781,7 @@ def _model_data(model: Any, faces: Tensor, device: torch.device) -> _ModelData:
     k = torch.searchsorted(jx.contiguous(), x.contiguous()).clamp(1, len(jx) - 1)
     f = ((x - jx[k - 1]) / (jx[k] - jx[k - 1]).clamp_min(1e-6)).clamp(0, 1)
     jaw_y = jy[k - 1] * (1 - f) + jy[k] * f
-    cheeks = (1 - fx.smoothstep(-0.08 * s_io, 0.04 * s_io, y - line_y))
+    cheeks = 1 - fx.smoothstep(-0.08 * s_io, 0.04 * s_io, y - line_y)
     cheeks = cheeks * fx.smoothstep(-0.4 * s_io, -0.05 * s_io, y - jaw_y)
     cheeks = cheeks * (1 - fx.smoothstep(1.0, 1.08, x / max(jaw_x, 1e-3))) * fx.smoothstep(-0.6, -0.2, z - lmk[0][2])
     full = torch.maximum(torch.maximum(moustache, chin), cheeks)
@@ -1448,8 +1448,9 @@ class ProceduralRenderer:
             bg = F.interpolate(grid, size=(H, W), mode="bicubic", align_corners=False)[0]
             bg = bg + 0.04 * fx.fractal(rng, H, W, 3, 8, 3)
         elif kind == _CLUTTER:
-            bg = draw_clutter(rng, H, W, _palette(SKIN_TONES, device), _palette(HAIR_COLOURS, device),
-                              cfg.other_faces_prob)
+            bg = draw_clutter(
+                rng, H, W, _palette(SKIN_TONES, device), _palette(HAIR_COLOURS, device), cfg.other_faces_prob
+            )
         else:  # random shapes on a flat/gradient base
             t = (ys * 0.5 + 0.5)[None]
             bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t
@@ -1685,9 +1686,7 @@ class ProceduralRenderer:
                 img[ids] = img[ids] * (1 - a[:, None]) + rgb * a[:, None]
         count = look.int(cfg.flyaway_count_range[0], cfg.flyaway_count_range[1])
         region = hair_head | (cover >= LAYER_COVERAGE_THRESHOLD)
-        fly = hair_lib.flyaways(
-            look, flow, region, ~mask, count, cfg.flyaway_length_range, cfg.flyaway_alpha_range
-        )
+        fly = hair_lib.flyaways(look, flow, region, ~mask, count, cfg.flyaway_length_range, cfg.flyaway_alpha_range)
         ids = (fly > 0).reshape(-1).nonzero().squeeze(1)
         if len(ids):
             a = fly.reshape(-1)[ids][:, None]

@@ -66,15 +66,20 @@ def _newest_final_checkpoint(runs: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    parser = OneLineParser(prog="synthforge demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="synthforge demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-train", type=int, default=2400, help="training samples (default 2400)")
     parser.add_argument("--num-heldout", type=int, default=200, help="held-out samples (default 200)")
     parser.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels (default 128)")
     parser.add_argument("--workers", type=int, default=None, help="generation processes (default: CPU cores)")
-    parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
-                        help="extra 'synthforge train' options, e.g. --train-args --trainer.max_steps 50")
+    parser.add_argument(
+        "--train-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="extra 'synthforge train' options, e.g. --train-args --trainer.max_steps 50",
+    )
     args = parser.parse_args(argv)
     for name in ("num_train", "num_heldout"):
         if getattr(args, name) < 1:
@@ -95,8 +100,21 @@ def main(argv: list[str]) -> int:
     for split, num, seed in (("train", args.num_train, 0), ("heldout", args.num_heldout, 1)):
         t0 = time.perf_counter()
         print(f"[demo] generating {num} {split} samples at {args.image_size} px -> {out / split}", flush=True)
-        status = generate.main(["--config", str(gen_config), "--num", str(num), "--out", str(out / split),
-                                "--seed", str(seed), "--image-size", str(args.image_size), *workers])
+        status = generate.main(
+            [
+                "--config",
+                str(gen_config),
+                "--num",
+                str(num),
+                "--out",
+                str(out / split),
+                "--seed",
+                str(seed),
+                "--image-size",
+                str(args.image_size),
+                *workers,
+            ]
+        )
         if status:
             return status
         timings[f"generate_{split}_s"] = time.perf_counter() - t0
@@ -104,10 +122,20 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     runs = out / "runs"
     precision = [] if native_bf16() else ["--trainer.precision=32-true"]  # demo.yaml asks for bf16-mixed
-    print(f"[demo] training {train_config} ({'bf16-mixed' if not precision else 'fp32: no native bf16'})"
-          f" -> {runs}", flush=True)
-    status = train.main(["--config", str(train_config), f"--data.train={out / 'train'}",
-                         f"--trainer.default_root_dir={runs}", *precision, *args.train_args])
+    print(
+        f"[demo] training {train_config} ({'bf16-mixed' if not precision else 'fp32: no native bf16'}) -> {runs}",
+        flush=True,
+    )
+    status = train.main(
+        [
+            "--config",
+            str(train_config),
+            f"--data.train={out / 'train'}",
+            f"--trainer.default_root_dir={runs}",
+            *precision,
+            *args.train_args,
+        ]
+    )
     if status:
         return status
     timings["train_s"] = time.perf_counter() - t0

@@ -43,8 +43,12 @@ def build_parser() -> ArgumentParser:
     for key in ("optimizer", "lr_scheduler"):  # present in configs saved by older LightningCLI runs
         parser.add_argument(f"--{key}", type=dict | None, default=None, help="ignored")
     parser.add_argument("--ckpt", type=str, required=True, help="fine-tuned checkpoint (synthforge finetune)")
-    parser.add_argument("--split", type=str | None, default=None,
-                        help="comma-separated splits (default: 300W common,challenge,full; others: test)")
+    parser.add_argument(
+        "--split",
+        type=str | None,
+        default=None,
+        help="comma-separated splits (default: 300W common,challenge,full; others: test)",
+    )
     parser.add_argument("--out", type=str, required=True, help="results JSON; the CSV table is written beside it")
     parser.add_argument("--limit", type=int | None, default=None, help="evaluate only the first N images per split")
     parser.add_argument("--label", type=str, default="ours", help="row label of our results in the table")
@@ -79,8 +83,11 @@ def main(argv: list[str]) -> int:
     if model.dataset != dm.dataset:
         raise UserError(f"--ckpt was fine-tuned on {model.dataset}, but --data.dataset is {dm.dataset}")
     if dm.resolution != model.hparams.resolution:
-        log.warning("using the checkpoint's resolution %d instead of --data.resolution %d",
-                    model.hparams.resolution, dm.resolution)
+        log.warning(
+            "using the checkpoint's resolution %d instead of --data.resolution %d",
+            model.hparams.resolution,
+            dm.resolution,
+        )
         dm.resolution = model.hparams.resolution
 
     results: dict[str, Any] = {
@@ -123,18 +130,24 @@ def main(argv: list[str]) -> int:
         results["splits"][split] = entry
     ips = total_images / total_seconds if total_seconds > 0 else float("nan")
     steady = steady_images / steady_seconds if steady_images and steady_seconds > 0 else float("nan")
-    results["throughput"] = {"images": total_images, "seconds": total_seconds, "images_per_second": ips,
-                             "images_per_second_after_first_batch": steady,
-                             "device": str(next(model.parameters()).device)}
+    results["throughput"] = {
+        "images": total_images,
+        "seconds": total_seconds,
+        "images_per_second": ips,
+        "images_per_second_after_first_batch": steady,
+        "device": str(next(model.parameters()).device),
+    }
     ours = table_rows(dm.dataset, results)
     results["table"] = ours
     out = Path(cfg.out)
     csv_path = write_results(out, results, dm.dataset)
     print(markdown_table(dm.dataset, ours, cfg.label))
-    print(f"\nevaluation: {total_images} images in {total_seconds:.1f} s = {ips:.2f} images/s "
-          f"({'n/a' if math.isnan(steady) else f'{steady:.2f}'} images/s after the first batch; {dm.dataset}, "
-          f"{dm.resolution} px, "
-          f"batch {dm.val_batch_size}, {results['throughput']['device']})")
+    print(
+        f"\nevaluation: {total_images} images in {total_seconds:.1f} s = {ips:.2f} images/s "
+        f"({'n/a' if math.isnan(steady) else f'{steady:.2f}'} images/s after the first batch; {dm.dataset}, "
+        f"{dm.resolution} px, "
+        f"batch {dm.val_batch_size}, {results['throughput']['device']})"
+    )
     print(f"wrote {out} and {csv_path}")
     return 0
 

@@ -35,9 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint written by synthforge train or synthforge finetune")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (needs the 'export' extra) or torchscript")
     p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input side S in pixels (default: the checkpoint's training crop size; a multiple of the "
-                        "network's size divisor)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side S in pixels (default: the checkpoint's training crop size; a multiple of the "
+        "network's size divisor)",
+    )
     return p
 
 
@@ -79,16 +83,22 @@ def main(argv: list[str]) -> int:
         exported = ex.run_exported(tmp, args.format, image)
         names = wrapper.output_names
         if len(exported) != len(names):
-            print(f"synthforge export: error: the exported file returns {len(exported)} outputs, expected "
-                  f"{len(names)}; nothing written", file=sys.stderr)
+            print(
+                f"synthforge export: error: the exported file returns {len(exported)} outputs, expected "
+                f"{len(names)}; nothing written",
+                file=sys.stderr,
+            )
             return 1
         diffs = ex.max_abs_differences(reference, exported, names)
         print(f"{args.format}: {ex.INPUT_NAME} (B, 3, {size}, {size}) float32 RGB in [0, 1] ->")
         for name, got in zip(names, exported, strict=True):
             print(f"  {name:<11} {tuple(got.shape)!s:<20} max |PyTorch - {args.format}| = {diffs[name]:.3g}")
         if not ex.within_tolerance(reference, diffs, names):
-            print(f"synthforge export: error: the exported model differs from PyTorch by more than "
-                  f"{ex.SELF_CHECK_ATOL:g} x max(1, |output|); nothing written", file=sys.stderr)
+            print(
+                f"synthforge export: error: the exported model differs from PyTorch by more than "
+                f"{ex.SELF_CHECK_ATOL:g} x max(1, |output|); nothing written",
+                file=sys.stderr,
+            )
             return 1
         umask = os.umask(0)
         os.umask(umask)
@@ -97,6 +107,8 @@ def main(argv: list[str]) -> int:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    print(f"wrote {out} ({source.kind}, trained at {source.crop_size} px, exported at {size} px, "
-          f"{out.stat().st_size / 2**20:.1f} MiB)")
+    print(
+        f"wrote {out} ({source.kind}, trained at {source.crop_size} px, exported at {size} px, "
+        f"{out.stat().st_size / 2**20:.1f} MiB)"
+    )
     return 0

@@ -32,8 +32,9 @@ class FinetuneCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         data = self.config["data"]  # counts and the root's layout are checked before the stage-I network is loaded
-        FinetuneDataModule.check_options(data.dataset, data.root, data.resolution, data.batch_size,
-                                         data.val_batch_size, data.num_workers)
+        FinetuneDataModule.check_options(
+            data.dataset, data.root, data.resolution, data.batch_size, data.val_batch_size, data.num_workers
+        )
         resume = self.config.get("ckpt_path")
         if resume:  # read safely and check the kind before the stage-I network or the Trainer is built
             load_checkpoint(resume, "--ckpt_path", expect=FINETUNE)

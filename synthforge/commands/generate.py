@@ -38,8 +38,21 @@ from synthforge.commands import one_line
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser
 
-RUN_KEYS = ("config", "num", "out", "image_size", "num_shards", "shard_index", "workers", "threads", "no_progress",
-            "guide", "pool", "guide_uniform", "guide_batch")
+RUN_KEYS = (
+    "config",
+    "num",
+    "out",
+    "image_size",
+    "num_shards",
+    "shard_index",
+    "workers",
+    "threads",
+    "no_progress",
+    "guide",
+    "pool",
+    "guide_uniform",
+    "guide_batch",
+)
 """Destinations of the options that are not :class:`~next3d_gen.sampling.GenerateConfig` keys (``image_size`` is
 one, given as ``--image-size``: its range is checked before the config is read)."""
 
@@ -59,19 +72,37 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", type=str | None, default=None, help="YAML generation config (default: built-in)")
     p.add_argument("--num", type=int, required=True, help="number of samples of the whole dataset (all shards)")
     p.add_argument("--out", type=str, required=True, help="output folder (shards + index.json), or a .h5 file")
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=int | None, default=None,
-                   help=f"square image side in pixels, 8 to {MAX_IMAGE_SIZE} (overrides image_size)")
+    p.add_argument(
+        "--image-size",
+        "--image_size",
+        dest="image_size",
+        type=int | None,
+        default=None,
+        help=f"square image side in pixels, 8 to {MAX_IMAGE_SIZE} (overrides image_size)",
+    )
     p.add_argument("--num-shards", type=int, default=1, help="split the sample indices into K contiguous shards")
     p.add_argument("--shard-index", type=int, default=0, help="which shard this process writes (0-based)")
-    p.add_argument("--workers", type=int | None, default=None,
-                   help="generating processes, one torch thread each (default: the CPU cores; 1 = this process)")
+    p.add_argument(
+        "--workers",
+        type=int | None,
+        default=None,
+        help="generating processes, one torch thread each (default: the CPU cores; 1 = this process)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process when --workers 1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--guide", type=str | None, default=None,
-                   help="stage-I checkpoint: write the candidates it finds hardest (loss-guided sampling)")
+    p.add_argument(
+        "--guide",
+        type=str | None,
+        default=None,
+        help="stage-I checkpoint: write the candidates it finds hardest (loss-guided sampling)",
+    )
     p.add_argument("--pool", type=int | None, default=None, help="--guide: candidates scored (default: 4 x --num)")
-    p.add_argument("--guide-uniform", type=float, default=0.5,
-                   help="--guide: fraction of the samples drawn uniformly from the other candidates")
+    p.add_argument(
+        "--guide-uniform",
+        type=float,
+        default=0.5,
+        help="--guide: fraction of the samples drawn uniformly from the other candidates",
+    )
     p.add_argument("--guide-batch", type=int, default=32, help="--guide: crops per scoring forward pass")
     p.add_class_arguments(GenerateConfig, skip={"image_size"}, instantiate=False)
     # the section's own option (a whole section as YAML) is taken over by the renderer's name; see _renderer_alias
@@ -85,7 +116,7 @@ def _renderer_alias(argv: list[str]) -> list[str]:
     out = []
     for token in argv:
         if token == "--renderer" or token.startswith("--renderer="):
-            token = "--renderer.name" + token[len("--renderer"):]
+            token = "--renderer.name" + token[len("--renderer") :]
         out.append(token)
     return out
 
@@ -170,8 +201,16 @@ def main(argv: list[str]) -> int:
     bars: list[tqdm] = []
 
     def on_score_start(pool: int) -> None:
-        bars.append(tqdm(total=pool, unit="candidate", desc="scoring", disable=args.no_progress, dynamic_ncols=True,
-                         file=sys.stderr))
+        bars.append(
+            tqdm(
+                total=pool,
+                unit="candidate",
+                desc="scoring",
+                disable=args.no_progress,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        )
 
     def on_start(already_done: int) -> None:
         bars.append(
@@ -191,13 +230,23 @@ def main(argv: list[str]) -> int:
     try:
         shard = (pipeline, args.out, args.num)
         if guide is None:
-            writer = generate_shard(*shard, args.num_shards, args.shard_index, lambda n: bars[-1].update(n), on_start,
-                                    workers=workers)
+            writer = generate_shard(
+                *shard, args.num_shards, args.shard_index, lambda n: bars[-1].update(n), on_start, workers=workers
+            )
         else:
             from synthforge.guide import generate_guided
 
-            writer = generate_guided(*shard, guide, args.num_shards, args.shard_index, lambda n: bars[-1].update(n),
-                                     on_start, workers, lambda n: bars[-1].update(n), on_score_start)
+            writer = generate_guided(
+                *shard,
+                guide,
+                args.num_shards,
+                args.shard_index,
+                lambda n: bars[-1].update(n),
+                on_start,
+                workers,
+                lambda n: bars[-1].update(n),
+                on_score_start,
+            )
     finally:
         for bar in bars:
             bar.close()

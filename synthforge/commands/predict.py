@@ -76,31 +76,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="face crops per forward pass (default 16)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the crops of one image are a tiny batch, and the detector runs "
-                        "in a second thread beside it; on a shared 2-core host 2 threads ran 40x slower)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the crops of one image are a tiny batch, and the detector runs "
+        "in a second thread beside it; on a shared 2-core host 2 threads ran 40x slower)",
+    )
     faces = p.add_mutually_exclusive_group()
-    faces.add_argument("--boxes", help="JSON object: input file name (or stem, or <stem>_<frame>) -> "
-                                       "list of [x0, y0, x1, y1] face boxes in pixels")
+    faces.add_argument(
+        "--boxes",
+        help="JSON object: input file name (or stem, or <stem>_<frame>) -> "
+        "list of [x0, y0, x1, y1] face boxes in pixels",
+    )
     faces.add_argument("--no-detect", action="store_true", help="take each input as one face crop")
     p.add_argument("--detector", default="dlib_hog", help="face detector (default dlib_hog)")
-    p.add_argument("--min-face", type=float, default=None,
-                   help="smallest face side to find, pixels (default 80: dlib's window; smaller upsamples, larger "
-                        "downsamples and runs faster)")
+    p.add_argument(
+        "--min-face",
+        type=float,
+        default=None,
+        help="smallest face side to find, pixels (default 80: dlib's window; smaller upsamples, larger "
+        "downsamples and runs faster)",
+    )
     from synthforge.detect import DLIB_THRESHOLD
 
-    p.add_argument("--detect-threshold", type=float, default=None,
-                   help=f"detector score threshold (default: the detector's, {DLIB_THRESHOLD:g} for dlib_hog; lower "
-                        "finds more faces and more false ones, higher fewer)")
-    p.add_argument("--save", default=DEFAULT_SAVE, help=f"outputs besides the JSON, from {','.join(OUTPUTS)} "
-                                                        f"(default {DEFAULT_SAVE}; 'none' for the JSON only)")
+    p.add_argument(
+        "--detect-threshold",
+        type=float,
+        default=None,
+        help=f"detector score threshold (default: the detector's, {DLIB_THRESHOLD:g} for dlib_hog; lower "
+        "finds more faces and more false ones, higher fewer)",
+    )
+    p.add_argument(
+        "--save",
+        default=DEFAULT_SAVE,
+        help=f"outputs besides the JSON, from {','.join(OUTPUTS)} (default {DEFAULT_SAVE}; 'none' for the JSON only)",
+    )
     p.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
-    p.add_argument("--flip", action="store_true",
-                   help="average each face's landmarks with those predicted on the mirrored crop (more accurate "
-                        "landmarks, twice the network time; 68-point checkpoints)")
-    p.add_argument("--crop-scale", type=float, default=None,
-                   help="crop side / crop-box side (default: the checkpoint's data.crop_scale, or data.crop.scale "
-                        "when fine-tuned; give it for checkpoints that do not record it)")
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="average each face's landmarks with those predicted on the mirrored crop (more accurate "
+        "landmarks, twice the network time; 68-point checkpoints)",
+    )
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        default=None,
+        help="crop side / crop-box side (default: the checkpoint's data.crop_scale, or data.crop.scale "
+        "when fine-tuned; give it for checkpoints that do not record it)",
+    )
     return p
 
 
@@ -229,16 +254,20 @@ def load_boxes(path: str) -> dict[str, list]:
         for b in boxes:
             ok = isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
             if not ok or not np.all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
-                raise UserError(f"--boxes: {path}: entry {name!r}: {b!r} is not a box [x0, y0, x1, y1] with x1 > x0, "
-                                "y1 > y0")
+                raise UserError(
+                    f"--boxes: {path}: entry {name!r}: {b!r} is not a box [x0, y0, x1, y1] with x1 > x0, y1 > y0"
+                )
             dets.append(Detection(tuple(float(v) for v in b)))
         out[name] = dets
     return out
 
 
 def _boxes_for(item: Item, boxes: dict[str, list]) -> list | None:
-    keys = [item.stem, Path(item.stem).name] if item.frame is not None else [
-        str(item.source), item.source.name, item.stem, item.source.stem]
+    keys = (
+        [item.stem, Path(item.stem).name]
+        if item.frame is not None
+        else [str(item.source), item.source.name, item.stem, item.source.stem]
+    )
     for key in keys:
         if key in boxes:
             return boxes[key]
@@ -308,9 +337,14 @@ def write_outputs(item: Item, image: np.ndarray, result, out_dir: Path, save: se
         "frame": item.frame,
         "image_size": {"width": result.width, "height": result.height},
         **meta,
-        "label_space": None if space is None else {"name": space.name, "classes": list(space.classes),
-                                                    "palette": [list(c) for c in space.palette],
-                                                    "background": space.background},
+        "label_space": None
+        if space is None
+        else {
+            "name": space.name,
+            "classes": list(space.classes),
+            "palette": [list(c) for c in space.palette],
+            "background": space.background,
+        },
         "num_faces": len(result.faces),
         "faces": [
             {
@@ -326,9 +360,13 @@ def write_outputs(item: Item, image: np.ndarray, result, out_dir: Path, save: se
     if not result.faces:
         doc["note"] = "no face found" if meta["faces_from"] == "detector" else "no box given for this input"
     if "depth" in files:
-        doc["depth"] = {"mm_per_level": DEPTH_MM_PER_LEVEL, "offset_mm": DEPTH_OFFSET_MM, "background": 0,
-                        "meaning": "mm = level * mm_per_level + offset_mm: camera z minus the face's median depth "
-                                   "(relative, per face)"}
+        doc["depth"] = {
+            "mm_per_level": DEPTH_MM_PER_LEVEL,
+            "offset_mm": DEPTH_OFFSET_MM,
+            "background": 0,
+            "meaning": "mm = level * mm_per_level + offset_mm: camera z minus the face's median depth "
+            "(relative, per face)",
+        }
     if "uv" in files:
         doc["uv"] = {"encoding": "R = u * 65535, G = v * 65535, B = 0; 0 off the faces"}
     doc["landmark_convention"] = "pixels of the original image; integer values are pixel centres"
@@ -343,8 +381,9 @@ def _device(name: str) -> str:
     try:
         if name == "auto":
             return str(L.Fabric(accelerator="auto", devices=1).device)
-        return str(L.Fabric(accelerator=name.split(":")[0], devices=[int(name.split(":")[1])] if ":" in name else 1)
-                   .device)
+        return str(
+            L.Fabric(accelerator=name.split(":")[0], devices=[int(name.split(":")[1])] if ":" in name else 1).device
+        )
     except (ValueError, RuntimeError, TypeError) as err:
         raise UserError(f"--device {name}: {str(err).splitlines()[0]}") from None
 
@@ -388,12 +427,16 @@ def main(argv: list[str]) -> int:
     crop_scale = args.crop_scale or predictor.crop_scale
     whole_images = predictor.crop is not None and predictor.crop.box == "image"
     if not crop_scale and whole_images and not args.no_detect:
-        raise UserError(f"--ckpt: {args.ckpt}: fine-tuned on whole aligned face images ({predictor.dataset}): use "
-                        "--no-detect on such images, or --crop-scale (crop side / face landmark-box side) to crop "
-                        "the faces of other photos")
+        raise UserError(
+            f"--ckpt: {args.ckpt}: fine-tuned on whole aligned face images ({predictor.dataset}): use "
+            "--no-detect on such images, or --crop-scale (crop side / face landmark-box side) to crop "
+            "the faces of other photos"
+        )
     if not crop_scale and not whole_images:
-        raise UserError(f"{args.ckpt}: the checkpoint does not record its crop scale: pass --crop-scale "
-                        "(the data.crop_scale it was trained with)")
+        raise UserError(
+            f"{args.ckpt}: the checkpoint does not record its crop scale: pass --crop-scale "
+            "(the data.crop_scale it was trained with)"
+        )
     try:
         pipeline = FacePipeline(predictor, crop_scale, detector, batch_size=args.batch_size, flip=args.flip)
     except ValueError as err:
@@ -405,9 +448,16 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--out: cannot create {out_dir}: {err.strerror or err}") from None
     faces_from = "boxes" if boxes is not None else "whole image" if args.no_detect else "detector"
     crop = pipeline.crop
-    meta = {"checkpoint": str(args.ckpt), "checkpoint_kind": predictor.kind, "dataset": predictor.dataset,
-            "faces_from": faces_from, "detector": detector.name if detector is not None else None,
-            "crop_scale": pipeline.crop_scale, "crop": {"box": crop.box, "scale": crop.scale}, "flip": pipeline.flip}
+    meta = {
+        "checkpoint": str(args.ckpt),
+        "checkpoint_kind": predictor.kind,
+        "dataset": predictor.dataset,
+        "faces_from": faces_from,
+        "detector": detector.name if detector is not None else None,
+        "crop_scale": pipeline.crop_scale,
+        "crop": {"box": crop.box, "scale": crop.scale},
+        "flip": pipeline.flip,
+    }
     failed: list[str] = [f"{m}: no such file or folder" for m in missing]
     for line in failed:
         print(f"synthforge predict: {line}", file=sys.stderr)
@@ -443,8 +493,10 @@ def main(argv: list[str]) -> int:
         print(f"synthforge predict: {failed[reported]}", file=sys.stderr)
         reported += 1
     elapsed = time.perf_counter() - t0
-    print(f"{n_images} images, {n_faces} faces in {elapsed:.1f} s ({n_faces / max(elapsed, 1e-9):.1f} faces/s), "
-          f"{len(failed)} failed; outputs in {out_dir}")
+    print(
+        f"{n_images} images, {n_faces} faces in {elapsed:.1f} s ({n_faces / max(elapsed, 1e-9):.1f} faces/s), "
+        f"{len(failed)} failed; outputs in {out_dir}"
+    )
     return 2 if failed else 0
 
 

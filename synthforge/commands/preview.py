@@ -83,8 +83,11 @@ def sample_tiles(
     h, w = image.shape[:2]
     tiles: list[np.ndarray | None] = [_tile(image, tile)]
     seg = sample.get("seg")
-    tiles.append(None if seg is None else _tile(draw.seg_overlay(image, seg, space, 0.6, keep_background=True), tile,
-                                                 nearest=True))
+    tiles.append(
+        None
+        if seg is None
+        else _tile(draw.seg_overlay(image, seg, space, 0.6, keep_background=True), tile, nearest=True)
+    )
     depth = sample.get("depth")
     depth_range = None
     if depth is None:
@@ -95,8 +98,11 @@ def sample_tiles(
             depth_range = float(depth[fg].min()), float(depth[fg].max())
         tiles.append(_tile(draw.depth_colour(depth, fg, *(depth_range or (0.0, 1.0))), tile, nearest=True))
     normal = sample.get("normal")
-    tiles.append(None if normal is None else _tile(
-        draw.normal_colour(normal.astype(np.float32) / 127.0, np.any(normal != 0, axis=-1)), tile))
+    tiles.append(
+        None
+        if normal is None
+        else _tile(draw.normal_colour(normal.astype(np.float32) / 127.0, np.any(normal != 0, axis=-1)), tile)
+    )
     marks = _tile((image.astype(np.float32) * 0.55).astype(np.uint8), tile)
     if "landmarks_2d" in sample:
         lm = sample["landmarks_2d"].astype(np.float64)
@@ -137,13 +143,19 @@ def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TI
     group_w = len(PANELS) * (tile + PAD) + PAD
     width = groups * group_w + (groups - 1) * GAP
     grid = np.full((HEADER * 2 + rows * (tile + PAD + CAPTION), width, 3), BACKGROUND, np.uint8)
-    header = (f"{Path(path).name}: {len(reader)} samples, label space {space.name}, {reader.image_size}px; "
-              f"landmarks: green visible, red x occluded; depth in {'relative units' if relative else 'metres'}")
+    header = (
+        f"{Path(path).name}: {len(reader)} samples, label space {space.name}, {reader.image_size}px; "
+        f"landmarks: green visible, red x occluded; depth in {'relative units' if relative else 'metres'}"
+    )
     draw.text(grid, header, (PAD, 15), _fitting_scale(header, 0.45, width - 2 * PAD))
     for g in range(groups):
         for j, title in enumerate(PANELS):
-            draw.text(grid, title, (g * (group_w + GAP) + PAD + j * (tile + PAD), HEADER + 15),
-                      _fitting_scale(title, 0.45, tile))
+            draw.text(
+                grid,
+                title,
+                (g * (group_w + GAP) + PAD + j * (tile + PAD), HEADER + 15),
+                _fitting_scale(title, 0.45, tile),
+            )
     small = max(0.3, tile / 700)
     present: set[int] = set()
     for k in range(n):
@@ -163,8 +175,12 @@ def draw_grid(path: str, out: str, num: int = 16, start: int = 0, tile: int = TI
         draw.text(grid, f"#{start + k}", (x0, y0 + tile + CAPTION - 3), small)
         if depth_range is not None:
             lo, hi = depth_range
-            draw.text(grid, f"{lo:.3f} - {hi:.3f}{'' if relative else ' m'}",
-                      (x0 + 2 * (tile + PAD), y0 + tile + CAPTION - 3), small)
+            draw.text(
+                grid,
+                f"{lo:.3f} - {hi:.3f}{'' if relative else ' m'}",
+                (x0 + 2 * (tile + PAD), y0 + tile + CAPTION - 3),
+                small,
+            )
     reader.close()
     probe.close()
     canvas = np.concatenate([grid, draw.legend(space, present, width)], 0)

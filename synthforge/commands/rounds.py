@@ -21,12 +21,16 @@ from synthforge.commands import OneLineParser
 
 def main(argv: list[str]) -> int:
     """Run the command; returns the exit status (UserError propagates to the dispatcher: exit 2)."""
-    p = OneLineParser(prog="synthforge rounds", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="synthforge rounds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--recipe", required=True, help="rounds recipe (e.g. configs/stage1/guided_rounds.yaml)")
     p.add_argument("--out", required=True, help="output folder (data/, train/, rounds.json)")
-    p.add_argument("--uniform", action="store_true",
-                   help="no guidance: every round's samples drawn uniformly (same counts, seeds and steps)")
+    p.add_argument(
+        "--uniform",
+        action="store_true",
+        help="no guidance: every round's samples drawn uniformly (same counts, seeds and steps)",
+    )
     p.add_argument("--workers", type=int, default=None, help="generating processes (default: the CPU cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -36,8 +40,9 @@ def main(argv: list[str]) -> int:
     from synthforge.rounds import load_recipe, run_rounds
 
     recipe = load_recipe(args.recipe)
-    checkpoints = run_rounds(recipe, args.out, uniform=args.uniform, workers=workers,
-                             show_progress=not args.no_progress)
+    checkpoints = run_rounds(
+        recipe, args.out, uniform=args.uniform, workers=workers, show_progress=not args.no_progress
+    )
     print(f"[rounds] final checkpoint: {checkpoints[-1]}", flush=True)
     return 0
 

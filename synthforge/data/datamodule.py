@@ -115,8 +115,8 @@ class SynthDataModule(pl.LightningDataModule):
         for name, wanted in (("normal", load_normals), ("uv", load_uv)):
             if wanted and not any(ds.present[name] for ds in train_sets):
                 raise UserError(f"{train_sets[0].reader.files[0]}: has no '{name}' maps (needed by load_{name}s)")
-        self.train_set: SynthFaceDataset | MixtureDataset = train_sets[0] if len(train_sets) == 1 else MixtureDataset(
-            train_sets
+        self.train_set: SynthFaceDataset | MixtureDataset = (
+            train_sets[0] if len(train_sets) == 1 else MixtureDataset(train_sets)
         )
         self.val_set: SynthFaceDataset | MixtureDataset | None = (
             None if not val_sets else val_sets[0] if len(val_sets) == 1 else MixtureDataset(val_sets)
