@@ -51,8 +51,8 @@ from next3d_gen import h5
 from next3d_gen.errors import UserError
 from next3d_gen.pipeline import SamplePipeline, generate_shard, iter_samples
 from synthforge.checkpoints import STAGE1, build_stage1_system, load_checkpoint, stage1_crop_scale
-from synthforge.data.dataset import relative_depth
-from synthforge.data.transforms import crop_matrix, landmark_box, warp_sample
+from synthforge.data.dataset import LABEL_FIELDS, crop_item
+from synthforge.data.transforms import crop_matrix, landmark_box
 
 SCORE_FIELD = "guide_score"
 """The optional HDF5 field holding each row's score (declared in :data:`next3d_gen.h5.OPTIONAL_FIELDS`)."""
@@ -151,44 +151,18 @@ class LossScorer:
         self.batch_size = int(batch_size)
         self.sha256 = file_sha256(checkpoint)
         cfg = self.system.loss_config
-        self._normal, self._uv = bool(cfg.normal), bool(cfg.uv)
+        wanted = [*LABEL_FIELDS, *(["normal"] if cfg.normal else []), *(["uv"] if cfg.uv else [])]
+        self._present = dict.fromkeys(wanted, True)  # generated samples have every label
 
     def item(self, record: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """One schema record (:meth:`next3d_gen.pipeline.SamplePipeline.generate`) as a network input with labels,
-        cropped as :class:`synthforge.data.dataset.SynthFaceDataset` crops validation samples (same keys, shapes,
-        dtypes and frames: ``image`` (3, S, S) float32 in [0, 1], ``seg`` (S, S) int64, ``depth`` (1, S, S) float32
-        relative metres, ``depth_mask`` (1, S, S) bool, ``landmarks`` (68, 2) float32 crop pixels,
-        ``landmarks_visible`` / ``landmarks_in_crop`` (68,) bool, and ``normal`` / ``uv`` when the loss uses them)."""
-        s = self.crop_size
+        cropped as :class:`synthforge.data.dataset.SynthFaceDataset` crops validation samples, by the same function
+        (:func:`synthforge.data.dataset.crop_item`: its keys, shapes, dtypes and frames; ``normal`` / ``uv`` when the
+        loss uses them)."""
         lm = record["landmarks_2d"].astype(np.float32)
-        sample = {
-            "image": record["image"],
-            "seg": record["seg"],
-            "depth": record["depth"].astype(np.float32),
-            "landmarks": lm,
-            "landmarks_visible": record["landmarks_visible"].astype(bool),
-        }
-        if self._normal:
-            sample["normal"] = record["normal"].astype(np.float32) / h5.NORMAL_SCALE
-        if self._uv:
-            sample["uv"] = record["uv"].astype(np.float32)
         cx, cy, side = landmark_box(lm)  # float32 points, as the dataset computes it (same bits)
-        sample = warp_sample(sample, crop_matrix(cx, cy, side * self.crop_scale, s), s)
-        rel, mask = relative_depth(sample["depth"])
-        lm = np.ascontiguousarray(sample["landmarks"], dtype=np.float32)
-        out = {
-            "image": torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255.0),
-            "seg": torch.from_numpy(np.ascontiguousarray(sample["seg"])).long(),
-            "depth": torch.from_numpy(rel)[None],
-            "depth_mask": torch.from_numpy(mask)[None],
-            "landmarks": torch.from_numpy(lm),
-            "landmarks_visible": torch.from_numpy(np.ascontiguousarray(sample["landmarks_visible"])),
-            "landmarks_in_crop": torch.from_numpy((lm >= -0.5).all(1) & (lm <= s - 0.5).all(1)),
-        }
-        for key in ("normal", "uv"):
-            if key in sample:
-                out[key] = torch.from_numpy(np.ascontiguousarray(sample[key], dtype=np.float32)).permute(2, 0, 1)
-        return out
+        matrix = crop_matrix(cx, cy, side * self.crop_scale, self.crop_size)
+        return crop_item(record, matrix, self.crop_size, self._present)
 
     @torch.no_grad()
     def score_items(self, items: Sequence[dict[str, torch.Tensor]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

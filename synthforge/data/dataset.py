@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,84 @@ def file_depth_kind(reader: h5.SampleReader, stored: set[str]) -> str:
     if kind not in h5.DEPTH_KINDS:
         raise UserError(f"{reader.files[0]}: unknown {h5.ATTR_DEPTH_KIND} {kind!r} (expected one of {h5.DEPTH_KINDS})")
     return kind
+
+
+def crop_item(
+    raw: dict[str, np.ndarray],
+    matrix: np.ndarray,
+    crop_size: int,
+    present: dict[str, bool],
+    depth_kind: str = "metric",
+    augment: JointAugment | None = None,
+    map_seg: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """One training item (the keys of :class:`SynthFaceDataset` items but ``index``, ``source`` and
+    ``damaged_skipped``) from a stored sample.
+
+    Args:
+        raw: schema arrays of one sample (a :class:`next3d_gen.h5.SampleReader` row or a
+            :meth:`next3d_gen.pipeline.SamplePipeline.generate` record).
+        matrix: (2, 3) float crop matrix, source-image pixels -> crop pixels.
+        crop_size: crop side S, pixels.
+        present: per field of :data:`LABEL_FIELDS` (and normal / uv when wanted) whether ``raw`` has it.
+        depth_kind: the file's kind (:data:`next3d_gen.h5.DEPTH_KINDS`).
+        augment: joint augmentation after the crop (training), or None.
+        map_seg: stored ids (S, S) -> (training ids with 255 at partial / ignored pixels, (S, S) int64 partial
+            bitmasks), for a file with a merge table; None: the stored ids, no partial labels.
+    """
+    has = present
+    image = raw["image"]
+    sample = {
+        "image": image,
+        "seg": raw["seg"] if has["seg"] else np.zeros(image.shape[:2], np.uint8),
+        "landmarks": raw["landmarks_2d"].astype(np.float32) if has["landmarks_2d"]
+        else np.zeros((NUM_LANDMARKS, 2), np.float32),
+        "landmarks_visible": raw["landmarks_visible"].astype(bool) if has["landmarks_visible"]
+        else np.ones(NUM_LANDMARKS, bool),
+    }  # fmt: skip
+    if "depth" in raw:
+        sample["depth"] = raw["depth"].astype(np.float32)
+    if "normal" in raw:
+        sample["normal"] = raw["normal"].astype(np.float32) / h5.NORMAL_SCALE
+    if "uv" in raw:
+        sample["uv"] = raw["uv"].astype(np.float32)
+    sample = warp_sample(sample, matrix, crop_size)
+    if augment is not None:
+        sample = augment(sample)
+    s = crop_size
+    if "depth" in sample:
+        rel, mask = relative_depth(sample["depth"])
+    else:
+        rel, mask = np.zeros((s, s), np.float32), np.zeros((s, s), bool)
+    if not has["seg"]:
+        seg, partial = np.full((s, s), IGNORE_INDEX, np.uint8), np.zeros((s, s), np.int64)
+    elif map_seg is None:
+        seg, partial = sample["seg"], np.zeros((s, s), np.int64)
+    else:
+        seg, partial = map_seg(sample["seg"])
+    lm = sample["landmarks"]
+    in_crop = (lm >= -0.5).all(1) & (lm <= s - 0.5).all(1) & has["landmarks_2d"]
+    out = {
+        "image": torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255.0),
+        "seg": torch.from_numpy(np.ascontiguousarray(seg)).long(),
+        "seg_partial": torch.from_numpy(np.ascontiguousarray(partial)),
+        "depth": torch.from_numpy(rel)[None],
+        "depth_mask": torch.from_numpy(mask)[None],
+        "depth_kind": torch.tensor(h5.DEPTH_KINDS.index(depth_kind), dtype=torch.int64),
+        "landmarks": torch.from_numpy(np.ascontiguousarray(lm, dtype=np.float32)),
+        "landmarks_visible": torch.from_numpy(np.ascontiguousarray(sample["landmarks_visible"])),
+        "landmarks_in_crop": torch.from_numpy(in_crop),
+        "crop_matrix": torch.from_numpy(matrix.astype(np.float32)),
+    }
+    for name, flag in has.items():
+        out[PRESENCE_KEYS[name]] = torch.tensor(flag)
+    if "normal" in has:
+        normal = sample.get("normal", np.zeros((s, s, 3), np.float32))
+        out["normal"] = torch.from_numpy(np.ascontiguousarray(normal, dtype=np.float32)).permute(2, 0, 1)
+    if "uv" in has:
+        uv = sample.get("uv", np.full((s, s, 2), -1.0, np.float32))
+        out["uv"] = torch.from_numpy(np.ascontiguousarray(uv, dtype=np.float32)).permute(2, 0, 1)
+    return out
 
 
 class SynthFaceDataset(Dataset):
@@ -255,14 +334,6 @@ class SynthFaceDataset(Dataset):
         x0, y0, x1, y1 = (float(v) for v in raw["bbox"])  # pixel-edge box
         return (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0, 1.0)
 
-    def _map_seg(self, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(S, S) stored ids -> (training ids, 255 at partial / ignored pixels; (S, S) int64 partial bitmasks)."""
-        if not self.present["seg"]:
-            return np.full(seg.shape, IGNORE_INDEX, np.uint8), np.zeros(seg.shape, np.int64)
-        if self.merge_table is None:
-            return seg, np.zeros(seg.shape, np.int64)
-        return self._hard_lut[seg], self._partial_lut[seg]
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         self._ensure_rng()
         i, raw, skipped = self._read_skipping(i)
@@ -274,54 +345,9 @@ class SynthFaceDataset(Dataset):
             cx += float(self._rng.uniform(-self.shift_jitter, self.shift_jitter)) * side
             cy += float(self._rng.uniform(-self.shift_jitter, self.shift_jitter)) * side
         matrix = crop_matrix(cx, cy, side, self.crop_size)
-        has = self.present
-        image = raw["image"]
-        sample = {
-            "image": image,
-            "seg": raw["seg"] if has["seg"] else np.zeros(image.shape[:2], np.uint8),
-            "landmarks": raw["landmarks_2d"].astype(np.float32) if has["landmarks_2d"]
-            else np.zeros((NUM_LANDMARKS, 2), np.float32),
-            "landmarks_visible": raw["landmarks_visible"].astype(bool) if has["landmarks_visible"]
-            else np.ones(NUM_LANDMARKS, bool),
-        }  # fmt: skip
-        if "depth" in raw:
-            sample["depth"] = raw["depth"].astype(np.float32)
-        if "normal" in raw:
-            sample["normal"] = raw["normal"].astype(np.float32) / h5.NORMAL_SCALE
-        if "uv" in raw:
-            sample["uv"] = raw["uv"].astype(np.float32)
-        sample = warp_sample(sample, matrix, self.crop_size)
-        if self.augment is not None:
-            sample = self.augment(sample)
-        s = self.crop_size
-        if "depth" in sample:
-            rel, mask = relative_depth(sample["depth"])
-        else:
-            rel, mask = np.zeros((s, s), np.float32), np.zeros((s, s), bool)
-        seg, partial = self._map_seg(sample["seg"])
-        lm = sample["landmarks"]
-        in_crop = (lm >= -0.5).all(1) & (lm <= s - 0.5).all(1) & has["landmarks_2d"]
-        out = {
-            "image": torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255.0),
-            "seg": torch.from_numpy(np.ascontiguousarray(seg)).long(),
-            "seg_partial": torch.from_numpy(np.ascontiguousarray(partial)),
-            "depth": torch.from_numpy(rel)[None],
-            "depth_mask": torch.from_numpy(mask)[None],
-            "depth_kind": torch.tensor(h5.DEPTH_KINDS.index(self.depth_kind), dtype=torch.int64),
-            "landmarks": torch.from_numpy(np.ascontiguousarray(lm, dtype=np.float32)),
-            "landmarks_visible": torch.from_numpy(np.ascontiguousarray(sample["landmarks_visible"])),
-            "landmarks_in_crop": torch.from_numpy(in_crop),
-            "crop_matrix": torch.from_numpy(matrix.astype(np.float32)),
-            "index": torch.tensor(i, dtype=torch.int64),
-            "source": torch.tensor(self.source_index, dtype=torch.int64),
-            DAMAGED_KEY: torch.tensor(skipped, dtype=torch.int64),
-        }
-        for name, present in has.items():
-            out[PRESENCE_KEYS[name]] = torch.tensor(present)
-        if "normal" in has:
-            normal = sample.get("normal", np.zeros((s, s, 3), np.float32))
-            out["normal"] = torch.from_numpy(np.ascontiguousarray(normal, dtype=np.float32)).permute(2, 0, 1)
-        if "uv" in has:
-            uv = sample.get("uv", np.full((s, s, 2), -1.0, np.float32))
-            out["uv"] = torch.from_numpy(np.ascontiguousarray(uv, dtype=np.float32)).permute(2, 0, 1)
+        map_seg = None if self.merge_table is None else (lambda seg: (self._hard_lut[seg], self._partial_lut[seg]))
+        out = crop_item(raw, matrix, self.crop_size, self.present, self.depth_kind, self.augment, map_seg)
+        out["index"] = torch.tensor(i, dtype=torch.int64)
+        out["source"] = torch.tensor(self.source_index, dtype=torch.int64)
+        out[DAMAGED_KEY] = torch.tensor(skipped, dtype=torch.int64)
         return out
