@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
         prog="synthforge demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num-train", type=int, default=2400, help="training samples (default 2400)")
+    parser.add_argument("--num-train", type=int, default=4800, help="training samples (default 4800)")
     parser.add_argument("--num-heldout", type=int, default=200, help="held-out samples (default 200)")
     parser.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels (default 128)")
     parser.add_argument("--workers", type=int, default=None, help="generation processes (default: CPU cores)")
