@@ -610,14 +610,22 @@ def write_index(folder: str | Path, num_shards: int) -> Path | None:
         ATTR_GENERATOR_CONFIG: json.loads(config),
     }
     path = folder / INDEX_FILE
-    tmp = folder / f".{INDEX_FILE}.{os.getpid()}.tmp"
+    write_json_atomic(path, index)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    """Write ``data`` as JSON (indent 1) to ``path`` through a temporary file and a rename, so a reader sees the old
+    file or the new one, never a part; the folder is created when missing. UserError naming the file on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(index, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {_write_error(err)}") from None
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, fields
@@ -259,17 +258,6 @@ def _selection_key(pipeline: SamplePipeline, scorer: LossScorer, num: int, pool:
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {err.strerror}") from None
-
-
 def save_selection(path: Path, key: dict, selection: Selection, terms: dict[str, np.ndarray]) -> None:
     """Write the selection file (atomic rename): its key, every candidate's score, the rows, per-term means."""
 
@@ -286,7 +274,7 @@ def save_selection(path: Path, key: dict, selection: Selection, terms: dict[str,
         "term_mean_pool": {name: mean(v) for name, v in terms.items()},
         "term_mean_hard": {name: mean(v[hard_rows]) for name, v in terms.items()},
     }
-    _write_json(
+    h5.write_json_atomic(
         path,
         {
             "format": SELECTION_FORMAT,

@@ -21,14 +21,13 @@ checkpoint. ``<out>/rounds.json`` lists each finished round's data, checkpoint a
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from next3d_gen.errors import UserError
+from next3d_gen.h5 import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -159,12 +158,6 @@ def finished_checkpoint(out: Path, r: int, steps: int) -> Path | None:
     return found[-1] if found and _global_step(found[-1]) == steps else None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def generate_round(
     recipe: Recipe, out: Path, r: int, guide_ckpt: Path | None, workers: int, show_progress: bool = True
 ) -> Path:
@@ -231,7 +224,7 @@ def train_round(recipe: Recipe, out: Path, r: int, previous: Path | None) -> Pat
     if done is not None:
         return done
     index = out / "data" / f"train-{r:02d}.json"
-    _write_json(index, {"shards": [{"file": round_data(out, k).name} for k in range(r + 1)]})
+    write_json_atomic(index, {"shards": [{"file": round_data(out, k).name} for k in range(r + 1)]})
     argv = [
         "--config",
         str(recipe.train_config),
@@ -291,5 +284,5 @@ def run_rounds(
                 "global_step": sum(s.steps for s in recipe.rounds[: r + 1]),
             }
         )
-        _write_json(out / "rounds.json", {"uniform": uniform, "rounds": state})
+        write_json_atomic(out / "rounds.json", {"uniform": uniform, "rounds": state})
     return checkpoints
