@@ -18,7 +18,7 @@ more than the kernel radius). Ranges and probabilities live in :class:`~next3d_g
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -27,21 +27,13 @@ import torch.nn.functional as F
 from kornia.filters import filter2d, motion_blur
 from torch import Tensor
 
+from next3d_gen.render.fields import Draws, blur
+
 if TYPE_CHECKING:
     from next3d_gen.render.procedural import ProceduralConfig
 
 REFERENCE_SIZE = 256
 """Image side (pixels) at which the pixel lengths of the camera-effect ranges are given."""
-
-
-class Draws(Protocol):
-    """The random draws the effects need (the procedural renderer's seeded ``_Rng``)."""
-
-    def u(self, r: tuple[float, float]) -> float: ...
-
-    def chance(self, p: float) -> bool: ...
-
-    def randn(self, *shape: int) -> Tensor: ...
 
 
 def _srgb_to_linear(x: Tensor) -> Tensor:
@@ -93,11 +85,7 @@ def apply_camera_effects(img: Tensor, rng: Draws, cfg: ProceduralConfig) -> Tens
         length = max(3, int(round(rng.u(cfg.motion_blur_length_range) * px)) | 1)  # odd kernel size
         x = motion_blur(x, length, rng.u((0.0, 180.0)), rng.u((-1.0, 1.0)), border_type="replicate")
     if rng.chance(cfg.blur_prob):
-        sigma = rng.u(cfg.blur_sigma_range) * px
-        r = max(1, int(math.ceil(2.5 * sigma)))
-        t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
-        g = torch.exp(-0.5 * (t / sigma) ** 2)
-        x = filter2d(x, (g[:, None] * g[None, :] / g.sum() ** 2)[None], border_type="replicate")
+        x = blur(x[0], rng.u(cfg.blur_sigma_range) * px)[None]
 
     # 2. white balance in linear light: temperature (blue <-> amber) and tint (green <-> magenta)
     temp, tint = rng.u(cfg.white_balance_range), rng.u(cfg.tint_range)

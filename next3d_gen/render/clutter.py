@@ -10,27 +10,12 @@ here is background: the pipeline labels these pixels ``background`` whatever the
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class Draws(Protocol):
-    """The random draws needed (the procedural renderer's seeded ``_Rng``)."""
-
-    device: torch.device
-
-    def u(self, r: tuple[float, float]) -> float: ...
-
-    def chance(self, p: float) -> bool: ...
-
-    def int(self, lo: int, hi: int) -> int: ...
-
-    def rand(self, *shape: int) -> Tensor: ...
-
-    def colour(self) -> Tensor: ...
+from next3d_gen.render.fields import Draws
 
 
 def _grid(H: int, W: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -16,13 +16,21 @@ from torch import Tensor
 
 
 class Draws(Protocol):
-    """The random draws these helpers need (the procedural renderer's seeded ``_Rng`` has them)."""
+    """The random draws the renderer's modules need (the procedural renderer's seeded ``_Rng`` has them)."""
 
     device: torch.device
 
     def u(self, r: tuple[float, float]) -> float: ...
 
+    def chance(self, p: float) -> bool: ...
+
+    def int(self, lo: int, hi: int) -> int: ...
+
     def rand(self, *shape: int) -> Tensor: ...
+
+    def randn(self, *shape: int) -> Tensor: ...
+
+    def colour(self) -> Tensor: ...
 
 
 def smoothstep(e0: float | Tensor, e1: float | Tensor, x: Tensor) -> Tensor:
