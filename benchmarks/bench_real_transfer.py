@@ -10,10 +10,14 @@ the dataset's ``g_mask.py`` id order) and ``lapa_sample/`` (1 mask). Never used 
 Crops (:func:`synthforge.crops.face_crop_matrix`, the un-jittered crop of ``SynthFaceDataset``): a square
 of ``crop_scale`` x the larger side of a box, centred on the box centre, where ``crop_scale`` is the checkpoint's
 ``data.crop_scale`` (datamodule hyper-parameters; 1.35 in ``configs/stage1/demo.yaml``) unless ``--crop-scale`` is
-given. The box is the annotated 68-point box for AFW, and the box of the annotated face classes (skin, nose, eyes,
-brows, lips, inner mouth) for the parsing images (their skin reaches the hairline, so that box is taller than a
-landmark box). The window is resampled at about its own resolution (bilinear); ``Predictor`` then resizes it to the
-network's crop size with anti-aliasing and maps its outputs back to the window's pixels.
+given. The box is the annotated 68-point box for AFW. The parsing images have no landmarks: their scoring window
+is cut around the box of the annotated face classes (skin, nose, eyes, brows, lips, inner mouth), and, since their
+skin reaches the hairline, that box is about 1.3 x a landmark box: the face would be 25 % smaller than in training.
+So, as ``synthforge predict`` re-crops a photo on its first-pass landmarks, a first pass on that window gives
+landmarks, and the parsing figures are those of a second pass on ``crop_scale`` x their box, scored in that window
+(the first pass's own figures are reported too: "face-class-box window"). Windows are resampled at about their own
+resolution (bilinear); ``Predictor`` then resizes them to the network's crop size with anti-aliasing and maps its
+outputs back to the window's pixels.
 
 Scoring frames (pixel-centre convention: integer coordinates are pixel centres; ``.pts`` are 1-based, 1 is
 subtracted): landmarks are mapped back to the original image by the inverse of the crop affine and scored there;
@@ -196,24 +200,32 @@ def _side(points: np.ndarray) -> float:
 def evaluate_parsing(
     predictor: Predictor, items: list[ParsingItem], crop_scale: float, active: tuple[str, ...], bar: tqdm
 ) -> dict:
+    """Parsing F1 per merged class, pooled over the images, in the window ``synthforge predict`` would parse: a
+    first pass on ``crop_scale`` x the box of the annotated face classes gives landmarks, and the figures are the
+    second pass's on ``crop_scale`` x their box (the training crop's definition), scored there. ``mask_box`` holds
+    the first pass's own figures in its window: about 1.3 x a landmark-box window (the face-class box reaches the
+    hairline), so the face is smaller there than the network was trained on (``landmark_to_mask_box``: the side
+    ratio of the two windows per image)."""
     c = REAL_MERGED.num_classes
     pred_lut = SYNTH_TO_REAL.lut(predictor.label_space, active)
     face_ids = [REAL_MERGED.id(n) for n in FACE_CLASSES]
     total = torch.zeros(c, c, dtype=torch.int64)
+    first_total = torch.zeros_like(total)
     by_source: dict[str, torch.Tensor] = {}
-    tiles = []
+    tiles, ratios = [], []
     for item in items:
         face = np.isin(item.gt_merged, face_ids)
         if not face.any():
             raise UserError(f"{item.name}: the label map holds no face class")
+        fold = item.table.prediction_fold(active)
         box = mask_box_points(face)
-        window = max(int(round(_side(box) * crop_scale)), predictor.crop_size)
-        matrix = face_crop_matrix(box, crop_scale, window)
-        crop = warp_image(item.image, matrix, window)
-        gt = warp_labels(item.gt_merged, matrix, window, IGNORE_INDEX)
-        [pred] = predictor.predict([crop])
-        merged = item.table.prediction_fold(active)[pred_lut[pred.seg.astype(np.uint8)]]
-        cm = metrics.confusion_matrix(torch.from_numpy(merged), torch.from_numpy(gt), c)
+        crop, gt, [first] = _parse_window(predictor, item, box, crop_scale)
+        first_total += metrics.confusion_matrix(torch.from_numpy(fold[pred_lut[first.seg.astype(np.uint8)]]), gt, c)
+        landmarks = transform_points(invert_affine(face_crop_matrix(box, crop_scale, crop.shape[0])), first.landmarks)
+        ratios.append(round(_side(landmarks) / _side(box), 3))
+        crop, gt, [pred] = _parse_window(predictor, item, landmarks, crop_scale)
+        merged = fold[pred_lut[pred.seg.astype(np.uint8)]]
+        cm = metrics.confusion_matrix(torch.from_numpy(merged), gt, c)
         total += cm
         src = item.table.space
         by_source[src] = by_source.get(src, torch.zeros_like(cm)) + cm
@@ -221,7 +233,7 @@ def evaluate_parsing(
         tiles.append(
             (
                 cv2.resize(crop, size, interpolation=cv2.INTER_AREA),
-                cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST),
+                cv2.resize(gt.numpy(), size, interpolation=cv2.INTER_NEAREST),
                 cv2.resize(merged, size, interpolation=cv2.INTER_NEAREST),
             )
         )
@@ -230,8 +242,19 @@ def evaluate_parsing(
         "num_images": len(items),
         **_f1_table(total, active),
         "by_source": {k: _f1_table(v, active) for k, v in by_source.items()},
+        "mask_box": _f1_table(first_total, active),
+        "landmark_to_mask_box": ratios,
         "_tiles": tiles,
     }
+
+
+def _parse_window(predictor: Predictor, item: ParsingItem, points: np.ndarray, crop_scale: float):  # noqa: ANN202
+    """Crop ``crop_scale`` x the box of (K, 2) image points: (crop, ground truth as an int64 tensor, [Prediction])."""
+    window = max(int(round(_side(points) * crop_scale)), predictor.crop_size)
+    matrix = face_crop_matrix(points, crop_scale, window)
+    crop = warp_image(item.image, matrix, window)
+    gt = torch.from_numpy(warp_labels(item.gt_merged, matrix, window, IGNORE_INDEX))
+    return crop, gt, predictor.predict([crop])
 
 
 def _f1_table(cm: torch.Tensor, active: tuple[str, ...]) -> dict:
@@ -295,9 +318,14 @@ def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active
         f"\nparsing F1, merged classes, {parsing['num_images']} images (CelebAMask-HQ + LaPa samples; ears and neck "
         "from CelebAMask-HQ only)"
     )
-    print("| " + " | ".join(names) + " | mean |\n|" + "---|" * (len(names) + 1))
-    cells = ["n/a" if parsing["f1"][n] is None else f"{parsing['f1'][n]:.3f}" for n in names]
-    print("| " + " | ".join(cells) + f" | {parsing['f1_mean']:.3f} |")
+    print("| crop | " + " | ".join(names) + " | mean |\n|" + "---|" * (len(names) + 2))
+    for label, table in (("landmark-box window", parsing), ("face-class-box window", parsing["mask_box"])):
+        cells = ["n/a" if table["f1"][n] is None else f"{table['f1'][n]:.3f}" for n in names]
+        print(f"| {label} | " + " | ".join(cells) + f" | {table['f1_mean']:.3f} |")
+    print(
+        "landmark-box window / face-class-box window, per image: "
+        + ", ".join(f"{r:.2f}" for r in parsing["landmark_to_mask_box"])
+    )
     inactive = [n for n in names if n not in active]
     if inactive:
         print(f"(n/a: {', '.join(inactive)}: no such class in the checkpoint's label space)")

@@ -90,10 +90,6 @@ class Term:
         num, den = (self.num, self.den) if select is None else (self.num[select], self.den[select])
         return num.sum() / den.sum().clamp_min(1.0)
 
-    def count(self, select: torch.Tensor | None = None) -> float:
-        """How many pixels / points count (over ``select``)."""
-        return float((self.den if select is None else self.den[select]).sum())
-
 
 def per_sample_term(values: torch.Tensor, mask: torch.Tensor, present: torch.Tensor | None = None) -> Term:
     """Term of (B, ...) ``values`` over a same-shape (or broadcastable) bool ``mask`` and (B,) ``present``."""

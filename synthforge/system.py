@@ -34,6 +34,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn import functional as tnf
 
 from next3d_gen.errors import UserError
 from next3d_gen.h5 import DEPTH_KINDS
@@ -204,27 +205,35 @@ class MultiTaskSystem(pl.LightningModule):
 
     def _log_terms(self, terms: dict[str, L.Term | torch.Tensor], batch_size: int) -> None:
         """``train/loss_<term>`` for the terms some sample of the batch has ground truth for (per step, not synced
-        across ranks, so the logged keys may differ between steps and ranks)."""
+        across ranks, so the logged keys may differ between steps and ranks). The counts reach the host in one
+        transfer (one device sync per step, not one per term)."""
+        keys = [k for k, v in terms.items() if isinstance(v, L.Term)]
+        counts = torch.stack([terms[k].den.sum() for k in keys]).tolist() if keys else []
+        present = {k for k, c in zip(keys, counts, strict=True) if c > 0}
         for k, v in terms.items():
-            if not isinstance(v, L.Term) or v.count() > 0:
+            if not isinstance(v, L.Term) or k in present:
                 self.log(f"train/loss_{k}", v.value() if isinstance(v, L.Term) else v, batch_size=batch_size)
 
     def _log_sources(self, terms: dict[str, L.Term | torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """``train/<source>/loss_<term>`` and ``train/<source>/loss`` (weighted sum of its per-sample terms) for each
-        source of a mixture present in the batch."""
+        source of a mixture present in the batch (samples and counts per source reach the host in one transfer)."""
         names = self.source_names
         if len(names) < 2 or "source" not in batch:
             return
         source = batch["source"]
-        for k, name in enumerate(names):
-            select = source == k
-            n = int(select.sum())
+        keys = [k for k, v in terms.items() if isinstance(v, L.Term)]
+        onehot = tnf.one_hot(source.long(), len(names)).to(torch.float32)  # (B, S)
+        dens = torch.stack([terms[k].den.float() for k in keys]) if keys else onehot.new_zeros(0, len(source))
+        table = torch.cat([onehot.sum(0, keepdim=True), dens @ onehot]).tolist()  # (1 + T, S)
+        for s, name in enumerate(names):
+            n = int(table[0][s])
             if n == 0:
                 continue
+            select = source == s
             total = 0.0
-            for key, v in terms.items():
-                if isinstance(v, L.Term) and v.count(select) > 0:
-                    value = v.value(select)
+            for t, key in enumerate(keys):
+                if table[1 + t][s] > 0:
+                    value = terms[key].value(select)
                     total = total + getattr(self.loss_config, key) * value
                     self.log(f"train/{name}/loss_{key}", value, batch_size=n)
             self.log(f"train/{name}/loss", total, batch_size=n)

@@ -384,6 +384,12 @@ def test_config_from_dict_and_errors() -> None:
         ProceduralConfig.from_dict({"skin_tone_range": [0.8, 0.2]})
     with pytest.raises(UserError, match="num_lights_range"):
         ProceduralConfig.from_dict({"num_lights_range": [1]})
+    # a count range takes whole numbers only (2.7 used to become 2 without a word); 2.0 is whole
+    with pytest.raises(UserError, match="num_lights_range' must be a list of integers"):
+        ProceduralConfig.from_dict({"num_lights_range": [1, 2.7]})
+    assert ProceduralConfig.from_dict({"num_lights_range": [1, 2.0]}).num_lights_range == (1, 2)
+    with pytest.raises(UserError, match="skin_tone_range' must be a list of numbers"):
+        ProceduralConfig.from_dict({"skin_tone_range": [True, 0.5]})
 
 
 def test_registry_builds_procedural(toy_scene: Scene) -> None:

@@ -420,10 +420,11 @@ class ProceduralConfig:
                 args = typing.get_args(hint)
                 if not isinstance(value, (list, tuple)) or len(value) != len(args):
                     raise UserError(f"{source}: '{key}' must be a list of {len(args)} numbers, got {value!r}")
-                try:
-                    kwargs[key] = tuple(a(v) for a, v in zip(args, value, strict=True))
-                except (TypeError, ValueError):
-                    raise UserError(f"{source}: '{key}' must be a list of numbers, got {value!r}") from None
+                if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+                    raise UserError(f"{source}: '{key}' must be a list of numbers, got {value!r}")
+                if any(a is int and not float(v).is_integer() for a, v in zip(args, value, strict=True)):
+                    raise UserError(f"{source}: '{key}' must be a list of integers, got {value!r}")
+                kwargs[key] = tuple(a(v) for a, v in zip(args, value, strict=True))
             elif hint is int:
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise UserError(f"{source}: '{key}' must be an integer, got {value!r}")
