@@ -3,11 +3,12 @@
     python benchmarks/bench_guided.py [--out DIR] [--scale S] [--rounds R] [--num0 N] [--steps0 S] [--num N]
                                       [--pool P] [--steps S] [--heldout H] [--json OUT] [--realdata DIR | --no-real]
 
-Protocol (every count scales with ``--scale``). The default budget, estimated from the demo's measured rates (0.36-0.43
-s per training step, about 50 samples/s generated at 128 px on 2 cores), is 13-14 minutes on 2 quiet CPU cores:
-1,400 training steps in all (about 9.5 min), 6,100 samples rendered (about 2 min), the AFW dev set twice and the
-held-out set three times; a smoke run (``--num0 16 --steps0 3 --rounds 1 --num 8 --pool 16 --steps 3 --heldout 20
---image-size 64``) takes about 3 minutes on a busy machine. Measure on a quiet machine:
+Protocol (every count scales with ``--scale``). The default budget is 9.2 minutes on 2 CPU cores (measured December
+2026): 1,500 training steps in all (300 shared, 600 per arm), 9,300 samples rendered (7,200 of them guided
+candidates), the AFW dev set twice and the held-out set three times. Most of each arm's data comes from the guided
+rounds (1,200 of 1,600 samples), and three rounds re-score with a fresher network than two would. A smoke run
+(``--num0 16 --steps0 3 --rounds 1 --num 8 --pool 16 --steps 3 --heldout 20 --image-size 64``) takes about 3 minutes
+on a busy machine. Measure on a quiet machine:
 
 1. **Round 0, shared**: ``--num0`` uniform samples (seed 100) at ``--image-size`` px, ``--steps0`` steps of
    ``--train-config`` (default ``configs/stage1/demo.yaml`` without its time cap), bf16 where native.
@@ -173,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-guided", help="work folder (default %(default)s)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every sample and step count (default 1)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds after round 0 (default 2)")
-    ap.add_argument("--num0", type=int, default=800, help="round-0 samples (default 800)")
-    ap.add_argument("--steps0", type=int, default=400, help="round-0 training steps (default 400)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (default 3)")
+    ap.add_argument("--num0", type=int, default=400, help="round-0 samples (default 400)")
+    ap.add_argument("--steps0", type=int, default=300, help="round-0 training steps (default 300)")
     ap.add_argument("--num", type=int, default=400, help="samples added per round (default 400)")
-    ap.add_argument("--pool", type=int, default=1600, help="guided candidates per round (default 1600)")
-    ap.add_argument("--steps", type=int, default=250, help="training steps per round (default 250)")
-    ap.add_argument("--uniform-fraction", type=float, default=0.5, help="guided rounds' uniform share (default 0.5)")
+    ap.add_argument("--pool", type=int, default=2400, help="guided candidates per round (default 2400)")
+    ap.add_argument("--steps", type=int, default=200, help="training steps per round (default 200)")
+    ap.add_argument("--uniform-fraction", type=float, default=0.2, help="guided rounds' uniform share (default 0.2)")
     ap.add_argument("--heldout", type=int, default=500, help="held-out samples (default 500)")
     ap.add_argument("--image-size", type=int, default=128, help="rendered image side (default 128)")
     ap.add_argument("--train-config", type=Path, default=ROOT / "configs" / "stage1" / "demo.yaml")
