@@ -1,7 +1,8 @@
 """Loss-guided vs uniform sampling at the same budget (issue 13): held-out error on the hardest tenth and on real faces.
 
     python benchmarks/bench_guided.py [--out DIR] [--scale S] [--rounds R] [--num0 N] [--steps0 S] [--num N]
-                                      [--pool P] [--steps S] [--heldout H] [--json OUT] [--realdata DIR | --no-real]
+                                      [--pool P] [--steps S] [--heldout H] [--seed S] [--json OUT]
+                                      [--realdata DIR | --no-real]
 
 Protocol (every count scales with ``--scale``). The default budget is 9.2 minutes on 2 CPU cores (measured December
 2026): 1,500 training steps in all (300 shared, 600 per arm), 9,300 samples rendered (7,200 of them guided
@@ -10,10 +11,10 @@ rounds (1,200 of 1,600 samples), and three rounds re-score with a fresher networ
 (``--num0 16 --steps0 3 --rounds 1 --num 8 --pool 16 --steps 3 --heldout 20 --image-size 64``) takes about 3 minutes
 on a busy machine. Measure on a quiet machine:
 
-1. **Round 0, shared**: ``--num0`` uniform samples (seed 100) at ``--image-size`` px, ``--steps0`` steps of
+1. **Round 0, shared**: ``--num0`` uniform samples (seed ``--seed``) at ``--image-size`` px, ``--steps0`` steps of
    ``--train-config`` (default ``configs/stage1/demo.yaml`` without its time cap), bf16 where native.
-2. **Arms**: ``--rounds`` more rounds, each adding ``--num`` samples (seed 100 + r) and ``--steps`` steps on all the
-   data so far, continuing the previous checkpoint (:mod:`synthforge.rounds`). *Guided*: the samples are the hardest
+2. **Arms**: ``--rounds`` more rounds, each adding ``--num`` samples (seed ``--seed`` + r) and ``--steps`` steps on all
+   the data so far, continuing the previous checkpoint (:mod:`synthforge.rounds`). *Guided*: the samples are the hardest
    of ``--pool`` candidates for the previous round's network, ``--uniform-fraction`` of them uniform draws
    (:mod:`synthforge.guide`). *Uniform*: samples 0 .. num-1 of the same seeds. Same sample and step counts; both arms
    start from the same round-0 checkpoint (its files are linked into the uniform arm's folder).
@@ -74,7 +75,7 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         train_config=args.train_config.resolve(),
         generate_config=args.generate_config.resolve(),
         rounds=tuple(rounds),
-        seed=SEED,
+        seed=args.seed,
         image_size=args.image_size,
         uniform_fraction=args.uniform_fraction,
         train_args=tuple(args.train_args),
@@ -194,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))), help="generating processes")
     ap.add_argument("--realdata", type=Path, default=DEFAULT_REALDATA, help="real data folder (default %(default)s)")
     ap.add_argument("--no-real", action="store_true", help="skip the AFW dev set")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help=f"data seed of round r: seed + r (default {SEED}; the held-out set keeps its own)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the figures there")
     args = ap.parse_args(argv)
     try:
@@ -296,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "budget": budget,
                     "uniform_fraction": recipe.uniform_fraction,
+                    "seed": recipe.seed,
                     "heldout": n_heldout,
                     "subsets": table,
                     "hardest_tenth_makeup": makeup,
