@@ -47,7 +47,8 @@ Labels, UVs, landmarks
   (:data:`EYEBALL_UV_BOXES`, :data:`IRIS_POLAR_DEG`, :data:`PUPIL_POLAR_DEG`).
 * Static landmarks (iBUG 17-67) are points of the parameter grid (brow arcs, nose ridge and base, eyelid margins at
   the cut, vermilion lines, inner lip line at the cut), stored as face index + barycentrics. The eyebrows (label
-  and points 17-26) follow 300W's brow positions measured on the AFW dev set (``_BROW_PHI`` / ``_BROW_BETA``).
+  and points 17-26) follow 300W's brow positions measured on the AFW dev set (``_BROW_PHI`` / ``_BROW_BETA``);
+  the points trace the brow's upper edge as 300W's do, so the label hangs below them (``_brow_extent``).
 * Jaw points (iBUG 0-16) follow 17 rays in the frontal image plane from (0, -0.03, 0), a point below the nose, in
   the directions :data:`CONTOUR_LEVELS_DEG` (300W's: point 0 at the height of the outer eye corner, 8 straight
   down, 16 towards the subject's left).
@@ -858,8 +859,14 @@ def _brow_centre(aphi: np.ndarray) -> np.ndarray:
     return np.interp(aphi, _BROW_PHI, _BROW_BETA)
 
 
-def _brow_half(aphi: np.ndarray) -> np.ndarray:
-    return np.interp(aphi, [6.0, 14.0, 30.0, 42.0, _BROW_END], [2.6, 2.3, 1.8, 1.3, 0.9])
+def _brow_extent(aphi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper elevation (deg) of the eyebrow at |phi|. 300W's brow points trace the brow's upper edge, so
+    the brow hangs below its centre line (the landmark line) and rises only a little above it; thickest inside."""
+    knots = [6.0, 14.0, 30.0, 42.0, _BROW_END]
+    centre = _brow_centre(aphi)
+    below = np.interp(aphi, knots, [5.2, 4.8, 4.0, 2.9, 1.6])
+    above = np.interp(aphi, knots, [0.9, 0.8, 0.6, 0.5, 0.4])
+    return centre - below, centre + above
 
 
 def _lip_heights(aphi: np.ndarray, half_phi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -896,24 +903,23 @@ def _face_labels(ctx: _Ctx) -> np.ndarray:
     hair = skin & (beta_c > _hairline(aphi)) & ~(lab == L("neck_back"))
     lab[hair] = L("scalp")
     # forehead (front, below the hairline)
-    brow_c = _brow_centre(aphi)
-    brow_h = _brow_half(aphi)
+    brow_lo, brow_hi = _brow_extent(aphi)
     front = skin & (aphi < 55) & ~hair
-    lab[front & (beta_c > brow_c + brow_h + 6.0)] = L("forehead")
-    band = front & (beta_c > brow_c + brow_h) & (beta_c <= brow_c + brow_h + 6.0) & (aphi < _BROW_END + 2.0)
+    lab[front & (beta_c > brow_hi + 6.0)] = L("forehead")
+    band = front & (beta_c > brow_hi) & (beta_c <= brow_hi + 6.0) & (aphi < _BROW_END + 2.0)
     lab[band] = L("brow_band")
     # eye regions (ellipse around each eye in the direction domain), below the brows
     for side, name in ((-1, "right_eye_region"), (1, "left_eye_region")):
         half_b = np.where(beta_c > _BETA_EYE, 9.0, 7.0)
         ell = ((phi_c - side * _PHI_EYE) / 14.5) ** 2 + ((beta_c - _BETA_EYE - 0.5) / half_b) ** 2
-        m = skin & (ell < 1.0) & (beta_c < brow_c - brow_h)
+        m = skin & (ell < 1.0) & (beta_c < brow_lo)
         lab[m] = L(name)
     # eyebrows
-    brow = skin & (aphi > 6.0) & (aphi < _BROW_END) & (np.abs(beta_c - brow_c) < brow_h)
+    brow = skin & (aphi > 6.0) & (aphi < _BROW_END) & (beta_c > brow_lo) & (beta_c < brow_hi)
     lab[brow & ~left] = L("right_eyebrow")
     lab[brow & left] = L("left_eyebrow")
     # glabella: between the brows down to the nasion
-    gl = skin & (aphi <= 6.5) & (beta_c > _BETA_NASION - 2.0) & (beta_c < brow_c + brow_h + 6.0)
+    gl = skin & (aphi <= 6.5) & (beta_c > _BETA_NASION - 2.0) & (beta_c < brow_hi + 6.0)
     lab[gl] = L("glabella")
     # nose
     nose = skin & (_nose_height(phi_c, beta_c) > 0.0012) & (beta_c < _BETA_NASION - 2.0) & (beta_c > _BETA_SUB - 2.0)

@@ -514,3 +514,22 @@ def test_fresh_build_equals_stored_asset(tmp_path):
     out = tmp_path / "again.npz"
     save_model_npz(stored, out, stored_info)
     assert out.read_bytes() == stored_path.read_bytes()
+
+
+def test_brow_label_hangs_below_the_brow_points(model, layer):
+    """300W's brow points trace the brow's upper edge: in a frontal view the eyebrow label reaches well below each of
+    points 18-20 / 23-25 and only a little above it."""
+    out = layer(pose=torch.zeros(1, 15))
+    size = 256
+    c2w = orbit_camera(torch.zeros(1), torch.zeros(1), 0.9, torch.tensor([0.0, -0.01, 0.0]))
+    K = intrinsics_from_fov(17.0, size, size)[None]
+    fr = raster.rasterize(world_to_camera(out.vertices, c2w), torch.as_tensor(model.faces), K, size, size)
+    lab = _labels_image(model, fr)[0]
+    px = project(world_to_camera(out.landmarks, c2w), K)[0]
+    for i, name in [(k, "right_eyebrow") for k in (18, 19, 20)] + [(k, "left_eyebrow") for k in (23, 24, 25)]:
+        x, y = px[i].tolist()
+        rows = (lab[:, round(x)] == SYNTH.classes.index(name)).nonzero().flatten().float()
+        assert len(rows) > 0, i
+        above, below = y - float(rows.min()), float(rows.max()) - y
+        assert below > 2.0 * max(above, 0.5), (i, above, below)
+        assert above + below > 3.5, (i, above, below)

@@ -285,7 +285,7 @@ class ProceduralConfig:
     freckles_prob: float = 0.12
     stubble_prob: float = 0.2
     stubble_density_range: Range = (0.15, 0.45)
-    brow_density_range: Range = (0.7, 1.0)
+    brow_density_range: Range = (0.8, 1.0)
     lip_darkness_range: Range = (0.62, 0.85)
     lip_redness_range: Range = (0.15, 0.4)
     lipstick_prob: float = 0.12
@@ -965,9 +965,9 @@ class ProceduralRenderer:
         # ---------------- hair colour (scalp and brows share it) ----------------
         hair_col = _lin(_palette(HAIR_COLOURS, device)[rng.choice(cfg.hair_colour_weights)])
         hair_col = (hair_col * rng.u((0.8, 1.2))).clamp(0, 1)
-        # darker brows for light hair, but never darker than black
-        brow_col = torch.minimum(hair_col, hair_col * 0.6 + 0.004)
-        brow_col = torch.minimum(brow_col, skin * 0.35)
+        # brows darker than the hair (light hair: much darker, in the skin's hue), never darker than black
+        brow_col = torch.minimum(hair_col, hair_col * 0.45 + 0.003)
+        brow_col = torch.minimum(brow_col, skin * 0.25)
 
         def where_(m: Tensor) -> Tensor:
             return m.nonzero().squeeze(1)
@@ -990,7 +990,7 @@ class ProceduralRenderer:
             stroke_pitch = 0.0012 / data.scale  # ~1.2 mm between strokes
             q = torch.stack([(b / (stroke_pitch * 96)), a / (stroke_pitch * 96 * 6)], 1)
             strokes = fx.noise2(rng, (96, 96), q * 2 - 1, 1)[:, 0]
-            density = rng.u(cfg.brow_density_range) * (1.0 - 0.35 * u) * fx.smoothstep(0.25, 0.75, feather)
+            density = rng.u(cfg.brow_density_range) * (1.0 - 0.3 * u) * fx.smoothstep(0.05, 0.45, feather)
             amt = (density * (0.8 + 0.3 * strokes)).clamp(0, 1)[:, None]
             albedo[bi] = albedo[bi] * (1 - amt) + brow_col * amt
 
