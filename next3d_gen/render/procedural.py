@@ -301,8 +301,8 @@ class ProceduralConfig:
     teeth_prob: float = 0.8
     lower_teeth_prob: float = 0.5
     tongue_prob: float = 0.7
-    lash_density_range: Range = (0.6, 1.0)
-    eyeliner_prob: float = 0.12
+    lash_density_range: Range = (0.75, 1.0)
+    eyeliner_prob: float = 0.3
     iris_heterochromia_prob: float = 0.25
     catchlight_radius_deg_range: Range = (5.0, 16.0)
     catchlight_strength_range: Range = (0.4, 1.0)
@@ -317,9 +317,9 @@ class ProceduralConfig:
         0.7,
         0.3,
     )
-    hair_volume_prob: float = 0.7
-    hair_volume_range: Range = (0.04, 0.15)
-    long_hair_prob: float = 0.4
+    hair_volume_prob: float = 0.8
+    hair_volume_range: Range = (0.06, 0.28)
+    long_hair_prob: float = 0.55
     long_hair_length_range: Range = (0.3, 1.3)
     fringe_prob: float = 0.2
     fringe_length_range: Range = (0.2, 0.8)
