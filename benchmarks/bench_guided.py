@@ -12,7 +12,7 @@ rounds (1,200 of 1,600 samples), and three rounds re-score with a fresher networ
 on a busy machine. Measure on a quiet machine:
 
 1. **Round 0, shared**: ``--num0`` uniform samples (seed ``--seed``) at ``--image-size`` px, ``--steps0`` steps of
-   ``--train-config`` (default ``configs/stage1/demo.yaml`` without its time cap), bf16 where native.
+   ``--train-config`` (default ``configs/stage1/demo.yaml`` without its time cap, at 80 px crops), bf16 where native.
 2. **Arms**: ``--rounds`` more rounds, each adding ``--num`` samples (seed ``--seed`` + r) and ``--steps`` steps on all
    the data so far, continuing the previous checkpoint (:mod:`synthforge.rounds`). *Guided*: the samples are the hardest
    of ``--pool`` candidates for the previous round's network, ``--uniform-fraction`` of them uniform draws
@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--train-args",
         nargs="*",
-        default=["--trainer.max_time=null"],
-        help="extra synthforge train options (default: --trainer.max_time=null)",
+        default=["--trainer.max_time=null", "--data.crop_size=80"],
+        help="extra synthforge train options (default: --trainer.max_time=null --data.crop_size=80, the crop the "
+        "figures in the README were measured with)",
     )
     ap.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))), help="generating processes")
     ap.add_argument("--realdata", type=Path, default=DEFAULT_REALDATA, help="real data folder (default %(default)s)")
