@@ -208,7 +208,7 @@ class MultiTaskSystem(pl.LightningModule):
         across ranks, so the logged keys may differ between steps and ranks). The counts reach the host in one
         transfer (one device sync per step, not one per term)."""
         keys = [k for k, v in terms.items() if isinstance(v, L.Term)]
-        counts = torch.stack([terms[k].den.sum() for k in keys]).tolist() if keys else []
+        counts = torch.stack([terms[k].den.float().sum() for k in keys]).tolist() if keys else []
         present = {k for k, c in zip(keys, counts, strict=True) if c > 0}
         for k, v in terms.items():
             if not isinstance(v, L.Term) or k in present:
