@@ -160,9 +160,8 @@ def evaluate_afw(predictor: Predictor, folder: Path, crop_scale: float, bar: tqd
         for pts in pts_files[start : start + batch]:
             gt = read_pts(pts)
             image = read_image(pts.with_suffix(".jpg"))
-            window = max(int(round(_side(gt) * crop_scale)), predictor.crop_size)
-            matrix = face_crop_matrix(gt, crop_scale, window)
-            crops.append(warp_image(image, matrix, window))
+            crop, matrix = _face_window(image, gt, crop_scale, predictor.crop_size)
+            crops.append(crop)
             inverses.append(invert_affine(matrix))
             gts.append(gt)
             if len(tiles) < 6:
@@ -197,6 +196,16 @@ def _side(points: np.ndarray) -> float:
     return float(max(np.ptp(points[:, 0]), np.ptp(points[:, 1]), 1.0))
 
 
+def _face_window(
+    image: np.ndarray, points: np.ndarray, crop_scale: float, min_side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training crop's window around (K, 2) image points, cut at about its own resolution (at least
+    ``min_side`` pixels): (crop, its (2, 3) image -> crop affine)."""
+    window = max(int(round(_side(points) * crop_scale)), min_side)
+    matrix = face_crop_matrix(points, crop_scale, window)
+    return warp_image(image, matrix, window), matrix
+
+
 def evaluate_parsing(
     predictor: Predictor, items: list[ParsingItem], crop_scale: float, active: tuple[str, ...], bar: tqdm
 ) -> dict:
@@ -219,11 +228,11 @@ def evaluate_parsing(
             raise UserError(f"{item.name}: the label map holds no face class")
         fold = item.table.prediction_fold(active)
         box = mask_box_points(face)
-        crop, gt, [first] = _parse_window(predictor, item, box, crop_scale)
+        crop, gt, first, matrix = _parse_window(predictor, item, box, crop_scale)
         first_total += metrics.confusion_matrix(torch.from_numpy(fold[pred_lut[first.seg.astype(np.uint8)]]), gt, c)
-        landmarks = transform_points(invert_affine(face_crop_matrix(box, crop_scale, crop.shape[0])), first.landmarks)
+        landmarks = transform_points(invert_affine(matrix), first.landmarks)
         ratios.append(round(_side(landmarks) / _side(box), 3))
-        crop, gt, [pred] = _parse_window(predictor, item, landmarks, crop_scale)
+        crop, gt, pred, _ = _parse_window(predictor, item, landmarks, crop_scale)
         merged = fold[pred_lut[pred.seg.astype(np.uint8)]]
         cm = metrics.confusion_matrix(torch.from_numpy(merged), gt, c)
         total += cm
@@ -249,12 +258,11 @@ def evaluate_parsing(
 
 
 def _parse_window(predictor: Predictor, item: ParsingItem, points: np.ndarray, crop_scale: float):  # noqa: ANN202
-    """Crop ``crop_scale`` x the box of (K, 2) image points: (crop, ground truth as an int64 tensor, [Prediction])."""
-    window = max(int(round(_side(points) * crop_scale)), predictor.crop_size)
-    matrix = face_crop_matrix(points, crop_scale, window)
-    crop = warp_image(item.image, matrix, window)
-    gt = torch.from_numpy(warp_labels(item.gt_merged, matrix, window, IGNORE_INDEX))
-    return crop, gt, predictor.predict([crop])
+    """Parse the window around (K, 2) image points: (crop, ground truth as an int64 tensor, Prediction, affine)."""
+    crop, matrix = _face_window(item.image, points, crop_scale, predictor.crop_size)
+    gt = torch.from_numpy(warp_labels(item.gt_merged, matrix, crop.shape[0], IGNORE_INDEX))
+    [pred] = predictor.predict([crop])
+    return crop, gt, pred, matrix
 
 
 def _f1_table(cm: torch.Tensor, active: tuple[str, ...]) -> dict:
