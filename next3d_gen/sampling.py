@@ -61,6 +61,14 @@ class PoseConfig:
 
     Global head rotation defaults to zero: the camera provides the viewpoint, as in the published system. Eye gaze is
     conjugate (both eyes get the same rotation). Positive jaw opening opens the mouth (rotation about FLAME's +x).
+
+    Attributes:
+        closed_mouth_prob: probability of a calm face with closed lips: the jaw opening is set to 0 and the
+            expression coefficients are multiplied by ``closed_mouth_expression_scale``. Most portraits show closed
+            lips, while i.i.d. expressions in [-2, 2] part them in about 99 % of samples (measured on the built-in
+            head, whose lips close at a scale of 0.35 or less: inner mouth 0-2 pixels at 128 px). The choice comes
+            from its own generator seeded by the sample's seed, so the other draws of a sample do not depend on it.
+            0 (the published behaviour) draws nothing.
     """
 
     global_yaw_deg: Range = (0.0, 0.0)
@@ -73,6 +81,8 @@ class PoseConfig:
     jaw_side_deg: Range = (-2.0, 2.0)
     gaze_yaw_deg: Range = (-20.0, 20.0)
     gaze_pitch_deg: Range = (-15.0, 15.0)
+    closed_mouth_prob: float = 0.0
+    closed_mouth_expression_scale: float = 0.35
 
 
 @dataclass
@@ -226,6 +236,11 @@ class GenerateConfig:
         if self.renderer.name not in RENDERERS:
             choices = ", ".join(RENDERERS)
             raise UserError(f"{source}: unknown renderer.name {self.renderer.name!r} (choose from {choices})")
+        if not 0 <= self.pose.closed_mouth_prob <= 1:
+            raise UserError(f"{source}: pose.closed_mouth_prob must be in [0, 1], got {self.pose.closed_mouth_prob}")
+        if not 0 <= self.pose.closed_mouth_expression_scale <= 1:
+            scale = self.pose.closed_mouth_expression_scale
+            raise UserError(f"{source}: pose.closed_mouth_expression_scale must be in [0, 1], got {scale}")
         cam = self.camera
         if cam.distance_mode not in ("framing", "fixed"):
             raise UserError(f"{source}: camera.distance_mode must be 'framing' or 'fixed', got {cam.distance_mode!r}")
@@ -447,6 +462,9 @@ def sample_params_from_seed(
             "gaze_pitch_deg",
         )
     }
+    if p.closed_mouth_prob > 0 and _closed_mouth(seed_of_sample, p.closed_mouth_prob):
+        draws["jaw_open_deg"] = 0.0
+        expression = expression * p.closed_mouth_expression_scale
     # Head-frame pitch: a positive x rotation moves the front (+z) down, i.e. looks down / opens the jaw.
     pose = torch.zeros(15, dtype=torch.float64)
     pose[0:3] = euler_to_axis_angle(draws["global_yaw_deg"], draws["global_pitch_deg"], draws["global_roll_deg"])
@@ -489,6 +507,14 @@ def sample_params_from_seed(
         sample_seed=int(seed_of_sample),
         generator=g,
     )
+
+
+def _closed_mouth(seed_of_sample: int, prob: float) -> bool:
+    """Whether a sample gets a calm, closed-mouth face (:attr:`PoseConfig.closed_mouth_prob`), from a generator of
+    its own (seeded from the sample's seed) so that the sample's main stream is the same either way."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed((int(seed_of_sample) * 0x9E3779B1 + 0x6D6F757468) % 2**63)
+    return float(torch.rand((), generator=g, dtype=torch.float64)) < prob
 
 
 def sample_params(

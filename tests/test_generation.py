@@ -117,6 +117,39 @@ def test_fixed_distance_mode():
     assert math.isclose(p.radius, 1.08)
 
 
+def test_closed_mouth_faces_change_only_jaw_and_expression():
+    base = GenerateConfig()  # closed_mouth_prob 0: the published behaviour
+    shut = config_from_dict({"pose": {"closed_mouth_prob": 1.0, "closed_mouth_expression_scale": 0.35}})
+    for i in range(5):
+        a, b = sample_params(base, 3, i), sample_params(shut, 3, i)
+        for name in ("shape", "K", "cam2world", "pivot"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.allclose(b.expression, a.expression * 0.35)
+        assert float(a.pose[6]) > 0 and float(b.pose[6]) == 0  # jaw opening (about +x) dropped, jaw side kept
+        assert torch.allclose(b.pose[7:9], a.pose[7:9]) and torch.equal(a.pose[:6], b.pose[:6])
+        assert torch.equal(a.pose[9:], b.pose[9:])
+        # the renderer's part of the stream is the same
+        assert torch.equal(torch.rand(4, generator=a.generator), torch.rand(4, generator=b.generator))
+    some = config_from_dict({"pose": {"closed_mouth_prob": 0.4}})
+    closed = [float(sample_params(some, 0, i).pose[6]) == 0 for i in range(400)]
+    assert 0.32 < np.mean(closed) < 0.48  # 0.4 +- 3.3 binomial standard deviations
+    with pytest.raises(UserError, match="pose.closed_mouth_prob"):
+        config_from_dict({"pose": {"closed_mouth_prob": 1.5}}).validate()
+
+
+def test_closed_mouth_faces_show_no_inner_mouth():
+    """On the built-in head, calm faces (jaw 0, expression x 0.35) keep the lips closed: at most a few pixels of
+    inner mouth at 96 px, where the default expressions part the lips in almost every sample."""
+    inner = SYNTH.id("inner_mouth")
+    counts = {}
+    for prob in (0.0, 1.0):
+        cfg = config_from_dict({"image_size": 96, "pose": {"closed_mouth_prob": prob}})
+        pipe = SamplePipeline(cfg, renderer=PaletteRenderer())
+        counts[prob] = [int((pipe.generate(i)["seg"] == inner).sum()) for i in range(8)]
+    assert max(counts[1.0]) <= 3, counts
+    assert sum(c > 3 for c in counts[0.0]) >= 6, counts
+
+
 def test_config_unknown_key_names_key_and_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("camera:\n  fov_degs: [12, 27]\n")

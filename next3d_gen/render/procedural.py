@@ -306,7 +306,7 @@ class ProceduralConfig:
     iris_heterochromia_prob: float = 0.25
     catchlight_radius_deg_range: Range = (5.0, 16.0)
     catchlight_strength_range: Range = (0.4, 1.0)
-    hair_prob: float = 0.85
+    hair_prob: float = 0.95
     hair_colour_weights: tuple[float, float, float, float, float, float, float, float] = (
         3.0,
         3.0,
@@ -351,7 +351,7 @@ class ProceduralConfig:
     background_blur_prob: float = 0.4
     background_max_side: int = 96
     shoulders_prob: float = 0.7
-    glasses_prob: float = 0.15
+    glasses_prob: float = 0.25
     sunglasses_prob: float = 0.2
     hand_prob: float = 0.08
     object_prob: float = 0.12
