@@ -190,7 +190,6 @@ def bench_afw(
     min_face: float,
     threshold: float,
     refine: int = 1,  # noqa: ANN001
-    flip: bool = False,
 ) -> int:
     from synthforge.metrics import nme
     from synthforge.predict import FacePipeline
@@ -199,7 +198,7 @@ def bench_afw(
         print(f"[afw] {AFW} not found: skipped", file=sys.stderr)
         return 2
     detector = DlibHogDetector(min_face=min_face, threshold=threshold)
-    pipe = FacePipeline(predictor, crop_scale, detector, refine=refine, flip=flip)
+    pipe = FacePipeline(predictor, crop_scale, detector, refine=refine)
     faces = afw_faces()
     det_pred, ann_pred, gts, found, views = [], [], [], [], []
     for jpg, gt in faces:
@@ -224,7 +223,7 @@ def bench_afw(
     n, k = len(faces), int(f.sum())
     print(
         f"[afw] detection: {k}/{n} faces found ({100 * k / n:.1f}%), dlib HOG, min_face {min_face:g}, "
-        f"threshold {threshold:g}, {refine} re-crop(s) from landmarks{', flip averaging' if flip else ''}"
+        f"threshold {threshold:g}, {refine} re-crop(s) from landmarks{', flip test' if predictor.flip else ''}"
     )
     print(
         f"[afw] NME (%, outer eye corners) on the {k} detected faces: detected boxes {det_nme.mean():.2f}, "
@@ -290,7 +289,7 @@ def main() -> int:
         help=f"detector score threshold for afw and calibrate (default {DLIB_THRESHOLD:g}, the detector's)",
     )
     p.add_argument("--refine", type=int, default=1, help="afw: re-crops from landmarks (default 1, as predict)")
-    p.add_argument("--flip", action="store_true", help="afw: landmarks averaged with the mirrored crop's (--flip)")
+    p.add_argument("--flip", action="store_true", help="flip test, as predict --flip")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1 as synthforge predict; 0 = torch's default)"
     )
@@ -303,7 +302,7 @@ def main() -> int:
         p.error("--ckpt is needed for speed and afw")
     from synthforge.inference import Predictor
 
-    predictor = Predictor.from_checkpoint(args.ckpt)
+    predictor = Predictor.from_checkpoint(args.ckpt, flip=args.flip)
     crop_scale = args.crop_scale or predictor.crop_scale  # from the checkpoint (None for whole-image crops)
     if not crop_scale:
         p.error("the checkpoint does not record its crop scale: pass --crop-scale")
@@ -311,7 +310,7 @@ def main() -> int:
     if args.only in (None, "speed"):
         bench_speed(predictor, crop_scale, args.min_face, args.images)
     if args.only in (None, "afw"):
-        status = bench_afw(predictor, crop_scale, args.min_face, args.threshold, args.refine, args.flip)
+        status = bench_afw(predictor, crop_scale, args.min_face, args.threshold, args.refine)
     if args.only is None:
         calibrate(args.min_face, args.threshold)
     return status

@@ -29,12 +29,17 @@ inner points (all with the same per-face normaliser); failure rate and CED AUC a
 mean signed offset of each point (dx along the eye line towards the subject's left eye, dy perpendicular to it,
 towards the chin, in % of the inter-ocular distance); parsing F1 per merged class of
 :data:`next3d_gen.labels.REAL_MERGED` from the confusion matrix pooled over the parsing images (merge tables:
-``next3d_gen.labels.REAL_MERGE_TABLES``), "n/a" for a class the network's label space cannot predict.
+``next3d_gen.labels.REAL_MERGE_TABLES``), "n/a" for a class the network's label space cannot predict, and two
+means: over all classes, and over the classes some mask contains (a class no mask has, such as eyeglasses here,
+scores 0 on a single false-positive pixel and says nothing about finding it). Every figure is given twice: "plain"
+(one pass per crop) and "flip test" (each crop also predicted mirrored and the two averaged: ``synthforge predict
+--flip``; JSON keys ``afw_flip`` / ``parsing_flip``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shlex
@@ -268,11 +273,19 @@ def _parse_window(predictor: Predictor, item: ParsingItem, points: np.ndarray, c
 def _f1_table(cm: torch.Tensor, active: tuple[str, ...]) -> dict:
     f1 = metrics.f1_scores(cm)
     per_class: dict[str, float | None] = {}
+    in_masks = []
     for i, name in enumerate(REAL_MERGED.classes[1:], start=1):
         value = float(f1[i])
         per_class[name] = None if name not in active or math.isnan(value) else value
+        if per_class[name] is not None and int(cm[i].sum()) > 0:
+            in_masks.append(per_class[name])
     present = [v for v in per_class.values() if v is not None]
-    return {"f1": per_class, "f1_mean": float(np.mean(present)) if present else None}
+    return {
+        "f1": per_class,
+        "f1_mean": float(np.mean(present)) if present else None,
+        # classes with ground-truth pixels only: a class no mask contains scores 0 on a single false pixel
+        "f1_mean_in_masks": float(np.mean(in_masks)) if in_masks else None,
+    }
 
 
 def overlay_png(afw: dict, parsing: dict) -> np.ndarray:
@@ -296,9 +309,15 @@ def _pad(row: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active: tuple[str, ...]) -> None:
+def print_report(ckpt: Path, crop_scale: float, runs: dict[str, tuple[dict, dict]], active: tuple[str, ...]) -> None:
+    """``runs``: (AFW figures, parsing figures) per way of predicting ("plain", "flip test"); the offsets are the
+    first run's."""
+    (afw, parsing), *_ = runs.values()
     print(f"\ncheckpoint {ckpt}, crop scale {crop_scale:g}, no fine-tuning (AFW dev set)")
-    print(f"\n| AFW dev set, {afw['num_faces']} faces, NME % (outer eye corners) | value |\n|---|---|")
+    heads = " | ".join(runs)
+    print(
+        f"\n| AFW dev set, {afw['num_faces']} faces, NME % (outer eye corners) | {heads} |\n|---|" + "---|" * len(runs)
+    )
     rows = [
         ("all 68 points", "nme_all"),
         ("17 jaw points", "nme_jaw17"),
@@ -309,10 +328,11 @@ def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active
         p = round(th * 100)
         rows += [(f"failure rate at {p} % (%)", f"fr_{p}"), (f"AUC at {p} %", f"auc_{p}")]
     for label, key in rows:
-        print(f"| {label} | {afw[key]:.3f} |" if key.startswith("auc") else f"| {label} | {afw[key]:.2f} |")
+        fmt = ".3f" if key.startswith("auc") else ".2f"
+        print(f"| {label} | " + " | ".join(f"{a[key]:{fmt}}" for a, _ in runs.values()) + " |")
     print(
-        "\nmean signed offset, % of inter-ocular distance (dx: towards the subject's left eye along the eye line, "
-        "dy: towards the chin)"
+        f"\nmean signed offset ({next(iter(runs))}), % of inter-ocular distance (dx: towards the subject's left eye "
+        "along the eye line, dy: towards the chin)"
     )
     print("| jaw point | " + " | ".join(str(i) for i in JAW) + " |\n|---|" + "---|" * len(JAW))
     for axis, name in ((0, "dx"), (1, "dy")):
@@ -324,12 +344,14 @@ def print_report(ckpt: Path, crop_scale: float, afw: dict, parsing: dict, active
     names = REAL_MERGED.classes[1:]
     print(
         f"\nparsing F1, merged classes, {parsing['num_images']} images (CelebAMask-HQ + LaPa samples; ears and neck "
-        "from CelebAMask-HQ only)"
+        "from CelebAMask-HQ only); mean: all classes; in masks: the classes some mask contains"
     )
-    print("| crop | " + " | ".join(names) + " | mean |\n|" + "---|" * (len(names) + 2))
-    for label, table in (("landmark-box window", parsing), ("face-class-box window", parsing["mask_box"])):
-        cells = ["n/a" if table["f1"][n] is None else f"{table['f1'][n]:.3f}" for n in names]
-        print(f"| {label} | " + " | ".join(cells) + f" | {table['f1_mean']:.3f} |")
+    print("| crop | " + " | ".join(names) + " | mean | in masks |\n|" + "---|" * (len(names) + 3))
+    for way, (_, par) in runs.items():
+        for label, table in (("landmark-box window", par), ("face-class-box window", par["mask_box"])):
+            cells = ["n/a" if table["f1"][n] is None else f"{table['f1'][n]:.3f}" for n in names]
+            means = f"{table['f1_mean']:.3f} | {table['f1_mean_in_masks']:.3f}"
+            print(f"| {label}, {way} | " + " | ".join(cells) + f" | {means} |")
     print(
         "landmark-box window / face-class-box window, per image: "
         + ", ".join(f"{r:.2f}" for r in parsing["landmark_to_mask_box"])
@@ -355,6 +377,10 @@ def run_demo(folder: Path, demo_args: str) -> Path:
         return Path(json.loads((folder / "metrics.json").read_text())["checkpoint"])
     except (OSError, ValueError, KeyError):
         raise UserError(f"--demo: {folder / 'metrics.json'} names no checkpoint") from None
+
+
+def _public(figures: dict) -> dict:
+    return {k: v for k, v in figures.items() if not k.startswith("_")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,17 +422,24 @@ def main(argv: list[str] | None = None) -> int:
         active = real_merged_active(predictor.label_space)
         parsing_items = load_parsing(args.realdata, active)
         n_afw = len(list((args.realdata / "afw68").glob("*.pts")))
-        with tqdm(total=n_afw + len(parsing_items), unit="face", file=sys.stderr) as bar:
-            afw = evaluate_afw(predictor, args.realdata / "afw68", crop_scale, bar)
-            parsing = evaluate_parsing(predictor, parsing_items, crop_scale, active, bar)
-        print_report(Path(ckpt), crop_scale, afw, parsing, active)
+        flipped = copy.copy(predictor)
+        flipped.flip = True  # the same network, each crop also predicted mirrored (synthforge predict --flip)
+        runs: dict[str, tuple[dict, dict]] = {}
+        with tqdm(total=2 * (n_afw + len(parsing_items)), unit="face", file=sys.stderr) as bar:
+            for way, pred in (("plain", predictor), ("flip test", flipped)):
+                afw = evaluate_afw(pred, args.realdata / "afw68", crop_scale, bar)
+                runs[way] = (afw, evaluate_parsing(pred, parsing_items, crop_scale, active, bar))
+        print_report(Path(ckpt), crop_scale, runs, active)
+        (afw, parsing), (afw_flip, parsing_flip) = runs.values()
         if args.json is not None:
             figures = {
                 "checkpoint": str(ckpt),
                 "crop_scale": crop_scale,
                 "realdata": str(args.realdata),
-                "afw": {k: v for k, v in afw.items() if not k.startswith("_")},
-                "parsing": {k: v for k, v in parsing.items() if not k.startswith("_")},
+                "afw": _public(afw),
+                "parsing": _public(parsing),
+                "afw_flip": _public(afw_flip),
+                "parsing_flip": _public(parsing_flip),
             }
             args.json.write_text(json.dumps(figures, indent=2))
             print(f"wrote {args.json}")

@@ -25,10 +25,9 @@ Works with stage-I and fine-tuned (stage-II) predictors alike; the crop follows 
 
    A face whose box cannot be made (no landmark or parsing head for it, an empty foreground) keeps its first pass.
 
-   With ``flip`` (``synthforge predict --flip``), every pass also predicts the horizontally mirrored crop, and the
-   landmarks are the mean of the crop's and the mirror's (mapped back: ``x -> crop_size - 1 - x`` and the iBUG
-   left/right permutation ``LANDMARK_FLIP_PERMUTATION``), which cancels the network's left/right asymmetries; the
-   dense outputs stay the unmirrored crop's. Twice the network time; 68-point landmarks only.
+   With a flip-testing predictor (``Predictor(..., flip=True)``, ``synthforge predict --flip``) every crop is also
+   predicted mirrored and the two are averaged inside the predictor (:mod:`synthforge.inference`): landmarks, class
+   probabilities, depth and normals; twice the network time.
 4. Paste back: per face, class probabilities (bilinear) and depth / normals / UV (bilinear) are warped from the crop
    into the image frame over the face's window only; each face writes its foreground pixels (argmax != background).
    Faces are pasted in order of increasing box area, so where two faces overlap the larger (usually nearer) one wins.
@@ -49,7 +48,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION, LabelSpace
+from next3d_gen.labels import LabelSpace
 from synthforge.crops import crop_matrix, invert_affine, mask_box_points, transform_points, warp_image
 from synthforge.detect import BoxCalibration, Detection, FaceDetector
 from synthforge.inference import CropDefinition, Prediction
@@ -202,17 +201,6 @@ def paste_faces(result: ImageResult) -> None:
             result.uv[y0:y1, x0:x1][fg] = _to_roi(p.uv, face.matrix, roi)[fg]
 
 
-def flip_average(prediction: Prediction, mirrored: Prediction, crop_size: int) -> Prediction:
-    """``prediction`` with its (68, 2) crop-pixel landmarks averaged with those predicted on the horizontally mirrored
-    crop (``crop[:, ::-1]``), mapped back into the crop's frame (``x -> crop_size - 1 - x``, points permuted by
-    ``LANDMARK_FLIP_PERMUTATION``); other fields unchanged. Landmarks float32."""
-    if prediction.landmarks is None or mirrored.landmarks is None:
-        return prediction
-    back = mirrored.landmarks[np.asarray(LANDMARK_FLIP_PERMUTATION)].astype(np.float32)
-    back[:, 0] = crop_size - 1 - back[:, 0]
-    return dataclasses.replace(prediction, landmarks=(prediction.landmarks + back) / 2)
-
-
 class FacePipeline:
     """Detect -> crop -> predict -> re-crop as in training -> predict -> paste back, on whole images.
 
@@ -229,11 +217,9 @@ class FacePipeline:
             for every network: on the AFW dev set a 2,000-step demo network's predicted landmark box sits a little
             low and large, each re-crop compounds it, and every pass after the first raised the landmark NME by about
             0.5 (from annotation and detector boxes alike).
-        flip: average each pass's landmarks with those of the mirrored crop (module docstring, step 3).
 
     Raises:
-        ValueError: no crop scale (neither given nor known to the predictor), or not > 0; ``flip`` with a
-            predictor whose landmarks are not the 68 iBUG points (checked by predicting one blank crop).
+        ValueError: no crop scale (neither given nor known to the predictor), or not > 0.
     """
 
     def __init__(
@@ -243,7 +229,6 @@ class FacePipeline:
         detector: FaceDetector | None = None,
         batch_size: int = 16,
         refine: int = 1,
-        flip: bool = False,
     ) -> None:
         base: CropDefinition | None = getattr(predictor, "crop", None)
         if crop_scale is None:
@@ -262,31 +247,20 @@ class FacePipeline:
         self.detector = detector
         self.batch_size = int(batch_size)
         self.refine = int(refine)
-        self.flip = bool(flip)
-        if self.flip:
-            s = predictor.crop_size
-            points = predictor.predict([np.zeros((s, s, 3), np.uint8)])[0].landmarks
-            count = None if points is None else len(points)
-            if count != len(LANDMARK_FLIP_PERMUTATION):
-                raise ValueError(
-                    f"flip averaging needs the {len(LANDMARK_FLIP_PERMUTATION)} iBUG landmarks; the "
-                    f"checkpoint predicts {count or 'no'} landmarks"
-                )
 
     @property
     def label_space(self) -> LabelSpace | None:
         return self.predictor.label_space
 
+    @property
+    def flip(self) -> bool:
+        """Whether the predictor averages each crop with its mirror image (flip test)."""
+        return bool(getattr(self.predictor, "flip", False))
+
     def _predict(self, image: np.ndarray, windows: list[Window]) -> list[tuple[np.ndarray, Prediction]]:
         s = self.predictor.crop_size
         crops, matrices = zip(*(warp_crop(image, win, s) for win in windows), strict=True)
-        batch = list(crops)
-        if self.flip:  # the mirrored crops in the same forward passes
-            batch += [np.ascontiguousarray(c[:, ::-1]) for c in crops]
-        preds = self.predictor.predict(batch, batch_size=self.batch_size)
-        if self.flip:
-            n = len(crops)
-            preds = [flip_average(p, m, s) for p, m in zip(preds[:n], preds[n:], strict=True)]
+        preds = self.predictor.predict(list(crops), batch_size=self.batch_size)
         return list(zip(matrices, preds, strict=True))
 
     def training_window(self, matrix: np.ndarray, prediction: Prediction) -> Window | None:

@@ -166,59 +166,6 @@ def test_first_window_follows_the_detection_view() -> None:
     np.testing.assert_allclose(res.faces[1].matrix, crop_matrix(80.0, 34.0, 40.0 * 1.5, 32))
 
 
-class _BlobLandmarks:
-    """A stand-in predictor: landmarks = the crop's intensity centroid + a left/right symmetric template + a fixed
-    ``bias``. Mirroring the crop mirrors the centroid, so flip averaging must cancel the bias's x and keep its y."""
-
-    crop_size = 32
-    label_space = None
-
-    def __init__(self, bias: tuple[float, float]) -> None:
-        from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION
-
-        perm = np.asarray(LANDMARK_FLIP_PERMUTATION)
-        rng = np.random.default_rng(2)
-        u = rng.uniform(-6, 6, 68)
-        u = (u - u[perm]) / 2  # u[perm] = -u: the template is its own mirror image
-        self.template = np.stack([u, rng.uniform(-6, 6, 68)[np.minimum(np.arange(68), perm)]], 1)
-        self.bias = np.asarray(bias)
-        self.sizes: list[int] = []
-
-    def predict(self, images: list[np.ndarray], batch_size: int = 16) -> list[Prediction]:
-        self.sizes.append(len(images))
-        centres = [_blob_centre(im[..., 0]) if im.any() else np.zeros(2) for im in images]  # blank: the probe
-        return [Prediction(None, None, None, (c + self.template + self.bias).astype(np.float32)) for c in centres]
-
-
-def test_flip_average_cancels_left_right_bias() -> None:
-    from synthforge.crops import crop_matrix
-
-    ys, xs = np.mgrid[:90, :120]
-    image = np.repeat((np.exp(-((xs - 57.3) ** 2 + (ys - 41.8) ** 2) / 200) * 250).astype(np.uint8)[..., None], 3, 2)
-    box = [Detection((40.0, 25.0, 76.0, 61.0))]
-    plain = _BlobLandmarks((1.5, -2.0))
-    res = FacePipeline(plain, crop_scale=1.5, refine=0).run(image, boxes=box)
-    flipper = _BlobLandmarks((1.5, -2.0))
-    flipped = FacePipeline(flipper, crop_scale=1.5, refine=0, flip=True).run(image, boxes=box)
-    assert flipper.sizes == [1, 2]  # the probe at construction, then crop and mirror in one batch
-    matrix = crop_matrix(58.0, 43.0, 54.0, 32)
-    np.testing.assert_allclose(flipped.faces[0].matrix, matrix)
-    crop, _ = warp_crop(image, (58.0, 43.0, 54.0), 32)
-    centre = _blob_centre(crop[..., 0])
-    np.testing.assert_allclose(
-        res.faces[0].landmarks, crop_to_image(matrix, centre + plain.template + (1.5, -2.0)), atol=1e-4
-    )
-    np.testing.assert_allclose(
-        flipped.faces[0].landmarks, crop_to_image(matrix, centre + plain.template + (0, -2.0)), atol=1e-4
-    )
-    # refine: each pass mirrored as well (2 crops per pass)
-    again = _BlobLandmarks((1.5, -2.0))
-    FacePipeline(again, crop_scale=1.5, refine=2, flip=True).run(image, boxes=box)
-    assert again.sizes == [1, 2, 2, 2]
-    with pytest.raises(ValueError, match="68 iBUG landmarks; the checkpoint predicts 5"):
-        FacePipeline(_FixedLandmarks(np.zeros((5, 2))), crop_scale=1.5, flip=True)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("predict_ckpt")
@@ -397,9 +344,8 @@ def test_cli_flip_matches_the_python_pipeline(ckpt: Path, tmp_path: Path) -> Non
     doc = json.loads((out / "face.json").read_text())
     assert doc["flip"] is True
     box = [Detection((38.0, 26.0, 86.0, 76.0))]
-    predictor = Predictor.from_checkpoint(ckpt)
-    flipped = FacePipeline(predictor, flip=True).run(image, boxes=box).faces[0].landmarks
-    plain = FacePipeline(predictor).run(image, boxes=box).faces[0].landmarks
+    flipped = FacePipeline(Predictor.from_checkpoint(ckpt, flip=True)).run(image, boxes=box).faces[0].landmarks
+    plain = FacePipeline(Predictor.from_checkpoint(ckpt)).run(image, boxes=box).faces[0].landmarks
     np.testing.assert_allclose(doc["faces"][0]["landmarks"], flipped, atol=0.006)  # the JSON rounds to 0.01 px
     assert np.abs(flipped - plain).max() > 0.1
 

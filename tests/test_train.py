@@ -259,6 +259,46 @@ def test_inference_coordinate_mapping_with_a_fake_net() -> None:
     assert np.allclose(b.landmarks[0], [19.5, 9.5]) and b.seg.shape == (20, 40)
 
 
+def test_flip_test_averages_in_the_unmirrored_frame() -> None:
+    """A fake net that finds a bright square and reports landmark i at (cx + 2 + i, cy), depth = the crop's x
+    coordinate and the synthetic right-eye class on the crop's left half. Flip test, computed by hand: landmark j at
+    cx + (2 + j - 2 - PERM[j]) / 2 = cx + (j - PERM[j]) / 2, depth (side - 1) / 2 everywhere, the same classes."""
+    from next3d_gen.labels import LANDMARK_FLIP_PERMUTATION
+    from synthforge.inference import Predictor
+    from synthforge.models import TaskOutputs
+
+    class Fake(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> TaskOutputs:
+            b, _, h, w = x.shape
+            bright = x.mean(1)  # (B, H, W)
+            xs = torch.arange(w, dtype=torch.float32)
+            ys = torch.arange(h, dtype=torch.float32)
+            mass = bright.sum((1, 2))
+            cx = (bright.sum(1) * xs).sum(1) / mass
+            cy = (bright.sum(2) * ys).sum(1) / mass
+            lm = torch.stack([cx[:, None] + 2 + torch.arange(68.0), cy[:, None].expand(b, 68)], -1)
+            seg = torch.zeros(b, len(SYNTH.classes), h, w)
+            seg[:, SYNTH.id("right_eye_region"), :, : w // 2] = 10
+            seg[:, SYNTH.id("left_eye_region"), :, w // 2 :] = 10
+            depth = xs.expand(b, 1, h, w).clone()
+            return TaskOutputs(seg, depth, [], [lm], lm, depth)
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[10:14, 5:9] = 255  # centroid (6.5, 11.5)
+    [plain] = Predictor(Fake(), crop_size=32).predict(img)
+    [flip] = Predictor(Fake(), crop_size=32, flip=True).predict(img)
+    j = np.arange(68)
+    assert np.allclose(plain.landmarks[:, 0], 6.5 + 2 + j, atol=1e-3)
+    assert np.allclose(flip.landmarks[:, 0], 6.5 + (j - np.asarray(LANDMARK_FLIP_PERMUTATION)) / 2, atol=1e-3)
+    assert np.allclose(flip.landmarks[:, 1], 11.5, atol=1e-3)
+    assert np.allclose(flip.depth, 15.5, atol=1e-4) and not np.allclose(plain.depth, 15.5)
+    assert (flip.seg == plain.seg).all() and (flip.seg[:, :16] == SYNTH.id("right_eye_region")).all()
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [

@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--flip",
         action="store_true",
-        help="average each face's landmarks with those predicted on the mirrored crop (more accurate "
-        "landmarks, twice the network time; 68-point checkpoints)",
+        help="flip test: average each face's predictions with those on the mirrored crop (landmarks, parsing, "
+        "depth; more accurate, twice the network time)",
     )
     p.add_argument(
         "--crop-scale",
@@ -423,7 +423,7 @@ def main(argv: list[str]) -> int:
     detector = None
     if boxes is None and not args.no_detect:
         detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW, threshold=args.detect_threshold)
-    predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device), option="--ckpt")
+    predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device), option="--ckpt", flip=args.flip)
     crop_scale = args.crop_scale or predictor.crop_scale
     whole_images = predictor.crop is not None and predictor.crop.box == "image"
     if not crop_scale and whole_images and not args.no_detect:
@@ -437,10 +437,7 @@ def main(argv: list[str]) -> int:
             f"{args.ckpt}: the checkpoint does not record its crop scale: pass --crop-scale "
             "(the data.crop_scale it was trained with)"
         )
-    try:
-        pipeline = FacePipeline(predictor, crop_scale, detector, batch_size=args.batch_size, flip=args.flip)
-    except ValueError as err:
-        raise UserError(f"--flip: {err}") from None
+    pipeline = FacePipeline(predictor, crop_scale, detector, batch_size=args.batch_size)
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
