@@ -351,7 +351,7 @@ class ProceduralConfig:
     background_blur_prob: float = 0.4
     background_max_side: int = 96
     shoulders_prob: float = 0.7
-    glasses_prob: float = 0.25
+    glasses_prob: float = 0.15
     sunglasses_prob: float = 0.2
     hand_prob: float = 0.08
     object_prob: float = 0.12
