@@ -317,11 +317,11 @@ class ProceduralConfig:
         0.7,
         0.3,
     )
-    hair_volume_prob: float = 0.8
+    hair_volume_prob: float = 0.9
     hair_volume_range: Range = (0.06, 0.28)
-    long_hair_prob: float = 0.55
+    long_hair_prob: float = 0.7
     long_hair_length_range: Range = (0.3, 1.3)
-    fringe_prob: float = 0.2
+    fringe_prob: float = 0.3
     fringe_length_range: Range = (0.2, 0.8)
     beard_prob: float = 0.12
     beard_style_weights: tuple[float, float, float, float] = (3.0, 2.0, 1.0, 0.5)
