@@ -22,7 +22,7 @@ the inverse similarity (pixel-centre convention: integer coordinates are pixel c
 negated) mirrored back, 68 landmarks mirrored and re-indexed with
 :data:`~next3d_gen.labels.LANDMARK_FLIP_PERMUTATION`. UV coordinates and landmark sets without a flip permutation
 (LaPa's 106 points) come from the unflipped pass. Twice the network time; on the AFW dev set it lowers the demo
-checkpoint's NME by about 4 % (README).
+checkpoints' NME by 2-4 % (README).
 """
 
 from __future__ import annotations
