@@ -229,16 +229,20 @@ def test_inference_from_checkpoint_maps_back_to_input_pixels(trained: Path) -> N
     assert np.allclose(pred_t.landmarks, pred.landmarks, atol=1e-4)
 
 
+class _FakeNet(torch.nn.Module):
+    """Base of the hand-written stand-in networks: one parameter, so that Predictor finds a device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+
 def test_inference_coordinate_mapping_with_a_fake_net() -> None:
     from synthforge.inference import Predictor
     from synthforge.models import TaskOutputs
 
-    class Fake(torch.nn.Module):
+    class Fake(_FakeNet):
         """Landmark 0 at the crop centre, landmark 1 at crop pixel (0, 0); seg = 1 on the crop's left half."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, x: torch.Tensor) -> TaskOutputs:
             b, _, h, w = x.shape
@@ -267,11 +271,7 @@ def test_flip_test_averages_in_the_unmirrored_frame() -> None:
     from synthforge.inference import Predictor
     from synthforge.models import TaskOutputs
 
-    class Fake(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
+    class Fake(_FakeNet):
         def forward(self, x: torch.Tensor) -> TaskOutputs:
             b, _, h, w = x.shape
             bright = x.mean(1)  # (B, H, W)
