@@ -318,9 +318,9 @@ class ProceduralConfig:
         0.3,
     )
     hair_volume_prob: float = 0.9
-    hair_volume_range: Range = (0.06, 0.28)
-    long_hair_prob: float = 0.7
-    long_hair_length_range: Range = (0.3, 1.3)
+    hair_volume_range: Range = (0.15, 0.5)
+    long_hair_prob: float = 0.8
+    long_hair_length_range: Range = (0.8, 1.6)
     fringe_prob: float = 0.3
     fringe_length_range: Range = (0.2, 0.8)
     beard_prob: float = 0.12
