@@ -13,6 +13,8 @@ on a busy machine. Measure on a quiet machine:
 
 1. **Round 0, shared**: ``--num0`` uniform samples (seed ``--seed``) at ``--image-size`` px, ``--steps0`` steps of
    ``--train-config`` (default ``configs/stage1/demo.yaml`` without its time cap, at 80 px crops), bf16 where native.
+   The README's figures were measured with the demo network of that time (3-stage trunk, depth weight 200, heatmap
+   weight 1); the demo config has since moved to a 4-stage trunk, depth weight 100 and heatmap weight 2.
 2. **Arms**: ``--rounds`` more rounds, each adding ``--num`` samples (seed ``--seed`` + r) and ``--steps`` steps on all
    the data so far, continuing the previous checkpoint (:mod:`synthforge.rounds`). *Guided*: the samples are the hardest
    of ``--pool`` candidates for the previous round's network, ``--uniform-fraction`` of them uniform draws
