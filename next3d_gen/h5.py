@@ -1,10 +1,12 @@
-"""The HDF5 dataset schema (version 2) in one place: dataset names, dtypes, per-sample shapes, file attributes.
+"""The HDF5 dataset schema (version 3) in one place: dataset names, dtypes, per-sample shapes, file attributes.
 
-Versions: 2 (written now) = 1 with the synthetic label space extended to 22 classes (``hair`` = 20,
-``eyeglasses`` = 21 appended, ids 0-19 unchanged: :data:`next3d_gen.labels.SYNTH`); the datasets, dtypes and
-attributes are the same. Version-1 files (20-class :data:`next3d_gen.labels.SYNTH_V1`) are still read: their label
-space is presented as the 22-class one (:func:`next3d_gen.labels.current_label_space`), so they train a 22-class
-network as they are (they have no hair / eyeglasses pixels). A shard is never resumed or finished by a writer of
+Versions: 3 (written now) = 2 with ``beard`` = 22 appended to the synthetic label space (23 classes:
+:data:`next3d_gen.labels.SYNTH`; beards were ``hair`` in version 2). 2 = 1 with the synthetic label space extended to
+22 classes (``hair`` = 20, ``eyeglasses`` = 21 appended, ids 0-19 unchanged). The datasets, dtypes and attributes are
+the same in all three. Version-1 and version-2 files (20-class :data:`next3d_gen.labels.SYNTH_V1`, 22-class
+:data:`next3d_gen.labels.SYNTH_V2`) are still read: their label space is presented as the 23-class one
+(:func:`next3d_gen.labels.current_label_space`), so they train a 23-class network as they are (they have no beard
+pixels, version 1 no hair / eyeglasses pixels either). A shard is never resumed or finished by a writer of
 another schema version or label space (its rows would mix label rules). Optional per-sample datasets
 (:data:`OPTIONAL_FIELDS`, e.g. the ``guide_score`` of loss-guided generation) may be present in a file of either
 version; they change no other dataset, so readers that do not know them simply ignore them.
@@ -39,9 +41,9 @@ from next3d_gen.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Schema version written in every new file (see the module docstring for what changed)."""
-READABLE_SCHEMA_VERSIONS = (1, 2)
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 """Schema versions :class:`SampleReader` accepts."""
 
 
@@ -864,8 +866,9 @@ class SampleReader:
 
     @property
     def label_space(self):  # noqa: ANN201 - LabelSpace, imported lazily
-        """The file's :class:`~next3d_gen.labels.LabelSpace`, as read: a version-1 file's 20-class synthetic space
-        is presented as the current 22-class one (same ids; :func:`~next3d_gen.labels.current_label_space`)."""
+        """The file's :class:`~next3d_gen.labels.LabelSpace`, as read: a version-1 or version-2 file's 20- or
+        22-class synthetic space is presented as the current 23-class one (same ids;
+        :func:`~next3d_gen.labels.current_label_space`)."""
         from next3d_gen.labels import LabelSpace, current_label_space
 
         return current_label_space(LabelSpace.from_json(self.attrs[ATTR_LABEL_SPACE]))

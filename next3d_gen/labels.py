@@ -157,26 +157,39 @@ SYNTH_V1 = LabelSpace(
 Kept for reading version-1 files: :func:`current_label_space` reads it as :data:`SYNTH` (ids 0-19 keep their meaning;
 such a file simply has no ``hair`` / ``eyeglasses`` pixels)."""
 
-SYNTH = LabelSpace(
+SYNTH_V2 = LabelSpace(
     name="synthforge22",
     classes=SYNTH_V1.classes + ("hair", "eyeglasses"),
     palette=SYNTH_V1.palette + ((0xFF, 0x7F, 0x00), (0x00, 0xFF, 0xFF)),  # hair orange (not the scalp brown)
     flip_pairs=SYNTH_V1.flip_pairs,
     merges=dict(SYNTH_V1.merges),
 )
-"""The synthetic label space (22 classes, HDF5 schema version 2): :data:`SYNTH_V1`'s 20 classes, then
+"""The 22-class synthetic label space of HDF5 schema version 2: :data:`SYNTH` without ``beard`` (a version-2 file's
+beards are ``hair``). Kept for reading version-2 files: :func:`current_label_space` reads it as :data:`SYNTH`."""
+
+SYNTH = LabelSpace(
+    name="synthforge23",
+    classes=SYNTH_V2.classes + ("beard",),
+    palette=SYNTH_V2.palette + ((0x8B, 0x2B, 0x9E),),  # beard purple
+    flip_pairs=SYNTH_V1.flip_pairs,
+    merges=dict(SYNTH_V1.merges),
+)
+"""The synthetic label space (23 classes, HDF5 schema version 3): :data:`SYNTH_V1`'s 20 classes, then
 
 * ``hair`` = 20: hair in front of whatever is behind it: scalp hair, a fringe over the forehead / brows / ears, hair
-  volume around the head on the background, flyaway strands, beards where a renderer draws them as a hair layer (the
-  procedural renderer's stubble is a shade of the skin and keeps the skin's class). A pixel is
-  ``hair`` where hair covers at least half of it (coverage >= :data:`LAYER_COVERAGE_THRESHOLD`); skin seen through thin
-  hair (coverage below that) keeps its skin class. ``scalp`` remains the class of *bare* scalp.
+  volume around the head on the background, flyaway strands. A pixel is ``hair`` where hair covers at least half of
+  it (coverage >= :data:`LAYER_COVERAGE_THRESHOLD`); skin seen through thin hair (coverage below that) keeps its skin
+  class. ``scalp`` remains the class of *bare* scalp.
 * ``eyeglasses`` = 21: glasses frames (rims, bridge, temple arms) and lenses, clear or dark, where they are in front
   of the head or the background (same coverage rule); what is seen through a clear lens is labelled eyeglasses, not
   eye.
+* ``beard`` = 22: facial hair (full beards, goatees, moustaches, chin beards, with their sideburns) where a renderer
+  draws it as a hair layer on the face, by the same coverage rule; the procedural renderer's stubble is a shade of
+  the skin and keeps the skin's class. A class of its own because the real label sets disagree with scalp hair
+  here: CelebAMask-HQ and LaPa label beards skin (:data:`SYNTH_TO_REAL`), FaceSynthetics has a ``beard`` class.
 
-Flip pairs and merges are those of :data:`SYNTH_V1` (hair and eyeglasses are their own mirror images). The head
-models label faces 1-19 only: ``hair`` and ``eyeglasses`` come from the renderer's layers
+Flip pairs are those of :data:`SYNTH_V1` (hair, eyeglasses and beard are their own mirror images). The head models
+label faces 1-19 only: ``hair``, ``eyeglasses`` and ``beard`` come from the renderer's layers
 (:attr:`next3d_gen.render.base.RenderOutput.label_override`; the procedural renderer reports them, the Next3D adapter
 does not yet, so its images' hair keeps the mesh labels).
 """
@@ -188,8 +201,9 @@ the pixel (alpha, 0-1) is at least this value."""
 
 def current_label_space(space: LabelSpace) -> LabelSpace:
     """The label space a file's ``seg`` is read in: :data:`SYNTH` for a file written with :data:`SYNTH_V1` (schema
-    version 1: the same ids 0-19, no hair / eyeglasses pixels), else ``space`` itself."""
-    if space.classes == SYNTH_V1.classes:
+    version 1: the same ids 0-19, no hair / eyeglasses / beard pixels) or :data:`SYNTH_V2` (version 2: ids 0-21, no
+    beard pixels; its beards are ``hair``), else ``space`` itself."""
+    if space.classes in (SYNTH_V1.classes, SYNTH_V2.classes):
         return SYNTH
     return space
 
@@ -325,7 +339,9 @@ FACESYNTHETICS = LabelSpace(
     merges={"mouth": (9, 10, 11)},
 )
 
-LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (SYNTH, SYNTH_V1, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)}
+LABEL_SPACES: dict[str, LabelSpace] = {
+    s.name: s for s in (SYNTH, SYNTH_V2, SYNTH_V1, LAPA, CELEBAMASK_HQ, FACESYNTHETICS)
+}
 
 
 def _landmark_flip_permutation() -> tuple[int, ...]:
@@ -470,8 +486,9 @@ class RealMergeTable:
         unlabelled: ``(merged class, merged class)`` pairs for merged classes this annotation does not have, naming
             the merged class its annotators gave those pixels: a prediction of the first is scored as the second on
             this source's images, so that the first's F1 is computed from the other sources alone.
-        optional_names: source class names that the space may or may not have (``hair`` and ``eyeglasses``: in
-            :data:`SYNTH`, not in :data:`SYNTH_V1`); the others must all exist in the space.
+        optional_names: source class names that the space may or may not have (``hair``, ``eyeglasses`` and
+            ``beard``: in :data:`SYNTH`, not all in :data:`SYNTH_V1` / :data:`SYNTH_V2`); the others must all exist in
+            the space.
     """
 
     space: str
@@ -537,7 +554,8 @@ SYNTH_TO_REAL = RealMergeTable(
         ("background", ("background",)),
         # Skin = every skin region of the face: the eye regions are the skin around the eye (lids, under-eye), the
         # brow band the skin above the brows; the real sets label all of these skin.
-        ("skin", ("face", "forehead", "glabella", "brow_band", "right_eye_region", "left_eye_region")),
+        # Beards too: CelebAMask-HQ and LaPa paint facial hair skin.
+        ("skin", ("face", "forehead", "glabella", "brow_band", "right_eye_region", "left_eye_region", "beard")),
         ("nose", ("nose",)),
         ("eyes", ("right_eyeball", "left_eyeball")),
         ("brows", ("right_eyebrow", "left_eyebrow")),
@@ -551,10 +569,10 @@ SYNTH_TO_REAL = RealMergeTable(
         ("hair", ("scalp", "hair")),
         ("eyeglasses", ("eyeglasses",)),
     ),
-    optional_names=("hair", "eyeglasses"),
+    optional_names=("hair", "eyeglasses", "beard"),
 )
-"""The synthetic 20 (or 22, with ``hair`` = 20 and ``eyeglasses`` = 21) classes -> :data:`REAL_MERGED`. Subject's
-left/right (:data:`SYNTH`); pooled, so the convention does not matter here."""
+"""The synthetic 20, 22 or 23 classes (:data:`SYNTH_V1`, :data:`SYNTH_V2`, :data:`SYNTH`) -> :data:`REAL_MERGED`.
+Subject's left/right; pooled, so the convention does not matter here."""
 
 CELEBAMASK_HQ_TO_REAL = RealMergeTable(
     space=CELEBAMASK_HQ.name,
@@ -724,8 +742,8 @@ FACESYNTHETICS_TO_SYNTH = TrainingMergeTable(
         ("bottom_lip", ("lower_lip",)),
         ("neck", ("neck", "neck_back")),
         ("hair", ("hair",)),
-        # ours labels a beard hair where it covers at least half of a pixel, else the skin under it
-        ("beard", ("hair", "face")),
+        # ours labels a beard beard where it covers at least half of a pixel, else the skin under it
+        ("beard", ("beard", "face")),
         # clothing and headwear are no face class: background, as the real-data merge tables score them
         ("clothing", ("background",)),
         ("glasses", ("eyeglasses",)),
@@ -741,13 +759,13 @@ RELEASE_TO_SYNTH = TrainingMergeTable(
     source="synthforge",
     source_space=SYNTH_V1,
     target=SYNTH,
-    allowed=tuple((name, (name, "hair", "eyeglasses")) for name in SYNTH_V1.classes),
+    allowed=tuple((name, (name, "hair", "eyeglasses", "beard")) for name in SYNTH_V1.classes),
 )
 """The published SynthForge release's 20 classes (its 19 colours + background, decoded to :data:`SYNTH_V1` ids by
 :mod:`next3d_gen.importers.synthforge_release`) -> :data:`SYNTH`. Its maps are the FLAME mesh's labels, while its
-Next3D images draw hair and glasses the mesh does not have (hair over the forehead, ears and neck, hair volume on
-the background, frames and lenses over eyes and nose): any pixel may be ``hair`` or ``eyeglasses`` in our space, so
-every class c is the partial label {c, hair, eyeglasses}."""
+Next3D images draw hair, glasses and beards the mesh does not have (hair over the forehead, ears and neck, hair volume
+on the background, frames and lenses over eyes and nose, beards on the lower face): any pixel may be ``hair``,
+``eyeglasses`` or ``beard`` in our space, so every class c is the partial label {c, hair, eyeglasses, beard}."""
 
 TRAINING_MERGE_TABLES: dict[str, TrainingMergeTable] = {
     t.source: t for t in (FACESYNTHETICS_TO_SYNTH, RELEASE_TO_SYNTH)

@@ -174,7 +174,7 @@ class SamplePipeline:
 
         Order (see :class:`~next3d_gen.render.base.RenderOutput`): ``occluder_mask`` pixels lose the head geometry
         (seg background, depth 0, normal 0, uv -1, landmarks under them not visible, bbox from the rest), then
-        ``label_override`` sets seg wherever it is not 255 (hair, eyeglasses, background), on head and background
+        ``label_override`` sets seg wherever it is not 255 (hair, beard, eyeglasses, background), on head and background
         pixels alike.
 
         Raises:

@@ -104,9 +104,9 @@ def rendered_faces(count: int = 4) -> tuple[tuple[np.ndarray, np.ndarray, np.nda
     return tuple((r["image"], r["seg"], r["landmarks_2d"]) for r in (pipe.generate(i) for i in range(count)))
 
 
-SYNTH_TO_LAPA = np.array([0, 1, 1, 1, 1, 1, 1, 5, 4, 3, 2, 6, 7, 9, 8, 1, 1, 10, 0, 0, 10, 1], np.uint8)
+SYNTH_TO_LAPA = np.array([0, 1, 1, 1, 1, 1, 1, 5, 4, 3, 2, 6, 7, 9, 8, 1, 1, 10, 0, 0, 10, 1, 1], np.uint8)
 """SYNTH id -> LaPa id (skin regions and ears -> skin, eyeballs -> eyes, scalp and hair -> hair, neck ->
-background, eyeglasses -> skin: LaPa has no glasses class and paints them as what they cover)."""
+background, eyeglasses -> skin: LaPa has no glasses class and paints them as what they cover; beards -> skin)."""
 SYNTH_TO_CELEBA_PART = {
     7: "r_eye",
     8: "l_eye",
@@ -253,7 +253,7 @@ def make_celebamask_hq(
         if rendered:
             image, _, synth, _ = rendered_face(idx, rng, (RENDER_SIZE, RENDER_SIZE))
             write_image(root / "CelebA-HQ-img" / f"{idx}.jpg", cv2.resize(image, (2 * RENDER_SIZE, 2 * RENDER_SIZE)))
-            parts = {"skin": np.isin(synth, np.arange(1, 17))}  # skin under every face part: overwritten later
+            parts = {"skin": np.isin(synth, [*range(1, 17), 22])}  # skin under every face part (beards too)
             for sid, part in SYNTH_TO_CELEBA_PART.items():
                 parts[part] = parts.get(part, np.zeros_like(parts["skin"])) | (synth == sid)
             if idx % 2 == 0:  # a hair strand over the face

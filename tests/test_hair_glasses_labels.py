@@ -19,7 +19,7 @@ import torch
 
 from next3d_gen import h5
 from next3d_gen.errors import UserError
-from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH, SYNTH_TO_REAL, SYNTH_V1, real_merged_active
+from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH, SYNTH_TO_REAL, SYNTH_V1, SYNTH_V2, real_merged_active
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
 from next3d_gen.render.procedural import HAIR_COLOURS, NO_CAMERA_EFFECTS, ProceduralConfig, ProceduralRenderer
 
@@ -296,7 +296,7 @@ def test_builtin_generation_has_hair_and_glasses_and_is_deterministic(tmp_path: 
     assert out.finished
     generate_shard(SamplePipeline(config_from_dict(cfg)), str(tmp_path / "b.h5"), 4)
     with h5.SampleReader(tmp_path / "a.h5") as a, h5.SampleReader(tmp_path / "b.h5") as b:
-        assert a.attrs[h5.ATTR_SCHEMA_VERSION] == h5.SCHEMA_VERSION == 2 and a.label_space == SYNTH
+        assert a.attrs[h5.ATTR_SCHEMA_VERSION] == h5.SCHEMA_VERSION == 3 and a.label_space == SYNTH
         segs = [a[i]["seg"] for i in range(4)]
         counts = np.zeros(4, int)
         for i in range(4):
@@ -340,21 +340,22 @@ def test_resumed_shard_with_hair_and_glasses_equals_an_uninterrupted_one(tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# schema version 1
+# schema versions 1 and 2
 
 
-def test_version_1_file_reads_as_the_22_class_space_and_trains(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("version", "space"), [(1, SYNTH_V1), (2, SYNTH_V2)])
+def test_older_version_files_read_as_the_23_class_space_and_train(tmp_path: Path, version: int, space) -> None:  # noqa: ANN001
     from synthforge.cli import main as cli_main
     from synthforge.data.toy import write_toy_dataset
 
-    v1 = write_toy_dataset(tmp_path / "v1.h5", 8, 64, seed=0, schema_version=1)
-    with h5py.File(v1, "r") as f:  # written as the version-1 writer did
-        assert f.attrs[h5.ATTR_SCHEMA_VERSION] == 1
-        assert json_classes(f.attrs[h5.ATTR_LABEL_SPACE]) == list(SYNTH_V1.classes)
+    v1 = write_toy_dataset(tmp_path / "v1.h5", 8, 64, seed=0, schema_version=version)
+    with h5py.File(v1, "r") as f:  # written as that version's writer did
+        assert f.attrs[h5.ATTR_SCHEMA_VERSION] == version
+        assert json_classes(f.attrs[h5.ATTR_LABEL_SPACE]) == list(space.classes)
     with h5.SampleReader(v1) as r:
-        assert r.label_space == SYNTH and r.label_space.num_classes == 22
+        assert r.label_space == SYNTH and r.label_space.num_classes == 23
         assert max(int(r[i]["seg"].max()) for i in range(len(r))) < 20
-    val = write_toy_dataset(tmp_path / "val.h5", 4, 64, seed=1)  # a version-2 validation set joins it
+    val = write_toy_dataset(tmp_path / "val.h5", 4, 64, seed=1)  # a version-3 validation set joins it
     code = cli_main(
         [
             "train",
@@ -382,12 +383,12 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
 
     path = write_toy_dataset(tmp_path / "v.h5", 2, 32)
     with h5py.File(path, "r+") as f:
-        f.attrs[h5.ATTR_SCHEMA_VERSION] = 3
-    with pytest.raises(UserError, match=r"schema version 3, expected 1 or 2"):
+        f.attrs[h5.ATTR_SCHEMA_VERSION] = 4
+    with pytest.raises(UserError, match=r"schema version 4, expected 1 or 2 or 3"):
         h5.SampleReader(path)
 
 
-def test_a_version_1_shard_is_never_resumed_by_the_version_2_writer(tmp_path: Path) -> None:
+def test_a_version_1_shard_is_never_resumed_by_the_current_writer(tmp_path: Path) -> None:
     from synthforge.data.toy import make_toy_sample
 
     shapes = h5.sample_shapes(32, 32, 4, 4, 0)
@@ -398,7 +399,7 @@ def test_a_version_1_shard_is_never_resumed_by_the_version_2_writer(tmp_path: Pa
     w.write(0, make_toy_sample(np.random.default_rng(0), 32))
     w.close()  # a partial version-1 shard, same generator config
     new = h5.make_attrs(SYNTH.to_json(), config, 32)
-    with pytest.raises(UserError, match="schema version 1, not 2"):
+    with pytest.raises(UserError, match="schema version 1, not 3"):
         h5.ShardWriter(tmp_path / "s.h5", 3, shapes, new)
     with pytest.raises(UserError, match="another label space"):
         h5.ShardWriter(tmp_path / "s.h5", 3, shapes, dict(old, **{h5.ATTR_LABEL_SPACE: SYNTH.to_json()}))
@@ -411,8 +412,9 @@ def test_a_version_1_shard_is_never_resumed_by_the_version_2_writer(tmp_path: Pa
 # label space as data
 
 
-def test_label_space_extends_version_1() -> None:
-    assert SYNTH.classes[:20] == SYNTH_V1.classes and SYNTH.classes[20:] == ("hair", "eyeglasses")
+def test_label_space_extends_versions_1_and_2() -> None:
+    assert SYNTH.classes[:20] == SYNTH_V1.classes and SYNTH.classes[20:] == ("hair", "eyeglasses", "beard")
+    assert SYNTH.classes[:22] == SYNTH_V2.classes and SYNTH.palette[:22] == SYNTH_V2.palette
     assert SYNTH.palette[:20] == SYNTH_V1.palette and len(set(SYNTH.palette)) == SYNTH.num_classes
     assert SYNTH.flip_pairs == SYNTH_V1.flip_pairs and SYNTH.flip_lut()[HAIR] == HAIR
     assert real_merged_active(SYNTH)[-2:] == ("hair", "eyeglasses")
@@ -420,3 +422,4 @@ def test_label_space_extends_version_1() -> None:
     from next3d_gen.labels import REAL_MERGED
 
     assert REAL_MERGED.classes[lut[HAIR]] == "hair" and REAL_MERGED.classes[lut[GLASSES]] == "eyeglasses"
+    assert REAL_MERGED.classes[lut[SYNTH.id("beard")]] == "skin"  # CelebAMask-HQ and LaPa paint beards skin

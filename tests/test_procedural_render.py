@@ -312,6 +312,7 @@ def test_skin_tone_range_covers_light_to_dark(toy_scene: Scene) -> None:
         object_prob=0.0,
         glasses_prob=0.0,
         stubble_prob=0.0,
+        beard_prob=0.0,
         freckles_prob=0.0,
     )
     seg = toy_scene.annotations.seg[0]

@@ -25,6 +25,7 @@ from next3d_gen.labels import (
     SYNTH,
     SYNTH_TO_REAL,
     SYNTH_V1,
+    SYNTH_V2,
     LabelSpace,
     real_merged_active,
     relabel_lut,
@@ -34,10 +35,17 @@ from synthforge.crops import face_crop_matrix, mask_box_points, transform_points
 BASE = ("background", "skin", "nose", "eyes", "brows", "lips", "inner_mouth", "ears", "neck")
 
 
-SPACES = {"synthforge20": SYNTH_V1, "synthforge22": SYNTH, "celebamask_hq19": CELEBAMASK_HQ, "lapa11": LAPA}
+SPACES = {
+    "synthforge20": SYNTH_V1,
+    "synthforge22": SYNTH_V2,
+    "synthforge23": SYNTH,
+    "celebamask_hq19": CELEBAMASK_HQ,
+    "lapa11": LAPA,
+}
 TABLE_OF = {
     "synthforge20": SYNTH_TO_REAL,
     "synthforge22": SYNTH_TO_REAL,
+    "synthforge23": SYNTH_TO_REAL,
     "celebamask_hq19": CELEBAMASK_HQ_TO_REAL,
     "lapa11": LAPA_TO_REAL,
 }
@@ -118,6 +126,8 @@ def test_expected_mappings_without_and_with_hair_and_eyeglasses() -> None:
     assert _merged(SYNTH_TO_REAL, SYNTH, "scalp", full) == "hair"
     assert _merged(SYNTH_TO_REAL, SYNTH, "hair", full) == "hair"
     assert _merged(SYNTH_TO_REAL, SYNTH, "eyeglasses", full) == "eyeglasses"
+    assert _merged(SYNTH_TO_REAL, SYNTH, "beard", full) == "skin"  # as CelebAMask-HQ and LaPa label beards
+    assert _merged(SYNTH_TO_REAL, SYNTH_V2, "hair", full) == "hair"  # a version-2 network: beards were hair
     # real hair / glasses: scored when active; otherwise hair is background and glasses are not scored
     assert _merged(CELEBAMASK_HQ_TO_REAL, CELEBAMASK_HQ, "hair", base) == "background"
     assert _merged(CELEBAMASK_HQ_TO_REAL, CELEBAMASK_HQ, "eye_g", base) is None
@@ -165,8 +175,8 @@ def test_gmask_order_relabel() -> None:
 
 
 def test_lut_rejects_a_space_with_unknown_classes() -> None:
-    odd = LabelSpace(name="synthforge22", classes=SYNTH.classes + ("beard",), palette=SYNTH.palette + ((1, 2, 3),))
-    with pytest.raises(ValueError, match="beard"):
+    odd = LabelSpace(name="synthforge23", classes=SYNTH.classes + ("hat",), palette=SYNTH.palette + ((1, 2, 3),))
+    with pytest.raises(ValueError, match="hat"):
         SYNTH_TO_REAL.lut(odd, BASE)
     with pytest.raises(ValueError, match="lacks"):
         CELEBAMASK_HQ_TO_REAL.lut(LAPA, BASE)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render import clothing as cloth_lib
 from next3d_gen.render import face_detail as face_lib
 from next3d_gen.render import hair as hair_lib
 from next3d_gen.render import lighting as lighting_lib
@@ -26,6 +27,7 @@ from test_procedural_render import make_scene, toy_head_model  # noqa: E402
 
 C = {name: SYNTH.id(name) for name in SYNTH.classes}
 HAIR = C["hair"]
+BEARD = C["beard"]
 QUIET = dict(NO_CAMERA_EFFECTS, hand_prob=0.0, object_prob=0.0, antialias=False, shoulders_prob=0.0, glasses_prob=0.0)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -243,9 +245,9 @@ def _coverage(scene: Scene, seed: int, cfg: ProceduralConfig) -> tuple[np.ndarra
 
 @pytest.mark.parametrize("style", range(4))
 def test_beard_label_follows_its_measured_coverage(toy, style: int) -> None:
-    """Head pixels: ``hair`` exactly where the measured hair coverage (scalp hair, fringe, beard) is >= the
-    threshold; the beard is soft (partial coverage exists), lies on the lower face (face, neck, nose classes, below
-    the eyes) and is drawn in every style."""
+    """Head pixels: ``hair`` or ``beard`` exactly where the measured hair coverage (scalp hair, fringe, beard) is >=
+    the threshold; ``beard`` is soft (partial coverage exists), lies on the lower face (face, neck, nose classes,
+    below the eyes) and is drawn in every style; scalp and fringe hair stay ``hair``."""
     scene = make_scene(toy, 96, pitch=-15.0)
     seg = scene.annotations.seg[0].numpy()
     head = scene.annotations.mask[0].numpy()
@@ -256,13 +258,14 @@ def test_beard_label_follows_its_measured_coverage(toy, style: int) -> None:
         cfg = ProceduralConfig(**DIM, hair_prob=1.0, fringe_prob=0.5, hair_volume_prob=0.0, beard_prob=1.0,
                                beard_style_weights=weights, beard_density_range=(0.7, 1.0))  # fmt: skip
         lab, a = _coverage(scene, seed, cfg)
-        hair = lab == HAIR
+        hair = np.isin(lab, [HAIR, BEARD])
         clear = head & (np.abs(a - LAYER_COVERAGE_THRESHOLD) > eps)
         np.testing.assert_array_equal(hair[clear], a[clear] >= LAYER_COVERAGE_THRESHOLD)
         assert np.abs(a[head & hair & (seg == C["scalp"])] - 1).max() < eps  # scalp hair is opaque
-        beard = head & hair & (seg != C["scalp"]) & (out_fringe := ~np.isin(seg, [C["forehead"], C["brow_band"],
-                                                                              C["glabella"], C["right_ear"],
-                                                                              C["left_ear"]]))  # fmt: skip
+        assert (lab[head & (seg == C["scalp"]) & hair] == HAIR).all()
+        out_fringe = ~np.isin(seg, [C["forehead"], C["brow_band"], C["glabella"], C["right_ear"], C["left_ear"]])
+        assert not (head & out_fringe & (seg != C["scalp"]) & (lab == HAIR)).any()  # no hair label on the lower face
+        beard = head & (lab == BEARD)
         assert np.isin(seg[beard], [C["face"], C["neck"], C["nose"]]).all()
         eye_row = scene.annotations.landmarks_2d[0, 36:48, 1].max().item()
         assert (np.nonzero(beard)[0] > eye_row).all()
@@ -288,13 +291,14 @@ def test_stubble_darkens_the_beard_area_and_is_never_hair(toy) -> None:
     assert rows.min() > scene.annotations.landmarks_2d[0, 36:48, 1].max().item()  # below the eyes (sideburns rise)
 
 
-def test_beard_only_adds_hair_labels(toy) -> None:
+def test_beard_only_adds_beard_labels(toy) -> None:
     scene = make_scene(toy, 80)
     for seed in range(3):
         off, on = (_render(scene, seed, ProceduralConfig(beard_prob=p)) for p in (0.0, 1.0))  # other details stay
         lo, ln = _labels(off, scene), _labels(on, scene)
         changed = lo != ln
-        assert (ln[changed] == HAIR).all() and changed.any()
+        assert (ln[changed] == BEARD).all() and changed.any()
+        assert not (lo == BEARD).any()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -604,7 +608,72 @@ def test_detail_options_are_validated() -> None:
         ({"beard_style_weights": [0, 0, 0, 0]}, "beard_style_weights"),
         ({"tongue_prob": 1.5}, "tongue_prob"),
         ({"shadow_softness_range": [0.2, 0.1]}, "shadow_softness"),
+        ({"cloth_dark_prob": 0.7, "cloth_light_prob": 0.5}, "cloth_dark_prob"),
     )
     for bad, word in bad_options:
         with pytest.raises(UserError, match=word):
             ProceduralConfig.from_dict(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# clothes: colours, the collar over the neck, long hair behind the back
+
+CLOTHES = dict(QUIET, hair_prob=0.0, beard_prob=0.0, shoulders_prob=1.0, collar_drop_range=(0.05, 0.05),
+               neckline_width_range=(0.4, 0.4))  # fmt: skip
+
+
+def test_cloth_colours_are_dark_or_light_as_asked() -> None:
+    rng = _Rng(torch.Generator().manual_seed(0), torch.device("cpu"))
+    dark = torch.stack([cloth_lib.cloth_colour(rng, 1.0, 0.0) for _ in range(50)])
+    light = torch.stack([cloth_lib.cloth_colour(rng, 0.0, 1.0) for _ in range(50)])
+    assert float(dark.max()) <= 0.2 + 1e-6  # value (the largest channel) 0.03-0.2
+    assert float(light.min(1).values.min()) >= 0.75 * (1 - 0.12) - 1e-6 and float(light.max()) <= 0.97 + 1e-6
+    anyc = torch.stack([cloth_lib.cloth_colour(rng, 0.0, 0.0) for _ in range(200)])
+    assert float(anyc.max(1).values.min()) >= 0.15 - 1e-6  # Draws.colour's value range
+
+
+def test_clothes_cover_the_neck_below_the_collar_only(toy) -> None:
+    scene = make_scene(toy, 96)
+    seg = scene.annotations.seg[0].numpy()
+    head = scene.annotations.mask[0].numpy()
+    neck = np.isin(seg, [C["neck"], C["neck_back"]]) & head
+    chin_y = float(scene.annotations.landmarks_2d[0, 8, 1])
+    assert neck.sum() > 30
+    covered_px = 0
+    for seed in range(3):
+        bare = _labels(_render(scene, seed, ProceduralConfig(**dict(CLOTHES, shoulders_prob=0.0))), scene)
+        assert not (bare == C["background"]).any()
+        out = _render(scene, seed, ProceduralConfig(**CLOTHES))
+        lab = _labels(out, scene)
+        covered = lab == C["background"]
+        assert (neck[covered]).all() and (np.nonzero(covered)[0] > chin_y).all()  # the neck, below the chin
+        np.testing.assert_array_equal(lab[~neck], bare[~neck])  # nothing else changes its label
+        occluded = np.zeros_like(covered) if out.occluder_mask is None else out.occluder_mask.numpy()
+        np.testing.assert_array_equal(occluded, covered)  # covered neck pixels lose the head's geometry
+        covered_px += int(covered.sum())
+    assert covered_px > 20
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_clothes_looks_do_not_move_labels(toy, seed: int) -> None:
+    """Colours, folds, patterns and shirts draw after the clothes' label decisions: labels stay byte-identical."""
+    scene = make_scene(toy, 80, yaw=15.0)
+    base = dict(CLOTHES, hair_prob=1.0, hair_volume_prob=1.0, long_hair_prob=1.0, collar_drop_range=(0.05, 0.5),
+                cloth_dark_prob=0.0, cloth_light_prob=0.0, cloth_pattern_prob=0.0, shirt_prob=0.0)  # fmt: skip
+    other = dict(base, cloth_dark_prob=1.0, cloth_pattern_prob=1.0, shirt_prob=1.0, cloth_fold_range=(0.3, 0.3))
+    a, b = (_render(scene, seed, ProceduralConfig(**o)) for o in (base, other))
+    np.testing.assert_array_equal(_labels(a, scene), _labels(b, scene))
+    assert not torch.equal(a.image, b.image)
+
+
+def test_long_hair_behind_the_clothes_is_hidden_by_them(toy) -> None:
+    scene = make_scene(toy, 80)
+    base = dict(CLOTHES, hair_prob=1.0, hair_volume_prob=1.0, long_hair_prob=1.0, collar_drop_range=(0.05, 0.05),
+                flyaway_count_range=(0, 0))  # fmt: skip
+    fewer = 0
+    for seed in range(3):
+        over, behind = (_labels(_render(scene, seed, ProceduralConfig(**dict(base, hair_behind_clothes_prob=p))), scene)
+                        for p in (0.0, 1.0))  # fmt: skip
+        assert not ((behind == HAIR) & (over != HAIR)).any()  # only removes hair
+        fewer += int(((over == HAIR) & (behind != HAIR)).sum())
+    assert fewer > 20

@@ -219,7 +219,7 @@ def test_inference_from_checkpoint_maps_back_to_input_pixels(trained: Path) -> N
 
     ckpt = trained / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     predictor = Predictor.from_checkpoint(ckpt)
-    assert predictor.crop_size == 64 and predictor.label_space.num_classes == SYNTH.num_classes == 22
+    assert predictor.crop_size == 64 and predictor.label_space.num_classes == SYNTH.num_classes == 23
     img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     [pred] = predictor.predict(img)
     assert pred.seg.shape == (50, 70) and pred.depth.shape == (50, 70) and pred.landmarks.shape == (68, 2)

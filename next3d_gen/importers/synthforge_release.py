@@ -12,7 +12,7 @@ Conversion:
 * seg: every pixel takes the nearest colour of the 19 class colours of :data:`next3d_gen.labels.SYNTH_V1` (same ids)
   when its RGB distance is below :data:`COLOUR_THRESHOLD`; white and the texture's two unlisted colours (lower-neck
   cyan, unused-UV orange) are background; anything else (anti-aliased borders) is 255 = ignore. The release has no
-  hair or eyeglasses class, so the file's label space is that 20-class space (readers present it as
+  hair, eyeglasses or beard class, so the file's label space is that 20-class space (readers present it as
   :data:`next3d_gen.labels.SYNTH`, ids unchanged, like a schema-version-1 file).
 * depth: resized to the image size (bilinear) and stored as the unitless value in (0, 1] on the foreground
   (0 = background); the file attribute ``depth_kind`` is ``"relative"``.

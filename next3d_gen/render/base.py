@@ -61,12 +61,13 @@ class RenderOutput:
             (background) where it has none. None = nothing in front of the head.
         label_override: (H, W) uint8 class id (of the pipeline's label space) of the topmost layer the renderer drew
             over a pixel, :data:`NO_OVERRIDE` (255) = none (the rasterized label stands): ``hair`` where hair covers
-            the pixel, ``eyeglasses`` where a frame or lens is in front, 0 (background) where a hand or object is,
+            the pixel, ``beard`` where facial hair does, ``eyeglasses`` where a frame or lens is in front,
+            0 (background) where a hand, an object or clothes are,
             each where its coverage is at least :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`, later layers over
-            earlier ones. Outside ``occluder_mask`` only seg changes: on head pixels (hair lying on the scalp, a clear
-            lens) depth, normal, uv and landmark visibility stay the head's; on background pixels (hair volume, a lens
-            beyond the silhouette) depth stays 0, so the depth loss (foreground = depth > 0) leaves them out. None =
-            no override anywhere.
+            earlier ones. Outside ``occluder_mask`` only seg changes: on head pixels (hair lying on the scalp, a
+            beard, a clear lens) depth, normal, uv and landmark visibility stay the head's; on background pixels (hair
+            volume, a lens beyond the silhouette) depth stays 0, so the depth loss (foreground = depth > 0) leaves
+            them out. None = no override anywhere.
         depth: optional (H, W) float32 camera-z depth in metres from the renderer itself (Next3D's volume depth,
             converted from ray distance); None = use the rasterized depth.
     """

@@ -33,6 +33,15 @@ class Draws(Protocol):
     def colour(self) -> Tensor: ...
 
 
+def hsv_to_rgb(h: float, s: float, v: float, device: torch.device) -> Tensor:
+    """The sRGB colour (3,) float32 in [0, 1] of hue ``h``, saturation ``s`` and value ``v`` (each in [0, 1])."""
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - math.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return torch.tensor(rgb, dtype=torch.float32, device=device)
+
+
 def smoothstep(e0: float | Tensor, e1: float | Tensor, x: Tensor) -> Tensor:
     t = ((x - e0) / (e1 - e0)).clamp(0, 1)
     return t * t * (3 - 2 * t)

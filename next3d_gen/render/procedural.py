@@ -38,8 +38,9 @@ The renderer paints the head in the label rasterization the pipeline already mad
   shadow rays marched over the depth map towards each light (the nose's, the brows' and the chin's shadows) with a
   penumbra that widens with distance.
 * **Background**: gradient, radial, fractal noise, colour field or random shapes, optional blur; optional
-  shoulders below the neck and hair volume around the head (drawn behind the head, with a soft alpha; long hair
-  also falls from the scalp beside the face and neck).
+  shoulders below the neck (clothes: :mod:`next3d_gen.render.clothing`; their collar also covers the neck below it)
+  and hair volume around the head (drawn behind the head, with a soft alpha; long hair also falls from the scalp
+  beside the face and neck, over the clothes or behind them).
 * **Occluders** in front of the head: hair fringe over the forehead, glasses (ray-cast in 3D against a frame built
   from the posed landmarks, depth-tested against the head), hands and random objects (screen space). Their
   head pixels are returned in ``occluder_mask``; the pipeline clears the head geometry there (depth 0, normal 0,
@@ -48,13 +49,13 @@ The renderer paints the head in the label rasterization the pipeline already mad
 * **Labels of the layers** (``label_override``, :data:`next3d_gen.labels.SYNTH` ids), in drawing order, a layer
   owning a pixel where its coverage (alpha) is >= :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`: ``hair`` on
   the scalp pixels and fringe pixels painted with hair (both opaque: coverage 1, so no skin shows through; a bare
-  scalp keeps ``scalp``), on head pixels where a beard's coverage does (a beard is not an occluder: the skin's
-  geometry stays), and on background pixels where the coverage of the hair volume (its alpha upsampled like
+  scalp keeps ``scalp``), and on background pixels where the coverage of the hair volume (its alpha upsampled like
   the image layer it is drawn on, with strands at its edge that never cross the threshold) and of the flyaway
   strands, ``1 - (1 - volume)(1 - flyaways)``, reaches the threshold; ``eyeglasses`` where the frame's (rims,
   bridge, arms) or a lens's coverage does, depth-tested against the head, over the head or the background, clear
-  lenses included; ``background`` where a hand or object covers the pixel. Head pixels under scalp hair or a clear
-  lens keep their geometry.
+  lenses included; ``beard`` on head pixels where a beard's coverage reaches the threshold (a beard is not an
+  occluder: the skin's geometry stays); ``background`` where a hand, an object or the clothes (over the neck below
+  the collar) cover the pixel. Head pixels under scalp hair, a beard or a clear lens keep their geometry.
 * **Anti-aliasing**: the silhouette, depth discontinuities inside the head and the border of the scalp hair are
   blended with a small filter (coverage estimate from the mask; labels keep the rasterized regions); occluders
   are drawn from signed distances with analytic coverage.
@@ -85,6 +86,7 @@ from torch import Tensor
 
 from next3d_gen.errors import UserError
 from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH
+from next3d_gen.render import clothing as cloth_lib
 from next3d_gen.render import face_detail as face_lib
 from next3d_gen.render import fields as fx
 from next3d_gen.render import hair as hair_lib
@@ -175,7 +177,7 @@ class ProceduralConfig:
         cheek_flush_range: strength of the reddening on the cheeks, nose tip and ears.
         region_tone_jitter: per-region random brightness change (ears, neck, eye regions), relative.
         freckles_prob, stubble_prob: probability of freckles / beard stubble for an identity (stubble darkens the
-            skin's albedo in the beard area and is never labelled hair); ``stubble_density_range`` its strength.
+            skin's albedo in the beard area and is never labelled beard); ``stubble_density_range`` its strength.
         brow_density_range: opacity of the eyebrow hair colour over the skin.
         lip_darkness_range: multiplier of the skin colour that gives the natural lip tone.
         lip_redness_range: extra red of the natural lip tone.
@@ -211,7 +213,7 @@ class ProceduralConfig:
         long_hair_length_range: how far it falls, as a fraction of the head size in pixels.
         fringe_prob: probability of a fringe over the forehead (an occluder of the head surface, labelled hair).
         fringe_length_range: how far the fringe reaches down the forehead (0 = hairline, 1 = brows).
-        beard_prob: probability of a beard (a hair layer on the skin of the lower face, labelled ``hair`` where its
+        beard_prob: probability of a beard (a hair layer on the skin of the lower face, labelled ``beard`` where its
             coverage reaches :data:`~next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`, thinner at its ragged edge);
             most beards also get stubble around them.
         beard_style_weights: relative weights of the beard styles: full (cheeks, jaw, under the chin, sideburns,
@@ -244,6 +246,17 @@ class ProceduralConfig:
         background_max_side: the background (with shoulders and hair volume) is drawn at most this many pixels
             on its longer side and upsampled (it is smooth; this keeps the renderer fast at large sizes).
         shoulders_prob: probability of shoulders/clothing below the neck (background pixels only).
+        cloth_dark_prob, cloth_light_prob: probability that the clothes are dark (black, navy, charcoal: v 0.03-0.2)
+            or light (white, cream: v 0.75-0.97, nearly grey), as suits and shirts in portraits are; else any colour.
+        cloth_fold_range: strength of the fabric's soft folds (relative brightness swing).
+        cloth_pattern_prob: probability of a woven pattern (stripes or checks).
+        shirt_prob: probability of a shirt (mostly light) in the V opening of the clothes, with a darker lapel seam.
+        hair_behind_clothes_prob: probability that the hair volume (long hair) falls behind the clothes, not over them.
+        collar_drop_range: how far below the chin the clothes' collar is, in chin-to-eyes distances; the clothes
+            cover the neck below it (labelled ``background``, as CelebAMask-HQ's ``cloth`` merges).
+        neckline_width_range, neckline_depth_range: the skin opening of the clothes below the collar: half width
+            relative to the neck's (below 1 the clothes wrap the sides of the neck, as collars do) and depth relative
+            to the head height.
         glasses_prob, sunglasses_prob: probability of glasses; of the lenses being dark (sunglasses occlude
             the eyes, clear lenses do not).
         hand_prob: probability of a hand-like shape in front of the face.
@@ -323,7 +336,7 @@ class ProceduralConfig:
     long_hair_length_range: Range = (0.8, 1.6)
     fringe_prob: float = 0.3
     fringe_length_range: Range = (0.2, 0.8)
-    beard_prob: float = 0.12
+    beard_prob: float = 0.2
     beard_style_weights: tuple[float, float, float, float] = (3.0, 2.0, 1.0, 0.5)
     beard_density_range: Range = (0.55, 1.0)
     beard_curl_range: Range = (0.05, 0.4)
@@ -351,6 +364,15 @@ class ProceduralConfig:
     background_blur_prob: float = 0.4
     background_max_side: int = 96
     shoulders_prob: float = 0.7
+    cloth_dark_prob: float = 0.35
+    cloth_light_prob: float = 0.15
+    cloth_fold_range: Range = (0.05, 0.3)
+    cloth_pattern_prob: float = 0.2
+    shirt_prob: float = 0.35
+    collar_drop_range: Range = (0.05, 0.5)
+    neckline_width_range: Range = (0.4, 1.6)
+    neckline_depth_range: Range = (0.05, 0.3)
+    hair_behind_clothes_prob: float = 0.5
     glasses_prob: float = 0.15
     sunglasses_prob: float = 0.2
     hand_prob: float = 0.08
@@ -399,6 +421,8 @@ class ProceduralConfig:
                     raise UserError(f"{source}: '{f.name}' must be non-negative weights with a positive sum")
         if self.flyaway_count_range[0] < 0:
             raise UserError(f"{source}: 'flyaway_count_range' must not be negative, got {self.flyaway_count_range!r}")
+        if self.cloth_dark_prob + self.cloth_light_prob > 1.0:
+            raise UserError(f"{source}: 'cloth_dark_prob' + 'cloth_light_prob' must be at most 1")
         if self.num_lights_range[0] < 1:
             raise UserError(f"{source}: 'num_lights_range' must start at 1 or more, got {self.num_lights_range!r}")
         return self
@@ -514,7 +538,7 @@ class _Rng:
     def colour(self) -> Tensor:
         """A random sRGB colour (3,) in [0, 1], from HSV with moderate saturation."""
         h, s, v = self.u((0.0, 1.0)), self.u((0.05, 0.75)), self.u((0.15, 0.95))
-        return _hsv_to_rgb(h, s, v, self.device)
+        return fx.hsv_to_rgb(h, s, v, self.device)
 
 
 class _Looks:
@@ -540,14 +564,6 @@ class _Looks:
             g.manual_seed(int.from_bytes(digest, "little") >> 1)
             rng = self._rngs[name] = _Rng(g, self.device)
         return rng
-
-
-def _hsv_to_rgb(h: float, s: float, v: float, device: torch.device) -> Tensor:
-    i = int(h * 6.0) % 6
-    f = h * 6.0 - math.floor(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
-    return torch.tensor(rgb, dtype=torch.float32, device=device)
 
 
 _LUT_SIZE = 4096
@@ -1190,7 +1206,7 @@ class ProceduralRenderer:
                 fade = fx.smoothstep(0.5, 1.0, fx.masked_blur_at(seg == _C["scalp"], r_px, pix[si]))[:, None] * 0.12
                 albedo[si] = albedo[si] * (1 - fade) + hair_col * fade
 
-        # ---------------- beard: a hair layer on the skin, labelled hair where its coverage reaches the threshold ----
+        # ---------------- beard: a hair layer on the skin, labelled beard where its coverage reaches the threshold ---
         beard_px, beard_a = mi[:0], torch.zeros(0, device=device)
         beard_s, beard_t2, beard_alb = beard_a, torch.zeros(0, 2, device=device), torch.zeros(0, 3, device=device)
         if has_beard:
@@ -1212,7 +1228,7 @@ class ProceduralRenderer:
             bx, by = (pix[beard_px] % W).float(), torch.div(pix[beard_px], W, rounding_mode="floor").float()
             beard_s, beard_t2 = hair_lib.strand_texture(beard_flow, bx, by)
             beard_alb = beard_col * beard_s[:, None]
-            layer[pix[beard_px[beard_a >= LAYER_COVERAGE_THRESHOLD]]] = _C["hair"]
+            layer[pix[beard_px[beard_a >= LAYER_COVERAGE_THRESHOLD]]] = _C["beard"]
 
         # ---------------- lights ----------------
         n_lights = rng.int(cfg.num_lights_range[0], cfg.num_lights_range[1])
@@ -1245,8 +1261,9 @@ class ProceduralRenderer:
         bh, bw = math.ceil(H / f_bg), math.ceil(W / f_bg)
         bg = self._background(rng, bg_kind, bh, bw, device)
         lm2 = ann.landmarks_2d[0].to(device, torch.float32)
+        clothes = torso = None
         if rng.chance(cfg.shoulders_prob):
-            bg = self._shoulders(rng, bg, seg, lm2, head_px, skin, f_bg)
+            bg, torso, *clothes = self._shoulders(rng, looks["cloth"], bg, seg, lm2, head_px, skin, f_bg)
         hair_img = torch.zeros(H * W, device=device)
         hair_img[pix[hi]] = 1.0
         vol_alpha = vol_shade = None
@@ -1256,6 +1273,10 @@ class ProceduralRenderer:
                 both = F.interpolate(torch.stack([vol_alpha, vol_shade])[None], size=(H, W), mode="bilinear",
                                      align_corners=False)[0]  # fmt: skip
                 vol_alpha, vol_shade = both[0], both[1]
+            if torso is not None:  # long hair falling behind the back: the clothes hide it (0 where it falls over)
+                t = torso if (bh, bw) == (H, W) else F.interpolate(torso[None, None], size=(H, W), mode="bilinear",
+                                                                   align_corners=False)[0, 0]  # fmt: skip
+                vol_alpha = vol_alpha * (1 - t)
         bg_small = bg
         bg = bg[None].contiguous(memory_format=torch.channels_last)
         if (bh, bw) != (H, W):
@@ -1387,6 +1408,18 @@ class ProceduralRenderer:
             img = _filter_at(img, edge, H, W)
 
         # ---------------- occluders in front ----------------
+        if clothes is not None:  # the clothes over the neck below the collar (labelled background, like a hand)
+            front, colour = clothes
+            if (bh, bw) != (H, W):
+                both = F.interpolate(torch.cat([front[None], colour])[None], size=(H, W), mode="bilinear",
+                                     align_corners=False)[0]  # fmt: skip
+                front, colour = both[0], both[1:]
+            on_neck = ((seg == _C["neck"]) | (seg == _C["neck_back"])) & mask
+            a = (front * on_neck.float()).reshape(-1, 1)
+            img = torch.lerp(img, colour.reshape(3, -1).T, a)
+            c_occ = on_neck.reshape(-1) & (a[:, 0] >= LAYER_COVERAGE_THRESHOLD)
+            occl |= c_occ
+            layer[c_occ] = _C["background"]
         if rng.chance(cfg.glasses_prob):
             g_occ, g_seen = self._glasses(rng, img, ann, depth_img, mask, K, L_cols, amb)
             occl |= g_occ.reshape(-1)
@@ -1480,9 +1513,17 @@ class ProceduralRenderer:
         return bg.clamp(0, 1)
 
     def _shoulders(
-        self, rng: _Rng, bg: Tensor, seg: Tensor, lm2: Tensor, head_px: float, skin: Tensor, f: int
-    ) -> Tensor:
-        """Draw a clothed torso below the neck on the (3, h, w) background drawn at 1/``f`` of the image size."""
+        self, rng: _Rng, crng: _Rng, bg: Tensor, seg: Tensor, lm2: Tensor, head_px: float, skin: Tensor, f: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Draw a clothed torso below the neck on the (3, h, w) background drawn at 1/``f`` of the image size (shape
+        from the main stream ``rng``, the clothes' colours and fabric from their own stream ``crng``).
+
+        Returns:
+            ``(bg, behind, front, colour)``: the background with the torso; (h, w) float32 coverage in [0, 1] of the
+            torso where the hair volume falls behind it (all 0 when the hair falls over the clothes, see
+            ``hair_behind_clothes_prob``), and of the clothes themselves (the torso without its skin neckline), which
+            also cover the neck mesh below the collar; and (3, h, w) sRGB colour of the torso.
+        """
         device = bg.device
         _, bh, bw = bg.shape
         neck = (seg == _C["neck"]) | (seg == _C["neck_back"])
@@ -1490,14 +1531,17 @@ class ProceduralRenderer:
         eyes_mid = 0.5 * (lm2[36:42].mean(0) + lm2[42:48].mean(0))
         down = F.normalize(chin - eyes_mid, dim=0)
         if not bool(torch.isfinite(down).all()):
-            return bg
+            return bg, bg.new_zeros(bh, bw), bg.new_zeros(bh, bw), bg
+        # the collar's front: below the chin by a fraction of the chin-eyes distance (the neck mesh is longer than a
+        # real neck above the clothes; the clothes cover the rest of it, see the return value)
+        base = chin + down * float((chin - eyes_mid).norm()) * crng.u(self.config.collar_drop_range)
+        behind = crng.chance(self.config.hair_behind_clothes_prob)  # before the looks: labels don't depend on them
         if bool(neck.any()):
             yy, xx = neck.nonzero(as_tuple=True)
-            proj = (xx.float() - chin[0]) * down[0] + (yy.float() - chin[1]) * down[1]
-            base = chin + down * float(proj.max()) * 0.85
+            near = ((xx.float() - base[0]) * down[0] + (yy.float() - base[1]) * down[1]).abs() < 0.1 * head_px
+            xx, yy = (xx[near], yy[near]) if bool(near.any()) else (xx, yy)
             neck_w = float(((xx.float() - base[0]) * down[1] - (yy.float() - base[1]) * down[0]).abs().max())
         else:
-            base = chin + down * 0.25 * head_px
             neck_w = 0.2 * head_px
         neck_w = min(max(neck_w, 0.12 * head_px), 0.3 * head_px)
         # low-resolution grid in full-resolution pixel coordinates
@@ -1513,16 +1557,25 @@ class ProceduralRenderer:
         top = drop * fx.smoothstep(neck_w * 0.8, neck_w * 3.0, a) - head_px * 0.04
         top = top + 12.0 * (a - shoulder_w).clamp_min(0) ** 2 / head_px
         alpha = (0.5 + (along - top) / f).clamp(0, 1)
-        cloth = rng.colour()
-        open_depth = head_px * rng.u((0.05, 0.3))
-        open_w = neck_w * rng.u((1.0, 1.8))
+        rng.colour()  # the former clothing colour: keeps the main stream's layout (colours come from ``crng``)
+        cfg = self.config
+        cloth = cloth_lib.cloth_colour(crng, cfg.cloth_dark_prob, cfg.cloth_light_prob)
+        open_depth = head_px * rng.u(cfg.neckline_depth_range)
+        open_w = neck_w * rng.u(cfg.neckline_width_range)
         neckline = (along < open_depth * (1 - (a / open_w).clamp(0, 1) ** rng.u((1.0, 2.5)))) & (a < open_w)
         skin_s = _srgb(skin * 0.8)
         shade = 0.75 + 0.25 * torch.cos((across / (shoulder_w * 1.2)).clamp(-1.5, 1.5))
         texture = 1 + 0.05 * fx.field(rng, 20, bh, bw, 1)[0]
-        col = torch.where(neckline[None], skin_s[:, None, None], cloth[:, None, None]) * (shade * texture)[None]
+        texture = texture * cloth_lib.fabric_shading(crng, along, across, head_px, cfg.cloth_fold_range,
+                                                     cfg.cloth_pattern_prob)  # fmt: skip
+        col = cloth[:, None, None].expand(3, bh, bw)
+        if crng.chance(cfg.shirt_prob):  # a shirt in the opening of a jacket, the jacket's lapels darker at the seam
+            shirt, seam = cloth_lib.shirt_opening(crng, along, a, open_w, open_depth)
+            shirt_col = cloth_lib.cloth_colour(crng, 0.1, 0.6)
+            col = torch.where(shirt[None], shirt_col[:, None, None], col) * (1 - 0.4 * seam)[None]
+        col = torch.where(neckline[None], skin_s[:, None, None], col) * (shade * texture)[None]
         col = col * (1 - 0.3 * (along / (bh * f)).clamp(0, 1))[None]
-        return bg * (1 - alpha[None]) + col * alpha[None]
+        return bg * (1 - alpha[None]) + col * alpha[None], alpha * float(behind), alpha * (~neckline).float(), col
 
     def _hair_volume(
         self, rng: _Rng, bh: int, bw: int, hair_img: Tensor, head_px: float, f: int, lm2: Tensor

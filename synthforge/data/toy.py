@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from next3d_gen import h5
-from next3d_gen.labels import SYNTH, SYNTH_V1
+from next3d_gen.labels import SYNTH, SYNTH_V1, SYNTH_V2
 
 _C = {name: SYNTH.id(name) for name in SYNTH.classes}
 
@@ -141,8 +141,9 @@ def write_toy_dataset(
         image_size: image side in pixels.
         seed: sample i uses ``numpy.random.default_rng((seed, i))``.
         incomplete: rows left with ``complete = False`` (to test that readers skip them).
-        schema_version: 1 writes a file as the version-1 writer did (attribute ``schema_version`` = 1, label space
-            the 20-class :data:`~next3d_gen.labels.SYNTH_V1`; the same datasets), else the current schema.
+        schema_version: 1 or 2 writes a file as that version's writer did (attribute ``schema_version``, label space
+            the 20-class :data:`~next3d_gen.labels.SYNTH_V1` or the 22-class :data:`~next3d_gen.labels.SYNTH_V2`;
+            the same datasets), else the current schema.
 
     Returns:
         The file path.
@@ -151,7 +152,7 @@ def write_toy_dataset(
     shapes = h5.sample_shapes(image_size, image_size, 4, 4, 0)
     if schema_version not in h5.READABLE_SCHEMA_VERSIONS:
         raise ValueError(f"schema_version must be one of {h5.READABLE_SCHEMA_VERSIONS}, got {schema_version}")
-    space = SYNTH_V1 if schema_version == 1 else SYNTH
+    space = {1: SYNTH_V1, 2: SYNTH_V2}.get(schema_version, SYNTH)
     attrs = h5.make_attrs(space.to_json(), {"toy": True, "seed": seed, "num": num_samples}, image_size)
     attrs[h5.ATTR_SCHEMA_VERSION] = int(schema_version)
     writer = h5.ShardWriter(path, num_samples, shapes, attrs)
