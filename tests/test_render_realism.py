@@ -677,3 +677,27 @@ def test_long_hair_behind_the_clothes_is_hidden_by_them(toy) -> None:
         assert not ((behind == HAIR) & (over != HAIR)).any()  # only removes hair
         fewer += int(((over == HAIR) & (behind != HAIR)).sum())
     assert fewer > 20
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ears
+
+
+def test_ear_relief_has_a_light_rim_and_a_dark_hollow() -> None:
+    inside = torch.linspace(0.4, 1.0, 61)
+    assert torch.equal(face_lib.ear_relief(inside, 0.0), torch.ones(61))
+    f = face_lib.ear_relief(inside, 1.0)
+    rim, hollow = f[(inside > 0.62) & (inside < 0.7)], f[inside > 0.97]
+    assert float(rim.min()) > 1.1 and torch.allclose(hollow, torch.full_like(hollow, 0.4))
+    assert torch.equal(f[inside < 0.5], torch.ones(int((inside < 0.5).sum())))  # outside the outline: unchanged
+
+
+def test_ear_relief_darkens_the_middle_of_the_ears_only(toy) -> None:
+    scene = make_scene(toy, 96, yaw=60.0)
+    seg = scene.annotations.seg[0].numpy()
+    ear = np.isin(seg, [C["right_ear"], C["left_ear"]])
+    assert ear.sum() > 20
+    base = dict(QUIET, **NO_SKIN_DETAIL, hair_prob=0.0, beard_prob=0.0)
+    flat, relief = (_render(scene, 0, ProceduralConfig(**dict(base, ear_relief_range=(r, r)))) for r in (0.0, 0.8))
+    diff = relief.image.numpy().astype(int).sum(-1) - flat.image.numpy().astype(int).sum(-1)
+    assert (diff[~ear] == 0).all() and (diff[ear] < 0).sum() > 3

@@ -1,5 +1,5 @@
 """Small facial details of the procedural renderer: eyelashes, iris structure, eyelid shadows on the eyeball,
-catchlights, teeth and tongue.
+catchlights, teeth and tongue, the relief of the ears.
 
 Each function works on the pixels of one region (flat lists, shape (M,) or (M, k)) and returns coverages or colours;
 the renderer decides where they go. Distances to a region's border are read from a Gaussian-blurred mask of the
@@ -123,3 +123,17 @@ def mouth_parts(
     gaps = 1 - smoothstep(0.0, 0.12, edge)
     tongue = smoothstep(0.4, 0.62, down - 0.5 * (across / max(4.5 * tooth_width, 1e-3)) ** 2) * (~teeth).float()
     return teeth, gaps, tongue
+
+
+def ear_relief(inside: Tensor, strength: float) -> Tensor:
+    """Albedo multiplier (M,) of ear pixels: a light rim (the helix) along the ear's outline and a dark hollow (the
+    concha) in its middle, which the smooth mesh ear lacks.
+
+    Args:
+        inside: (M,) the ear's own blurred mask at each of its pixels (about 0.5 on the outline, near 1 deep inside;
+            the blur sigma is a fifth of the ear's size).
+        strength: 0 = no relief; the hollow darkens by up to ``0.6 strength``, the rim brightens by ``0.15 strength``.
+    """
+    rim = smoothstep(0.5, 0.62, inside) * (1 - smoothstep(0.7, 0.82, inside))
+    hollow = smoothstep(0.82, 0.97, inside)
+    return (1 + 0.15 * strength * rim) * (1 - 0.6 * strength * hollow)

@@ -246,6 +246,8 @@ class ProceduralConfig:
         background_max_side: the background (with shoulders and hair volume) is drawn at most this many pixels
             on its longer side and upsampled (it is smooth; this keeps the renderer fast at large sizes).
         shoulders_prob: probability of shoulders/clothing below the neck (background pixels only).
+        ear_relief_range: strength of the ears' relief (a light rim and a dark hollow, see
+            :func:`next3d_gen.render.face_detail.ear_relief`; 0 = smooth ears).
         cloth_dark_prob, cloth_light_prob: probability that the clothes are dark (black, navy, charcoal: v 0.03-0.2)
             or light (white, cream: v 0.75-0.97, nearly grey), as suits and shirts in portraits are; else any colour.
         cloth_fold_range: strength of the fabric's soft folds (relative brightness swing).
@@ -364,6 +366,7 @@ class ProceduralConfig:
     background_blur_prob: float = 0.4
     background_max_side: int = 96
     shoulders_prob: float = 0.7
+    ear_relief_range: Range = (0.3, 0.8)
     cloth_dark_prob: float = 0.35
     cloth_light_prob: float = 0.15
     cloth_fold_range: Range = (0.05, 0.3)
@@ -952,6 +955,14 @@ class ProceduralRenderer:
             for name in names:
                 tone_lut[_C[name]] = f
         albedo = albedo * torch.tensor(tone_lut, dtype=torch.float32, device=device)[cls][:, None]
+        # the ears' relief: a light rim and a dark hollow (the mesh's ears are smooth)
+        relief = looks["ears"].u(cfg.ear_relief_range)
+        for name in ("right_ear", "left_ear") if relief > 0 else ():
+            e = is_[name].nonzero().squeeze(1)
+            if len(e) > 3:
+                sigma = max(0.5, 0.2 * math.sqrt(len(e)))
+                inside = fx.masked_blur_at(seg == _C[name], sigma, pix[e])
+                albedo[e] = albedo[e] * face_lib.ear_relief(inside, relief)[:, None]
         # slight purple-brown darkening under the eyes
         albedo = albedo * (1 - 0.12 * reg[:, 1:2] * _const(device, (1.0, 1.1, 0.9)))
 
