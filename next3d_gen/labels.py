@@ -742,7 +742,7 @@ FACESYNTHETICS_TO_SYNTH = TrainingMergeTable(
         ("bottom_lip", ("lower_lip",)),
         ("neck", ("neck", "neck_back")),
         ("hair", ("hair",)),
-        # ours labels a beard beard where it covers at least half of a pixel, else the skin under it
+        # ours labels facial hair ``beard`` where it covers at least half of a pixel, else the skin under it
         ("beard", ("beard", "face")),
         # clothing and headwear are no face class: background, as the real-data merge tables score them
         ("clothing", ("background",)),
