@@ -5,10 +5,11 @@ Versions: 3 (written now) = 2 with ``beard`` = 22 appended to the synthetic labe
 22 classes (``hair`` = 20, ``eyeglasses`` = 21 appended, ids 0-19 unchanged). The datasets, dtypes and attributes are
 the same in all three. Version-1 and version-2 files (20-class :data:`next3d_gen.labels.SYNTH_V1`, 22-class
 :data:`next3d_gen.labels.SYNTH_V2`) are still read: their label space is presented as the 23-class one
-(:func:`next3d_gen.labels.current_label_space`), so they train a 23-class network as they are (they have no beard
-pixels, version 1 no hair / eyeglasses pixels either). A shard is never resumed or finished by a writer of
+(:func:`next3d_gen.labels.current_label_space`), so they train a 23-class network (they have no beard pixels,
+version 1 no hair / eyeglasses pixels either; version 2's hair trains as the partial label {hair, beard}:
+:data:`next3d_gen.labels.SYNTH_V2_TO_SYNTH`). A shard is never resumed or finished by a writer of
 another schema version or label space (its rows would mix label rules). Optional per-sample datasets
-(:data:`OPTIONAL_FIELDS`, e.g. the ``guide_score`` of loss-guided generation) may be present in a file of either
+(:data:`OPTIONAL_FIELDS`, e.g. the ``guide_score`` of loss-guided generation) may be present in a file of any
 version; they change no other dataset, so readers that do not know them simply ignore them.
 
 Writers and readers import these constants; nothing else spells a dataset name or dtype.

@@ -165,7 +165,8 @@ SYNTH_V2 = LabelSpace(
     merges=dict(SYNTH_V1.merges),
 )
 """The 22-class synthetic label space of HDF5 schema version 2: :data:`SYNTH` without ``beard`` (a version-2 file's
-beards are ``hair``). Kept for reading version-2 files: :func:`current_label_space` reads it as :data:`SYNTH`."""
+beards are ``hair``). Kept for reading version-2 files: :func:`current_label_space` reads it as :data:`SYNTH`, and
+training maps its ``hair`` to the partial label {hair, beard} (:data:`SYNTH_V2_TO_SYNTH`)."""
 
 SYNTH = LabelSpace(
     name="synthforge23",
@@ -202,7 +203,8 @@ the pixel (alpha, 0-1) is at least this value."""
 def current_label_space(space: LabelSpace) -> LabelSpace:
     """The label space a file's ``seg`` is read in: :data:`SYNTH` for a file written with :data:`SYNTH_V1` (schema
     version 1: the same ids 0-19, no hair / eyeglasses / beard pixels) or :data:`SYNTH_V2` (version 2: ids 0-21, no
-    beard pixels; its beards are ``hair``), else ``space`` itself."""
+    beard pixels: its beards are ``hair``, which training reads as {hair, beard}: :data:`SYNTH_V2_TO_SYNTH`), else
+    ``space`` itself."""
     if space.classes in (SYNTH_V1.classes, SYNTH_V2.classes):
         return SYNTH
     return space
@@ -766,6 +768,16 @@ RELEASE_TO_SYNTH = TrainingMergeTable(
 Next3D images draw hair, glasses and beards the mesh does not have (hair over the forehead, ears and neck, hair volume
 on the background, frames and lenses over eyes and nose, beards on the lower face): any pixel may be ``hair``,
 ``eyeglasses`` or ``beard`` in our space, so every class c is the partial label {c, hair, eyeglasses, beard}."""
+
+SYNTH_V2_TO_SYNTH = TrainingMergeTable(
+    source=SYNTH_V2.name,
+    source_space=SYNTH_V2,
+    target=SYNTH,
+    allowed=tuple((name, (name, "beard") if name == "hair" else (name,)) for name in SYNTH_V2.classes),
+)
+"""A schema-version-2 file's 22 classes -> :data:`SYNTH`. Version 2 labelled beards ``hair``, so its ``hair`` is the
+partial label {hair, beard}; every other class is itself. Chosen by the file's label space (generated files name no
+importer), see :func:`synthforge.data.dataset.file_merge_table`."""
 
 TRAINING_MERGE_TABLES: dict[str, TrainingMergeTable] = {
     t.source: t for t in (FACESYNTHETICS_TO_SYNTH, RELEASE_TO_SYNTH)

@@ -19,7 +19,15 @@ import torch
 
 from next3d_gen import h5
 from next3d_gen.errors import UserError
-from next3d_gen.labels import LAYER_COVERAGE_THRESHOLD, SYNTH, SYNTH_TO_REAL, SYNTH_V1, SYNTH_V2, real_merged_active
+from next3d_gen.labels import (
+    IGNORE_INDEX,
+    LAYER_COVERAGE_THRESHOLD,
+    SYNTH,
+    SYNTH_TO_REAL,
+    SYNTH_V1,
+    SYNTH_V2,
+    real_merged_active,
+)
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
 from next3d_gen.render.procedural import HAIR_COLOURS, NO_CAMERA_EFFECTS, ProceduralConfig, ProceduralRenderer
 
@@ -370,6 +378,28 @@ def test_older_version_files_read_as_the_23_class_space_and_train(tmp_path: Path
     assert code == 0
     ckpt = torch.load(tmp_path / "run/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 and json_classes(ckpt["synthforge"]["label_space"]) == list(SYNTH.classes)
+
+
+def test_version_2_hair_trains_as_hair_or_beard(tmp_path: Path) -> None:
+    """Version 2 labelled beards hair: its hair pixels become the partial label {hair, beard}; version 3 is as is."""
+    from synthforge.data.dataset import SynthFaceDataset, file_merge_table
+    from synthforge.data.toy import write_toy_dataset
+
+    v2 = write_toy_dataset(tmp_path / "v2.h5", 2, 64, seed=0, schema_version=2)
+    with h5py.File(v2, "r+") as f:  # the toy faces have no hair: paint the face region hair
+        seg = f["seg"][0]
+        seg[seg == SYNTH.id("face")] = HAIR
+        f["seg"][0] = seg
+    ds = SynthFaceDataset(v2, crop_size=48)
+    assert file_merge_table(ds.reader) is not None and ds.label_space == SYNTH
+    item = ds[0]
+    partial = item["seg_partial"] != 0
+    assert partial.any() and (item["seg"][partial] == IGNORE_INDEX).all()
+    assert set(item["seg_partial"][partial].unique().tolist()) == {(1 << HAIR) | (1 << SYNTH.id("beard"))}
+    assert (item["seg"] != IGNORE_INDEX).any()  # the other classes stay hard labels
+    v3 = write_toy_dataset(tmp_path / "v3.h5", 2, 64, seed=0)
+    with h5.SampleReader(v3) as r:
+        assert file_merge_table(r) is None
 
 
 def json_classes(text) -> list[str]:  # noqa: ANN001

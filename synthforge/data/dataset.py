@@ -27,7 +27,15 @@ from torch.utils.data import Dataset
 
 from next3d_gen import h5
 from next3d_gen.errors import UserError
-from next3d_gen.labels import IGNORE_INDEX, NUM_LANDMARKS, TRAINING_MERGE_TABLES, LabelSpace, TrainingMergeTable
+from next3d_gen.labels import (
+    IGNORE_INDEX,
+    NUM_LANDMARKS,
+    SYNTH_V2,
+    SYNTH_V2_TO_SYNTH,
+    TRAINING_MERGE_TABLES,
+    LabelSpace,
+    TrainingMergeTable,
+)
 from synthforge.data.transforms import (
     AugmentConfig,
     JointAugment,
@@ -67,10 +75,11 @@ def relative_depth(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def file_merge_table(reader: h5.SampleReader) -> TrainingMergeTable | None:
     """The merge table into the training label space of a dataset's files; None when its ``seg`` is already in
-    training ids (generated files, or an importer without a table).
+    training ids (generated files of the current schema, or an importer without a table).
 
     Chosen by the importer recorded in the file's ``generator_config`` (keys of
-    :data:`next3d_gen.labels.TRAINING_MERGE_TABLES`).
+    :data:`next3d_gen.labels.TRAINING_MERGE_TABLES`); a generated file of schema version 2 (22 classes, beards
+    labelled hair) gets :data:`next3d_gen.labels.SYNTH_V2_TO_SYNTH` (its hair is {hair, beard}).
 
     Raises:
         UserError: the file's label space is not the table's source space (names the file).
@@ -81,9 +90,9 @@ def file_merge_table(reader: h5.SampleReader) -> TrainingMergeTable | None:
         config = None
     importer = config.get("importer") if isinstance(config, dict) else None
     table = TRAINING_MERGE_TABLES.get(importer) if isinstance(importer, str) else None
-    if table is None:
-        return None
     stored = LabelSpace.from_json(reader.attrs[h5.ATTR_LABEL_SPACE])
+    if table is None:
+        return SYNTH_V2_TO_SYNTH if stored.classes == SYNTH_V2.classes else None
     if stored.classes != table.source_space.classes:
         raise UserError(
             f"{reader.files[0]}: written by the '{importer}' importer but its label space '{stored.name}' is not "
