@@ -569,6 +569,14 @@ class _Looks:
         return rng
 
 
+def _to_image_size(layers: Tensor, H: int, W: int) -> Tensor:
+    """(C, h, w) fields of the low-resolution background layer -> (C, H, W), bilinearly upsampled as the layer's
+    image is (unchanged when already (H, W))."""
+    if tuple(layers.shape[1:]) == (H, W):
+        return layers
+    return F.interpolate(layers[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+
+
 _LUT_SIZE = 4096
 _LUTS: dict[tuple[str, str], Tensor] = {}
 _CONSTS: dict[tuple[Any, str], Tensor] = {}
@@ -1272,22 +1280,19 @@ class ProceduralRenderer:
         bh, bw = math.ceil(H / f_bg), math.ceil(W / f_bg)
         bg = self._background(rng, bg_kind, bh, bw, device)
         lm2 = ann.landmarks_2d[0].to(device, torch.float32)
+        neck_img = (seg == _C["neck"]) | (seg == _C["neck_back"])  # (H, W) bool
         clothes = torso = None
         if rng.chance(cfg.shoulders_prob):
-            bg, torso, *clothes = self._shoulders(rng, looks["cloth"], bg, seg, lm2, head_px, skin, f_bg)
+            bg, torso, *clothes = self._shoulders(rng, looks["cloth"], bg, neck_img, lm2, head_px, skin, f_bg)
         hair_img = torch.zeros(H * W, device=device)
         hair_img[pix[hi]] = 1.0
         vol_alpha = vol_shade = None
         if has_hair and rng.chance(cfg.hair_volume_prob):
             vol_shade, vol_alpha = self._hair_volume(rng, bh, bw, hair_img.view(H, W), head_px, f_bg, lm2)
-            if (bh, bw) != (H, W):  # the coverage of a full-size pixel: the alpha upsampled like the layer itself
-                both = F.interpolate(torch.stack([vol_alpha, vol_shade])[None], size=(H, W), mode="bilinear",
-                                     align_corners=False)[0]  # fmt: skip
-                vol_alpha, vol_shade = both[0], both[1]
+            # the coverage of a full-size pixel: the alpha upsampled like the layer itself
+            vol_alpha, vol_shade = _to_image_size(torch.stack([vol_alpha, vol_shade]), H, W)
             if torso is not None:  # long hair falling behind the back: the clothes hide it (0 where it falls over)
-                t = torso if (bh, bw) == (H, W) else F.interpolate(torso[None, None], size=(H, W), mode="bilinear",
-                                                                   align_corners=False)[0, 0]  # fmt: skip
-                vol_alpha = vol_alpha * (1 - t)
+                vol_alpha = vol_alpha * (1 - _to_image_size(torso[None], H, W)[0])
         bg_small = bg
         bg = bg[None].contiguous(memory_format=torch.channels_last)
         if (bh, bw) != (H, W):
@@ -1420,12 +1425,9 @@ class ProceduralRenderer:
 
         # ---------------- occluders in front ----------------
         if clothes is not None:  # the clothes over the neck below the collar (labelled background, like a hand)
-            front, colour = clothes
-            if (bh, bw) != (H, W):
-                both = F.interpolate(torch.cat([front[None], colour])[None], size=(H, W), mode="bilinear",
-                                     align_corners=False)[0]  # fmt: skip
-                front, colour = both[0], both[1:]
-            on_neck = ((seg == _C["neck"]) | (seg == _C["neck_back"])) & mask
+            both = _to_image_size(torch.cat([clothes[0][None], clothes[1]]), H, W)
+            front, colour = both[0], both[1:]
+            on_neck = neck_img & mask
             a = (front * on_neck.float()).reshape(-1, 1)
             img = torch.lerp(img, colour.reshape(3, -1).T, a)
             c_occ = on_neck.reshape(-1) & (a[:, 0] >= LAYER_COVERAGE_THRESHOLD)
@@ -1524,10 +1526,11 @@ class ProceduralRenderer:
         return bg.clamp(0, 1)
 
     def _shoulders(
-        self, rng: _Rng, crng: _Rng, bg: Tensor, seg: Tensor, lm2: Tensor, head_px: float, skin: Tensor, f: int
+        self, rng: _Rng, crng: _Rng, bg: Tensor, neck: Tensor, lm2: Tensor, head_px: float, skin: Tensor, f: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Draw a clothed torso below the neck on the (3, h, w) background drawn at 1/``f`` of the image size (shape
-        from the main stream ``rng``, the clothes' colours and fabric from their own stream ``crng``).
+        """Draw a clothed torso below the neck (``neck``: (H, W) bool pixels of the neck classes) on the (3, h, w)
+        background drawn at 1/``f`` of the image size (shape from the main stream ``rng``, the clothes' colours and
+        fabric from their own stream ``crng``).
 
         Returns:
             ``(bg, behind, front, colour)``: the background with the torso; (h, w) float32 coverage in [0, 1] of the
@@ -1537,7 +1540,6 @@ class ProceduralRenderer:
         """
         device = bg.device
         _, bh, bw = bg.shape
-        neck = (seg == _C["neck"]) | (seg == _C["neck_back"])
         chin = lm2[8]
         eyes_mid = 0.5 * (lm2[36:42].mean(0) + lm2[42:48].mean(0))
         down = F.normalize(chin - eyes_mid, dim=0)
