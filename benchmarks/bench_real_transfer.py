@@ -26,6 +26,8 @@ outside the photo ignored).
 
 Figures: NME in % of the outer-eye-corner distance (points 36, 45) for all 68 points, the 17 jaw points and the 51
 inner points (all with the same per-face normaliser); failure rate and CED AUC at 8 % and 10 % (all points); the
+share of faces the network gives glasses (eyeglasses on at least 2 % of the crop; AFW has no glasses labels: about
+a quarter of its faces wear glasses, counted by eye, so a much higher share means false glasses on bare eyes); the
 mean signed offset of each point (dx along the eye line towards the subject's left eye, dy perpendicular to it,
 towards the chin, in % of the inter-ocular distance); parsing F1 per merged class of
 :data:`next3d_gen.labels.REAL_MERGED` from the confusion matrix pooled over the parsing images (merge tables:
@@ -90,6 +92,7 @@ DEFAULT_DEMO_DIR = ROOT / "out" / "real-transfer-demo"
 FACE_CLASSES = ("skin", "nose", "eyes", "brows", "lips", "inner_mouth")
 """Merged classes whose union gives the face box of a parsing image."""
 THRESHOLDS = (0.08, 0.10)
+GLASSES_FACE_SHARE = 0.02  # a face "has glasses" when eyeglasses cover this share of its crop
 JAW = LANDMARK_GROUPS["jaw"]
 INNER = tuple(i for i in range(68) if i not in JAW)
 TILE = 128
@@ -159,7 +162,8 @@ def evaluate_afw(predictor: Predictor, folder: Path, crop_scale: float, bar: tqd
     pts_files = sorted(folder.glob("*.pts"))
     if not pts_files:
         raise UserError(f"no .pts files in {folder}")
-    gts, preds, tiles = [], [], []
+    gts, preds, tiles, glasses = [], [], [], []
+    g_id = predictor.label_space.classes.index("eyeglasses") if "eyeglasses" in predictor.label_space.classes else None
     for start in range(0, len(pts_files), batch):
         crops, inverses = [], []
         for pts in pts_files[start : start + batch]:
@@ -174,6 +178,8 @@ def evaluate_afw(predictor: Predictor, folder: Path, crop_scale: float, bar: tqd
                 tiles.append((warp_image(image, show, TILE), transform_points(show, gt), show))
         for pred, inverse in zip(predictor.predict(crops), inverses, strict=True):
             preds.append(transform_points(inverse, pred.landmarks))
+            if g_id is not None:
+                glasses.append(float((pred.seg == g_id).mean()))
         bar.update(len(crops))
     gt_t = torch.from_numpy(np.stack(gts))
     pred_t = torch.from_numpy(np.stack(preds))
@@ -189,6 +195,8 @@ def evaluate_afw(predictor: Predictor, folder: Path, crop_scale: float, bar: tqd
     for th in THRESHOLDS:
         fr, auc = metrics.failure_rate_and_auc(nme_all, th)
         out[f"fr_{round(th * 100)}"], out[f"auc_{round(th * 100)}"] = 100 * fr, auc
+    if glasses:  # no glasses labels in AFW: how often the network sees glasses (about a quarter wear them, by eye)
+        out["glasses_faces_pct"] = 100 * float((np.asarray(glasses) >= GLASSES_FACE_SHARE).mean())
     offsets = eye_frame_offsets(pred_t.double().numpy(), gt_t.double().numpy()).mean(0)  # (68, 2)
     out["offset_per_point"] = offsets.round(3).tolist()
     out["offset_groups"] = {g: offsets[list(ids)].mean(0).round(3).tolist() for g, ids in LANDMARK_GROUPS.items()}
@@ -327,6 +335,9 @@ def print_report(ckpt: Path, crop_scale: float, runs: dict[str, tuple[dict, dict
     for th in THRESHOLDS:
         p = round(th * 100)
         rows += [(f"failure rate at {p} % (%)", f"fr_{p}"), (f"AUC at {p} %", f"auc_{p}")]
+    if "glasses_faces_pct" in afw:
+        share = f"{100 * GLASSES_FACE_SHARE:g}"
+        rows.append((f"faces with eyeglasses on >= {share} % of the crop (%)", "glasses_faces_pct"))
     for label, key in rows:
         fmt = ".3f" if key.startswith("auc") else ".2f"
         print(f"| {label} | " + " | ".join(f"{a[key]:{fmt}}" for a, _ in runs.values()) + " |")

@@ -29,7 +29,13 @@ from next3d_gen.labels import (
     real_merged_active,
 )
 from next3d_gen.render.base import NO_OVERRIDE, RenderOutput, Scene
-from next3d_gen.render.procedural import HAIR_COLOURS, NO_CAMERA_EFFECTS, ProceduralConfig, ProceduralRenderer
+from next3d_gen.render.procedural import (
+    HAIR_COLOURS,
+    NO_CAMERA_EFFECTS,
+    ProceduralConfig,
+    ProceduralRenderer,
+    _through_lens,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_procedural_render import make_scene, toy_head_model  # noqa: E402
@@ -200,6 +206,26 @@ def test_clear_lenses_label_the_eyes_behind_them_but_keep_them_visible(toy) -> N
     assert (_override(out, scene)[eyes] == GLASSES).mean() > 0.9
     occ = np.zeros_like(eyes) if out.occluder_mask is None else out.occluder_mask.numpy()
     assert occ[eyes].mean() < 0.1  # a clear lens is not an occluder: the eye's depth and landmarks stay
+
+
+@pytest.mark.parametrize("k", [1.0, 0.5])
+def test_a_clear_lens_scales_the_image_about_its_centre(k: float) -> None:
+    """Through a lens of magnification k, the pixel at lens centre + d shows the image at centre + d / k (bilinear
+    sampling at whole pixels is exact): checked on both lenses against direct indexing."""
+    H, W = 40, 60
+    img = torch.rand(H * W, 3, generator=torch.Generator().manual_seed(0))
+    K = torch.tensor([[100.0, 0.0, 30.0], [0.0, 100.0, 20.0], [0.0, 0.0, 1.0]])
+    origin, x = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])  # lens centres: pixels (20, 20), (40, 20)
+    rows, cols, us = [], [], []
+    for cx, side in ((20, -1.0), (40, 1.0)):
+        for dx, dy in ((0, 0), (2, 1), (-3, 2), (4, -4)):
+            rows.append(20 + dy), cols.append(cx + dx), us.append(side * 0.1 + dx / 100)
+    ids = torch.tensor(rows) * W + torch.tensor(cols)
+    out = _through_lens(img, H, W, ids, torch.tensor(us), K, origin, x, 0.2, k)
+    src_c = [round(cx + (c - cx) / k) for c, cx in zip(cols, [20] * 4 + [40] * 4, strict=True)]
+    src_r = [round(20 + (r - 20) / k) for r in rows]
+    expected = img[torch.tensor(src_r) * W + torch.tensor(src_c)]
+    torch.testing.assert_close(out, expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

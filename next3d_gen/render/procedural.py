@@ -261,6 +261,9 @@ class ProceduralConfig:
             to the head height.
         glasses_prob, sunglasses_prob: probability of glasses; of the lenses being dark (sunglasses occlude
             the eyes, clear lenses do not).
+        lens_magnification_range: how much a clear lens scales the face behind it about the lens centre (below 1:
+            short-sight lenses, which shrink the eyes and shift the face's outline at the lens edge).
+        lens_glare_range: brightness added by the glare band across a clear lens (reflected light).
         hand_prob: probability of a hand-like shape in front of the face.
         object_prob: probability of a random object in front of the face.
         occluder_cover_range: how far into the head bounding box a hand/object reaches (fraction of its size).
@@ -378,6 +381,8 @@ class ProceduralConfig:
     hair_behind_clothes_prob: float = 0.5
     glasses_prob: float = 0.15
     sunglasses_prob: float = 0.2
+    lens_magnification_range: Range = (0.86, 1.06)
+    lens_glare_range: Range = (0.03, 0.3)
     hand_prob: float = 0.08
     object_prob: float = 0.12
     occluder_cover_range: Range = (0.1, 0.4)
@@ -595,6 +600,24 @@ def _const(device: torch.device, *values: Any) -> Tensor:
 def _lin(srgb: Tensor) -> Tensor:
     """sRGB [0, 1] -> linear (gamma 2.2 approximation); for small (colour) tensors."""
     return srgb.clamp(0, 1) ** 2.2
+
+
+def _through_lens(
+    img: Tensor, H: int, W: int, ids: Tensor, u: Tensor, K: Tensor, origin: Tensor, x: Tensor, ipd: float, k: float
+) -> Tensor:
+    """The (N, 3) colours seen through a clear lens at the pixels ``ids`` (flat indices into the (H*W, 3) image):
+    the image bilinearly resampled about the projected centre of the lens each pixel is in (``u``: the pixel's
+    lens-plane coordinate along ``x``, metres from the bridge; the lens centres are at ``origin +- x ipd / 2``),
+    magnified by ``k`` (below 1: the minifying lenses of short sight)."""
+    centres = torch.stack([origin + x * side * ipd / 2 for side in (-1.0, 1.0)])
+    cpx = centres[:, :2] / centres[:, 2:3].clamp_min(1e-3) * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
+    c = cpx[(u > 0).long()]  # (N, 2) the centre of each pixel's lens
+    pix = torch.stack([ids % W, ids // W], 1).to(c.dtype)
+    src = c + (pix - c) / k
+    grid = torch.stack([2 * src[:, 0] / (W - 1) - 1, 2 * src[:, 1] / (H - 1) - 1], 1)[None, None]
+    chw = img.T.reshape(1, 3, H, W)
+    out = F.grid_sample(chw, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0, :, 0].T
 
 
 def _srgb(lin: Tensor) -> Tensor:
@@ -1790,14 +1813,19 @@ class ProceduralRenderer:
         a = ipd * rng.u((0.36, 0.46))  # lens half width
         b = a * rng.u((0.55, 0.85))  # lens half height
         p_exp = rng.u((2.0, 5.0))
-        rim = ipd * rng.u((0.025, 0.07))
+        rim = ipd * rng.u((0.04, 0.09))
         dark = rng.chance(self.config.sunglasses_prob)
         frames = ((0.02, 0.02, 0.02), (0.25, 0.13, 0.06), (0.7, 0.7, 0.72), (0.75, 0.6, 0.3))
         frame_col = _const(device, frames[rng.int(0, 3)])
         if rng.chance(0.2):
             frame_col = _lin(rng.colour())
-        if float(frame_col.mean()) > 0.5:  # metal: thin
-            rim *= 0.5
+        if float(frame_col.mean()) > 0.5:  # metal: thin, yet wide enough to be seen at the training crop size
+            rim *= 0.45
+        # clear lenses bend and reflect light: the face behind is scaled about the lens centre (power of the lens)
+        # and a soft glare band crosses it, so a clear lens is visible in the image, as in photos
+        magnify = rng.u(self.config.lens_magnification_range)
+        glare = rng.u(self.config.lens_glare_range)
+        glare_at, glare_width = rng.u((-0.7, 0.7)), rng.u((0.15, 0.6))
         arm_len = ipd * rng.u((1.3, 1.6))
         tint = _lin(rng.colour()) * 0.08
         if not bool(torch.isfinite(origin).all()) or float(origin[2]) <= 0.01:
@@ -1885,8 +1913,10 @@ class ProceduralRenderer:
             lens_col = _srgb(tint + refl[:, None] * 0.3)
             base = base * (1 - lens[:, None] * 0.92) + lens_col * lens[:, None] * 0.92
         else:
-            refl = 0.06 * fx.smoothstep(-0.2, 0.6, (u * 0.7 - v) / a)
-            base = base + (lens * refl)[:, None]
+            behind = _through_lens(img, H, W, ids, u, K, origin, x, ipd, magnify)
+            band = ((u.abs() - ipd / 2) * 0.7 - v) / a - glare_at  # across a diagonal band on each lens
+            refl = glare * fx.smoothstep(0.0, 1.0, 1 - band.abs() / glare_width) + 0.04
+            base = torch.lerp(base, behind, lens[:, None]) + (lens * refl)[:, None]
         shade = amb + 0.8 * float(sum(float(c.mean()) for c in lights)) / max(len(lights), 1)
         fc = _srgb(frame_col * shade * (1.0 + 0.3 * fx.smoothstep(0.0, 1.0, -v / b))[:, None])
         img[ids] = (base * (1 - cover[:, None]) + fc * cover[:, None]).clamp(0, 1)
