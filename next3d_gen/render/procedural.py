@@ -45,7 +45,9 @@ The renderer paints the head in the label rasterization the pipeline already mad
   from the posed landmarks, depth-tested against the head), hands and random objects (screen space). Their
   head pixels are returned in ``occluder_mask``; the pipeline clears the head geometry there (depth 0, normal 0,
   uv -1) and marks landmarks under them not visible (see :class:`next3d_gen.render.base.RenderOutput`).
-  Clear lenses are not occluders; sunglasses are.
+  Clear lenses are not occluders; sunglasses are. A clear lens shows the image behind it scaled about the lens
+  centre (``lens_magnification_range``) under a glare band (``lens_glare_range``); its landmarks and labels stay
+  those of the geometry behind it.
 * **Labels of the layers** (``label_override``, :data:`next3d_gen.labels.SYNTH` ids), in drawing order, a layer
   owning a pixel where its coverage (alpha) is >= :data:`next3d_gen.labels.LAYER_COVERAGE_THRESHOLD`: ``hair`` on
   the scalp pixels and fringe pixels painted with hair (both opaque: coverage 1, so no skin shows through; a bare
