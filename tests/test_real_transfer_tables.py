@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -241,3 +242,45 @@ def test_bench_eye_frame_offsets() -> None:
     off = bench.eye_frame_offsets(pred, gt)
     np.testing.assert_allclose(off[0, 8], [5.0, 10.0])
     np.testing.assert_allclose(np.delete(off[0], 8, 0), 0.0)
+
+
+def test_bench_afw_figures_on_a_stub_predictor(tmp_path: Path) -> None:
+    """``evaluate_afw`` on three faces written in the AFW layout (1-based ``.pts`` beside a ``.jpg``) and a stub
+    predictor that returns the annotated points exactly (mapped into its crop) and eyeglasses on 5 %, 1 % and 0 %
+    of its crops: NME 0, and one face in three "given glasses" (>= 2 %)."""
+    bench = _bench_module()
+    rng = np.random.default_rng(0)
+    shares = (0.05, 0.01, 0.0)
+    truth = []
+    for i in range(len(shares)):
+        pts = rng.uniform(40, 110, (68, 2))
+        truth.append(pts)
+        cv2.imwrite(str(tmp_path / f"face{i}.jpg"), rng.integers(0, 255, (150, 160, 3), dtype=np.uint8))
+        lines = ["version: 1", "n_points: 68", "{", *(f"{x + 1:.3f} {y + 1:.3f}" for x, y in pts), "}"]
+        (tmp_path / f"face{i}.pts").write_text("\n".join(lines) + "\n")
+    space = SYNTH
+    glasses = space.classes.index("eyeglasses")
+
+    class Stub:
+        label_space, crop_size, calls = space, 32, 0
+
+        def predict(self, crops: list[np.ndarray]) -> list:
+            out = []
+            for crop in crops:
+                i = self.calls
+                self.calls += 1
+                window = crop.shape[0]
+                matrix = face_crop_matrix(truth[i], 1.35, window)
+                seg = np.zeros(crop.shape[:2], np.uint8)
+                seg.reshape(-1)[: int(round(shares[i] * seg.size))] = glasses
+                out.append(SimpleNamespace(landmarks=transform_points(matrix, truth[i]), seg=seg))
+            return out
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+    figures = bench.evaluate_afw(Stub(), tmp_path, 1.35, Bar())
+    assert figures["num_faces"] == 3
+    assert figures["nme_all"] < 0.01 and figures["fr_10"] == 0.0  # the .pts keep 3 decimals
+    assert figures["glasses_faces_pct"] == pytest.approx(100 / 3)
