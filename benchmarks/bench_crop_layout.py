@@ -37,7 +37,7 @@ def layout(merged: np.ndarray) -> dict[str, dict[str, float]]:
     """``{region: {class: share of its pixels}}`` of one (H, W) map of :data:`REAL_MERGED` ids."""
     face = np.isin(merged, [REAL_MERGED.id(n) for n in transfer.FACE_CLASSES])
     labels = np.repeat(merged[..., None].astype(np.uint8), 3, 2)
-    window, _ = transfer._face_window(labels, mask_box_points(face), 1.35, SIDE)
+    window, _ = transfer.face_window(labels, mask_box_points(face), 1.35, SIDE)
     crop = cv2.resize(window[..., 0], (SIDE, SIDE), interpolation=cv2.INTER_NEAREST)
     out = {}
     for region, (rows, cols) in REGIONS.items():
@@ -66,13 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         reader = SampleReader(args.data, fields=["seg"])
+        for sub in ("celebamask_hq_samples", "lapa_sample"):
+            if not (args.realdata / sub).is_dir():
+                raise UserError(f"--realdata: folder not found: {args.realdata / sub}")
     except UserError as e:
         print(f"bench_crop_layout: {e}", file=sys.stderr)
         return 2
-    for sub in ("celebamask_hq_samples", "lapa_sample"):
-        if not (args.realdata / sub).is_dir():
-            print(f"bench_crop_layout: --realdata: folder not found: {args.realdata / sub}", file=sys.stderr)
-            return 2
     space = reader.label_space
     active = real_merged_active(space)
     real = [layout(item.gt_merged) for item in transfer.load_parsing(args.realdata, active)]

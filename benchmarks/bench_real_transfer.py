@@ -169,7 +169,7 @@ def evaluate_afw(predictor: Predictor, folder: Path, crop_scale: float, bar: tqd
         for pts in pts_files[start : start + batch]:
             gt = read_pts(pts)
             image = read_image(pts.with_suffix(".jpg"))
-            crop, matrix = _face_window(image, gt, crop_scale, predictor.crop_size)
+            crop, matrix = face_window(image, gt, crop_scale, predictor.crop_size)
             crops.append(crop)
             inverses.append(invert_affine(matrix))
             gts.append(gt)
@@ -209,7 +209,7 @@ def _side(points: np.ndarray) -> float:
     return float(max(np.ptp(points[:, 0]), np.ptp(points[:, 1]), 1.0))
 
 
-def _face_window(
+def face_window(
     image: np.ndarray, points: np.ndarray, crop_scale: float, min_side: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training crop's window around (K, 2) image points, cut at about its own resolution (at least
@@ -272,7 +272,7 @@ def evaluate_parsing(
 
 def _parse_window(predictor: Predictor, item: ParsingItem, points: np.ndarray, crop_scale: float):  # noqa: ANN202
     """Parse the window around (K, 2) image points: (crop, ground truth as an int64 tensor, Prediction, affine)."""
-    crop, matrix = _face_window(item.image, points, crop_scale, predictor.crop_size)
+    crop, matrix = face_window(item.image, points, crop_scale, predictor.crop_size)
     gt = torch.from_numpy(warp_labels(item.gt_merged, matrix, crop.shape[0], IGNORE_INDEX))
     [pred] = predictor.predict([crop])
     return crop, gt, pred, matrix
