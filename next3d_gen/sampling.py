@@ -63,8 +63,9 @@ class PoseConfig:
     conjugate (both eyes get the same rotation). Positive jaw opening opens the mouth (rotation about FLAME's +x).
 
     Attributes:
-        closed_mouth_prob: probability of a calm face with closed lips: the jaw opening is set to 0 and the
-            expression coefficients are multiplied by ``closed_mouth_expression_scale``. Most portraits show closed
+        closed_mouth_prob: probability of a calm face with closed lips: the jaw rotation (opening and sideways
+            shift, which would shear the lips apart) is set to 0 and the expression coefficients are multiplied by
+            ``closed_mouth_expression_scale``. Most portraits show closed
             lips, while i.i.d. expressions in [-2, 2] part them in about 99 % of samples (measured on the built-in
             head, whose lips close at a scale of 0.35 or less: inner mouth 0-2 pixels at 128 px). The choice comes
             from its own generator seeded by the sample's seed, so the other draws of a sample do not depend on it.
@@ -463,7 +464,7 @@ def sample_params_from_seed(
         )
     }
     if p.closed_mouth_prob > 0 and _closed_mouth(seed_of_sample, p.closed_mouth_prob):
-        draws["jaw_open_deg"] = 0.0
+        draws["jaw_open_deg"] = draws["jaw_side_deg"] = 0.0  # lips meet: no opening, no sideways shear
         expression = expression * p.closed_mouth_expression_scale
     # Head-frame pitch: a positive x rotation moves the front (+z) down, i.e. looks down / opens the jaw.
     pose = torch.zeros(15, dtype=torch.float64)

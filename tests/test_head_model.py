@@ -327,6 +327,9 @@ def test_static_landmarks_symmetric(layer):
     assert lm[30, 2] == pytest.approx(lm[:, 2].max(), abs=1e-3)  # nose tip is the most frontal landmark
     assert lm[36, 0] < lm[39, 0] < 0 < lm[42, 0] < lm[45, 0]  # subject's right eye on -x, outer corners outside
     assert lm[8, 1] < lm[57, 1] < lm[51, 1] < lm[33, 1] < lm[30, 1] < lm[27, 1]
+    # 300W's inner-lip corners sit inside the mouth corners, and the upper lip's peaks close to the middle
+    assert lm[48, 0] + 0.002 < lm[60, 0] < lm[62, 0] < lm[64, 0] < lm[54, 0] - 0.002
+    assert lm[48, 0] < lm[49, 0] < lm[50, 0] < lm[51, 0] and lm[50, 0] - lm[49, 0] > lm[51, 0] - lm[50, 0]
 
 
 def test_landmarks_land_on_their_regions(model, layer):
