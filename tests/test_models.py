@@ -59,6 +59,34 @@ def test_channels_last_gives_the_same_outputs_and_gradients() -> None:
     assert all(torch.allclose(p.grad, q.grad, atol=1e-9, rtol=1e-7) for p, q in grads if p.grad is not None)
 
 
+def test_upsample_before_concatenation_matches_interpolate() -> None:
+    # the dense heads' upsampling hands a channels-last input its gradient in that layout (the fast CPU path); values
+    # and gradients are those of the plain interpolation followed by the concatenation
+    from synthforge.models.heads import _ChannelsLastGrad, _upsample_to
+
+    torch.manual_seed(0)
+    base = torch.rand(2, 6, 5, 7, dtype=torch.float64)
+    skip = torch.rand(2, 3, 10, 14, dtype=torch.float64)
+    weight = torch.rand(2, 9, 10, 14, dtype=torch.float64)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = base.clone(memory_format=layout).requires_grad_(True)
+        up = _upsample_to(x, skip)
+        ref = torch.nn.functional.interpolate(base, size=(10, 14), mode="bilinear", align_corners=False)
+        assert torch.equal(up, ref)
+        (torch.cat([up, skip.contiguous(memory_format=layout)], 1) * weight).sum().backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+    # what the upsampling's backward receives: a dense channels-last gradient, not the concatenation's channel slice
+    seen = []
+    x = base.clone(memory_format=torch.channels_last).requires_grad_(True)
+    up = torch.nn.functional.interpolate(x, size=(10, 14), mode="bilinear", align_corners=False)
+    up.register_hook(seen.append)
+    out = torch.cat([_ChannelsLastGrad.apply(up), skip.contiguous(memory_format=torch.channels_last)], 1)
+    (out * weight).sum().backward()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+
+
 def test_every_parameter_gets_a_gradient() -> None:
     net = _tiny_net(normal=True)
     image = torch.rand(2, 3, 64, 64)

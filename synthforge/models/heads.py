@@ -12,6 +12,36 @@ import torch.nn.functional as tnf
 from torch import nn
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward hands its gradient on in the channels-last memory format.
+
+    Before a ``torch.cat`` over channels, the gradient a tensor gets back is a channel slice of the concatenation's
+    gradient: strided in neither layout, so the bilinear upsampling's backward takes PyTorch's slow generic CPU path
+    (9.6 ms instead of 2.0 ms for (16, 32, 48, 48) -> 96 x 96 in bf16, copy included)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) ``x`` to the (H, W) of ``like``; a channels-last ``x`` gets its gradient back
+    channels-last (:class:`_ChannelsLastGrad`). Values are those of ``tnf.interpolate``."""
+    up = tnf.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    if (
+        x.requires_grad
+        and x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        up = _ChannelsLastGrad.apply(up)
+    return up
+
+
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
@@ -65,7 +95,7 @@ class DenseHead(nn.Module):
         skips.pop()
         for up in self.up:
             skip = skips.pop()
-            x = up(torch.cat([tnf.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+            x = up(torch.cat([_upsample_to(x, skip), skip], 1))
         y = self.out(x) * self.output_scale
         if self.activation == "normalize":
             y = tnf.normalize(y, dim=1, eps=1e-6)
