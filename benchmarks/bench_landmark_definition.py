@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from label_finetune.datasets.w300 import read_pts
+from next3d_gen.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 ALIGN_POINTS = (36, 39, 42, 45, 30, 33, 48, 54)
 GROUPS = {
@@ -46,15 +49,6 @@ GROUPS = {
     "mouth": range(48, 68),
 }
 TURNED = (0.15, 0.45)
-
-
-def read_pts(path: Path) -> np.ndarray:
-    """(68, 2) float64 0-based pixel coordinates of a 300-W ``.pts`` file (stored 1-based)."""
-    lines = path.read_text().split("{", 1)[1].split("}", 1)[0].split()
-    pts = np.asarray(lines, dtype=np.float64).reshape(-1, 2)
-    if pts.shape != (68, 2):
-        raise ValueError(f"{path}: expected 68 points, got {pts.shape[0]}")
-    return pts - 1.0
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -149,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--realdata: no AFW .pts files in {afw_dir}", file=sys.stderr)  # noqa: T201
         return 2
     # both sets with their mirror images (module docstring)
-    afw = np.stack([read_pts(f) for f in files])
+    try:  # 0-based pixel centres (the files are 1-based); the project's one .pts reader
+        afw = np.stack([read_pts(f) for f in files]).astype(np.float64)
+    except UserError as err:
+        print(f"bench_landmark_definition: {err}", file=sys.stderr)  # noqa: T201
+        return 2
     afw = np.concatenate([afw, mirror(afw)])
     ref = reference_frame(afw, args.frontal)
     syn = synthetic_landmarks(Path(args.config), args.num, args.contour)
