@@ -182,8 +182,9 @@ SYNTH = LabelSpace(
   it (coverage >= :data:`LAYER_COVERAGE_THRESHOLD`); skin seen through thin hair (coverage below that) keeps its skin
   class. ``scalp`` remains the class of *bare* scalp.
 * ``eyeglasses`` = 21: glasses frames (rims, bridge, temple arms) and lenses, clear or dark, where they are in front
-  of the head or the background (same coverage rule); what is seen through a clear lens is labelled eyeglasses, not
-  eye.
+  of the head or the background (same coverage rule). Eyes and brows seen through a clear lens keep their class, as
+  CelebAMask-HQ's masks paint ``l_eye`` / ``r_eye`` / brows over ``eye_g`` (a clear lens does not hide them); skin
+  and nose behind it are eyeglasses.
 * ``beard`` = 22: facial hair (full beards, goatees, moustaches, chin beards, with their sideburns) where a renderer
   draws it as a hair layer on the face, by the same coverage rule; the procedural renderer's stubble is a shade of
   the skin and keeps the skin's class. A class of its own because the real label sets disagree with scalp hair
@@ -729,14 +730,15 @@ FACESYNTHETICS_TO_SYNTH = TrainingMergeTable(
     target=SYNTH,
     allowed=(
         ("background", ("background",)),
-        # FaceSynthetics labels transparent lenses as the class behind them (its README); ours labels them eyeglasses.
+        # FaceSynthetics labels transparent lenses as the class behind them (its README); ours labels skin behind a
+        # clear lens eyeglasses, eyes and brows behind it their own class (CelebAMask-HQ's rule), as FaceSynthetics.
         # Skin is every skin region of the face and the bare scalp (our finer skin classes are not in the source).
         ("skin", (*_SKIN, "scalp", "eyeglasses")),
         ("nose", ("nose",)),
-        ("right_eye", ("right_eyeball", "eyeglasses")),
-        ("left_eye", ("left_eyeball", "eyeglasses")),
-        ("right_brow", ("right_eyebrow", "eyeglasses")),
-        ("left_brow", ("left_eyebrow", "eyeglasses")),
+        ("right_eye", ("right_eyeball",)),
+        ("left_eye", ("left_eyeball",)),
+        ("right_brow", ("right_eyebrow",)),
+        ("left_brow", ("left_eyebrow",)),
         ("right_ear", ("right_ear",)),
         ("left_ear", ("left_ear",)),
         ("mouth_interior", ("inner_mouth",)),

@@ -55,7 +55,8 @@ The renderer paints the head in the label rasterization the pipeline already mad
   the image layer it is drawn on, with strands at its edge that never cross the threshold) and of the flyaway
   strands, ``1 - (1 - volume)(1 - flyaways)``, reaches the threshold; ``eyeglasses`` where the frame's (rims,
   bridge, arms) or a lens's coverage does, depth-tested against the head, over the head or the background, clear
-  lenses included; ``beard`` on head pixels where a beard's coverage reaches the threshold (a beard is not an
+  lenses included except over the eyes and brows, which keep their class behind a clear lens (CelebAMask-HQ's
+  rule); ``beard`` on head pixels where a beard's coverage reaches the threshold (a beard is not an
   occluder: the skin's geometry stays); ``background`` where a hand, an object or the clothes (over the neck below
   the collar) cover the pixel. Head pixels under scalp hair, a beard or a clear lens keep their geometry.
 * **Anti-aliasing**: the silhouette, depth discontinuities inside the head and the border of the scalp hair are
@@ -101,6 +102,9 @@ Range = tuple[float, float]
 
 # Class ids (from the label space, never literals).
 _C = {name: SYNTH.id(name) for name in SYNTH.classes}
+_SEEN_THROUGH_LENSES = torch.tensor([_C[n] for n in ("right_eyeball", "left_eyeball", "right_eyebrow", "left_eyebrow")])
+"""Classes that keep their label behind a clear lens, as in CelebAMask-HQ, whose masks paint ``l_eye`` / ``r_eye`` /
+``l_brow`` / ``r_brow`` over ``eye_g``: there an eye seen through glasses is an eye."""
 _CLUTTER = 5  # index of the clutter kind in ProceduralConfig.background_weights
 
 # Light-to-dark skin-tone scale (sRGB 0-255), roughly Fitzpatrick I-VI plus a very dark tone. Position 0 = lightest.
@@ -1464,7 +1468,9 @@ class ProceduralRenderer:
         if rng.chance(cfg.glasses_prob):
             g_occ, g_seen = self._glasses(rng, img, ann, depth_img, mask, K, L_cols, amb)
             occl |= g_occ.reshape(-1)
-            layer[g_seen.reshape(-1)] = _C["eyeglasses"]
+            # eyes and brows seen through a clear lens (no frame in front) keep their class (CelebAMask-HQ's rule)
+            through = g_seen & ~g_occ & torch.isin(seg, _SEEN_THROUGH_LENSES.to(device))
+            layer[(g_seen & ~through).reshape(-1)] = _C["eyeglasses"]
         for kind, p in (("hand", cfg.hand_prob), ("object", cfg.object_prob)):
             if rng.chance(p):
                 o_occ = self._blob_occluder(rng, img, H, W, bbox, kind, skin)
