@@ -1,6 +1,7 @@
 """Synthetic-to-real transfer: a stage-I checkpoint, with no fine-tuning, on real annotated faces (AFW dev set).
 
     python benchmarks/bench_real_transfer.py CKPT [--realdata DIR] [--json OUT] [--png OUT] [--crop-scale S]
+        [--glasses-min-share F]
     python benchmarks/bench_real_transfer.py --demo [DIR] [--demo-args "--num-train 300"] [--json OUT] [--png OUT]
 
 Data: ``../shared/realdata`` relative to the project root (``--realdata`` overrides; see its README: a development
@@ -33,7 +34,10 @@ towards the chin, in % of the inter-ocular distance); parsing F1 per merged clas
 :data:`next3d_gen.labels.REAL_MERGED` from the confusion matrix pooled over the parsing images (merge tables:
 ``next3d_gen.labels.REAL_MERGE_TABLES``), "n/a" for a class the network's label space cannot predict, and two
 means: over all classes, and over the classes some mask contains (a class no mask has, such as eyeglasses here,
-scores 0 on a single false-positive pixel and says nothing about finding it). Every figure is given twice: "plain"
+scores 0 on a single false-positive pixel and says nothing about finding it; when it is never predicted its F1 is
+undefined, printed "none" and left out of both means). Predictions are ``Predictor``'s defaults, as ``synthforge
+predict`` gives them: eyeglasses specks below ``GLASSES_MIN_SHARE`` of a crop are dropped
+(:mod:`synthforge.inference`; ``--glasses-min-share 0`` scores every pixel). Every figure is given twice: "plain"
 (one pass per crop) and "flip test" (each crop also predicted mirrored and the two averaged: ``synthforge predict
 --flip``; JSON keys ``afw_flip`` / ``parsing_flip``).
 """
@@ -360,7 +364,7 @@ def print_report(ckpt: Path, crop_scale: float, runs: dict[str, tuple[dict, dict
     print("| crop | " + " | ".join(names) + " | mean | in masks |\n|" + "---|" * (len(names) + 3))
     for way, (_, par) in runs.items():
         for label, table in (("landmark-box window", par), ("face-class-box window", par["mask_box"])):
-            cells = ["n/a" if table["f1"][n] is None else f"{table['f1'][n]:.3f}" for n in names]
+            cells = [_cell(table["f1"][n], n in active) for n in names]
             means = f"{table['f1_mean']:.3f} | {table['f1_mean_in_masks']:.3f}"
             print(f"| {label}, {way} | " + " | ".join(cells) + f" | {means} |")
     print(
@@ -370,6 +374,13 @@ def print_report(ckpt: Path, crop_scale: float, runs: dict[str, tuple[dict, dict
     inactive = [n for n in names if n not in active]
     if inactive:
         print(f"(n/a: {', '.join(inactive)}: no such class in the checkpoint's label space)")
+    print("(none: in no mask and never predicted: F1 undefined, left out of the means)")
+
+
+def _cell(f1: float | None, active: bool) -> str:
+    if not active:
+        return "n/a"
+    return "none" if f1 is None else f"{f1:.3f}"
 
 
 def run_demo(folder: Path, demo_args: str) -> Path:
@@ -410,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo-args", default="", help="extra 'synthforge demo' options, one quoted string")
     ap.add_argument("--realdata", type=Path, default=DEFAULT_REALDATA, help="real data folder (default %(default)s)")
     ap.add_argument("--crop-scale", type=float, default=None, help="override the checkpoint's data.crop_scale")
+    ap.add_argument(
+        "--glasses-min-share",
+        type=float,
+        default=None,
+        help="eyeglasses gate of the predictions (default: the Predictor's, GLASSES_MIN_SHARE; 0 = no gate)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write all figures there")
     ap.add_argument("--png", type=Path, default=None, help="write an overlay picture there")
     args = ap.parse_args(argv)
@@ -418,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("give either a checkpoint or --demo [DIR]")
         if args.crop_scale is not None and not args.crop_scale > 0:
             raise UserError(f"--crop-scale must be positive, got {args.crop_scale}")
+        if args.glasses_min_share is not None and not 0 <= args.glasses_min_share <= 1:
+            raise UserError(f"--glasses-min-share must be in [0, 1], got {args.glasses_min_share}")
         for sub in ("", "afw68", "celebamask_hq_samples", "lapa_sample"):
             if not (args.realdata / sub).is_dir():
                 raise UserError(f"--realdata: folder not found: {args.realdata / sub}")
@@ -427,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--{opt}: folder not found: {out.parent}")
         ckpt = run_demo(args.demo, args.demo_args) if args.demo is not None else args.ckpt
         predictor = Predictor.from_checkpoint(ckpt)
+        if args.glasses_min_share is not None and "eyeglasses" in predictor.min_share:
+            predictor.min_share["eyeglasses"] = args.glasses_min_share
         crop_scale = args.crop_scale if args.crop_scale is not None else predictor.crop_scale  # data.crop_scale
         if crop_scale is None:
             raise UserError(f"{ckpt}: no data.crop_scale in the checkpoint; pass --crop-scale")
@@ -446,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = {
                 "checkpoint": str(ckpt),
                 "crop_scale": crop_scale,
+                "min_share": predictor.min_share,
                 "realdata": str(args.realdata),
                 "afw": _public(afw),
                 "parsing": _public(parsing),

@@ -41,7 +41,7 @@ from torch import nn
 from next3d_gen.errors import UserError
 from next3d_gen.h5 import installed_version
 from next3d_gen.labels import LabelSpace
-from synthforge.inference import CropDefinition
+from synthforge.inference import CropDefinition, default_min_share
 
 FORMATS = ("onnx", "torchscript")
 """``--format`` values."""
@@ -345,6 +345,12 @@ def export_metadata(source: ExportSource, wrapper: ExportWrapper, image_size: in
             "whole image); scale and box are null when the checkpoint does not record them",
         },
         "label_space": label_space,
+        "whole_face_classes": {
+            "min_share": default_min_share(source.label_space) if label_space is not None else {},
+            "meaning": "synthforge predict's gate: in a crop where a listed class wins the argmax on less than this "
+            "share of the crop_size x crop_size pixels, that class's probability is set to 0 (specks, e.g. "
+            "eyeglasses on bare eyes); the graph's seg_logits are not gated",
+        },
         "num_landmarks": int(shapes["landmarks"][1]) if "landmarks" in shapes else 0,
         "pixel_convention": "integer coordinates are pixel centres; the crop spans [-0.5, crop_size - 0.5]",
         "onnx_opset": ONNX_OPSET if fmt == "onnx" else None,

@@ -23,6 +23,13 @@ negated) mirrored back, 68 landmarks mirrored and re-indexed with
 :data:`~next3d_gen.labels.LANDMARK_FLIP_PERMUTATION`. UV coordinates and landmark sets without a flip permutation
 (LaPa's 106 points) come from the unflipped pass. Twice the network time; on the AFW dev set it lowers the demo
 checkpoints' NME by 2-4 % (README).
+
+Whole-face classes (``min_share``): a pair of glasses is one object across both eyes, so a face either has a sizeable
+eyeglasses region or none. When a crop's eyeglasses pixels (argmax, at the network's resolution, after the flip
+average) cover less than :data:`GLASSES_MIN_SHARE` of the network's input square, they are specks on a bare face
+(squinting or shadowed eyes): the class's probability is set to 0 in that crop (the others renormalised), so ``seg``
+takes the next most probable class there. Stage-I checkpoints gate ``eyeglasses`` by default; ``min_share={}`` (or
+``synthforge predict --glasses-min-share 0``) keeps every pixel; other label spaces are not gated unless asked.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ class Prediction:
 
     Attributes:
         seg: (H, W) int64 class ids of ``label_space``, or None (300W fine-tuned checkpoints have no parsing).
-        seg_probs: (C, H, W) float32 class probabilities, or None with ``seg``.
+        seg_probs: (C, H, W) float32 class probabilities (0 for a whole-face class gated in this crop: see the
+            module docstring), or None with ``seg``.
         depth: (H, W) float32 relative depth in metres (camera z minus the head's median depth, up to an offset), or
             None (fine-tuned checkpoints without a depth adapter).
         landmarks: (K, 2) float32 (x, y) in the input's pixels (pixel-centre convention), or None; K = 68 for stage I
@@ -114,6 +122,22 @@ class CropDefinition:
 
 ImageLike = np.ndarray | torch.Tensor
 
+GLASSES_MIN_SHARE = 0.0075
+"""Smallest share of the crop that a face's ``eyeglasses`` pixels must cover to be kept (module docstring).
+
+Calibrated on synthetic faces, never on real ones (``benchmarks/bench_glasses_gate.py``, 1,000 fresh renders, two
+demo checkpoints): every pair of glasses covers at least 2.1 % of the training crop in its labels; gating at 0.75 %
+gives the best mean eyeglasses pixel F1 of the shares tried (0.320 and 0.416 against 0.318 and 0.404 ungated) while
+bare faces with glasses pixels fall from 64 % to 3-5 % and wearers keeping some fall from 94-97 % to 62-74 %."""
+
+
+def default_min_share(label_space: LabelSpace | None) -> dict[str, float]:
+    """The whole-face gates a label space gets by default: ``eyeglasses`` at :data:`GLASSES_MIN_SHARE` when it has
+    that class (the synthetic space), none otherwise."""
+    if label_space is not None and "eyeglasses" in label_space.classes:
+        return {"eyeglasses": GLASSES_MIN_SHARE}
+    return {}
+
 
 def _output(out: Any, name: str) -> torch.Tensor | None:
     """Field ``name`` of a network's output: a stage-I ``TaskOutputs`` (attributes) or a ``FinetuneSystem`` dict."""
@@ -134,6 +158,8 @@ class Predictor:
         kind: :data:`synthforge.checkpoints.STAGE1` or :data:`~synthforge.checkpoints.FINETUNE`.
         dataset: the fine-tuning dataset (``w300``, ``lapa``, ``celebamask_hq``), None for stage I.
         flip: average every prediction with the prediction on the mirrored crop (flip test; module docstring).
+        min_share: whole-face classes, ``{class name: smallest share of the crop}`` (module docstring); None: the
+            label space's :func:`default_min_share`; ``{}``: no gate.
 
     Attributes:
         crop_scale: the first-pass crop scale of :class:`synthforge.predict.FacePipeline` (window side over the
@@ -151,6 +177,7 @@ class Predictor:
         kind: str = STAGE1,
         dataset: str | None = None,
         flip: bool = False,
+        min_share: dict[str, float] | None = None,
     ) -> None:
         self.net = net.eval()
         if device is not None:
@@ -163,6 +190,12 @@ class Predictor:
         self.kind = kind
         self.dataset = dataset
         self.flip = flip
+        self.min_share = default_min_share(label_space) if min_share is None else dict(min_share)
+        for name, share in self.min_share.items():
+            if label_space is None or name not in label_space.classes:
+                raise ValueError(f"min_share: no class {name!r} in the label space")
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"min_share[{name!r}] must be in [0, 1], got {share}")
 
     @classmethod
     def from_checkpoint(
@@ -172,6 +205,7 @@ class Predictor:
         net: nn.Module | None = None,
         option: str | None = None,
         flip: bool = False,
+        min_share: dict[str, float] | None = None,
     ) -> Predictor:
         """Load a checkpoint written by ``synthforge train`` or ``synthforge finetune`` (networks rebuilt from their
         saved config; a fine-tuned checkpoint holds its frozen stage-I network, the stage-I file is not needed).
@@ -187,6 +221,7 @@ class Predictor:
                 CLI).
             option: the command-line option that named the file, for error messages (``--ckpt``).
             flip: flip test (see the class).
+            min_share: whole-face class gates (see the class; None: the label space's default).
 
         Raises:
             UserError: naming the option and the file when it is missing, damaged, holds objects that would run
@@ -202,7 +237,16 @@ class Predictor:
                 raise UserError(f"{where}: checkpoint has no crop size (not written by synthforge train)")
             scale = stage1_crop_scale(ckpt)
             definition = CropDefinition("landmarks", scale) if scale is not None else None
-            return cls(system.net, crop, system.label_space, device, crop=definition, kind=STAGE1, flip=flip)
+            return cls(
+                system.net,
+                crop,
+                system.label_space,
+                device,
+                crop=definition,
+                kind=STAGE1,
+                flip=flip,
+                min_share=min_share,
+            )
         if kind == FINETUNE:
             if net is not None:
                 raise ValueError("net= applies to stage-I checkpoints only")
@@ -224,6 +268,7 @@ class Predictor:
                 kind=FINETUNE,
                 dataset=system.dataset,
                 flip=flip,
+                min_share=min_share,
             )
         raise UserError(
             f"{where}: not a SynthForge checkpoint (no net.* or stage1.* weights; expected one written by "
@@ -268,6 +313,8 @@ class Predictor:
             if self.flip:
                 out = self._flip_average(out, self.net(batch.flip(-1)), s)
             seg_out, depth_out, lm_out = _output(out, "seg"), _output(out, "depth"), _output(out, "landmarks")
+            if seg_out is not None:
+                seg_out = self._gate_whole_face_classes(seg_out.float())
             for i, (h, w, side, ox, oy) in enumerate(geoms):
                 seg = probs = depth = lm = None
                 if seg_out is not None:
@@ -297,6 +344,22 @@ class Predictor:
                     )
                 )
         return results
+
+    def _gate_whole_face_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) float logits at the network's resolution, with each ``min_share`` class pushed to -1e9 in
+        the crops whose argmax gives it less than its share of the h x w pixels (probability 0 after softmax)."""
+        if not self.min_share or self.label_space is None:
+            return logits
+        winner = logits.argmax(1)  # (B, h, w), before any class is gated
+        for name, share in self.min_share.items():
+            idx = self.label_space.classes.index(name)
+            if idx >= logits.shape[1] or share <= 0:
+                continue
+            drop = (winner == idx).float().mean((1, 2)) < share  # (B,) crops where the class is only specks
+            if bool(drop.any()):
+                logits = logits.clone()
+                logits[drop, idx] = -1e9
+        return logits
 
     def _flip_average(self, out: Any, mirrored: Any, side: int) -> dict[str, torch.Tensor | None]:
         """The network's outputs on a batch and on the same batch mirrored (x -> ``side`` - 1 - x), averaged in the

@@ -159,6 +159,7 @@ def test_export_matches_pytorch_and_documents_itself(
     assert meta["crop_size"] == meta["train_crop_size"] == 64
     assert meta["crop"]["scale"] == 1.6 and meta["crop"]["box"] == "landmarks"
     assert meta["label_space"]["classes"] == list(SYNTH.classes) and meta["num_landmarks"] == 68
+    assert meta["whole_face_classes"]["min_share"] == {"eyeglasses": 0.0075}  # what synthforge predict gates
     if fmt == "onnx":
         import onnx
 
@@ -199,6 +200,7 @@ def test_finetuned_network_exports_as_one_graph(fmt: str, lapa_ckpt: Path, tmp_p
     meta = _file_metadata(out, fmt)
     assert meta["checkpoint_kind"] == "finetune" and meta["dataset"] == "lapa"
     assert meta["label_space"]["classes"] == list(LAPA.classes) and meta["num_landmarks"] == 106
+    assert meta["whole_face_classes"]["min_share"] == {}
     assert meta["crop"] == {**meta["crop"], "scale": 1.2, "box": "label"}
     assert [o["shape"] for o in meta["outputs"]] == [["batch", LAPA.num_classes, 32, 32], ["batch", 106, 2]]
 

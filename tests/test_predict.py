@@ -352,7 +352,7 @@ def test_cli_flip_matches_the_python_pipeline(ckpt: Path, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "case",
-    ["missing_ckpt", "not_a_checkpoint", "foreign_checkpoint", "bad_boxes", "bad_save"],
+    ["missing_ckpt", "not_a_checkpoint", "foreign_checkpoint", "bad_boxes", "bad_save", "bad_glasses_share"],
 )
 def test_cli_bad_input_exit_2(case: str, ckpt: Path, tmp_path: Path) -> None:
     import torch
@@ -373,6 +373,9 @@ def test_cli_bad_input_exit_2(case: str, ckpt: Path, tmp_path: Path) -> None:
         (tmp_path / "b.json").write_text('{"img.png": [[10, 10, 5, 30]]}')
         args += ["--boxes", str(tmp_path / "b.json")]
         needle = "--boxes"
+    elif case == "bad_glasses_share":
+        args += ["--glasses-min-share", "1.5"]
+        needle = "--glasses-min-share must be in [0, 1], got 1.5"
     else:
         args += ["--save", "seg,mesh"]
         needle = "--save"

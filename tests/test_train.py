@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from next3d_gen.labels import SYNTH
+from next3d_gen.labels import LAPA, SYNTH
 from synthforge.cli import main as cli_main
 from synthforge.data.toy import write_toy_dataset
 
@@ -297,6 +297,41 @@ def test_flip_test_averages_in_the_unmirrored_frame() -> None:
     assert np.allclose(flip.landmarks[:, 1], 11.5, atol=1e-3)
     assert np.allclose(flip.depth, 15.5, atol=1e-4) and not np.allclose(plain.depth, 15.5)
     assert (flip.seg == plain.seg).all() and (flip.seg[:, :16] == SYNTH.id("right_eye_region")).all()
+
+
+def test_glasses_gate_drops_specks_per_crop_and_keeps_glasses() -> None:
+    """A fake net: ``face`` everywhere (logit 5) and eyeglasses (logit 10) on the first n pixels of row 3 of crop i,
+    n = (4, 40)[i] on a 32 x 32 crop, i.e. 0.4 % and 3.9 % of it. The default gate (0.75 %) drops the first crop's
+    glasses (probability 0, ``face`` there) and keeps the second's; min_share={} keeps both; a stage-II label space
+    without eyeglasses gets no gate."""
+    from synthforge.inference import GLASSES_MIN_SHARE, Predictor, default_min_share
+    from synthforge.models import TaskOutputs
+
+    g, face = SYNTH.id("eyeglasses"), SYNTH.id("face")
+
+    class Fake(_FakeNet):
+        def forward(self, x: torch.Tensor) -> TaskOutputs:
+            b, _, h, w = x.shape
+            seg = torch.zeros(b, len(SYNTH.classes), h, w)
+            seg[:, face] = 5
+            for i in range(b):
+                n = round(float(x[i, 0, 0, 0]) * 255)  # the pixel count is written into the image
+                seg[i, g].view(-1)[3 * w : 3 * w + n] = 10
+            z = torch.zeros(b, 1, h, w)
+            lm = torch.zeros(b, 68, 2)
+            return TaskOutputs(seg, z, [], [lm], lm, z)
+
+    images = [np.full((32, 32, 3), n, np.uint8) for n in (4, 40)]
+    assert GLASSES_MIN_SHARE == 0.0075 and 4 / 1024 < GLASSES_MIN_SHARE < 40 / 1024
+    speck, glasses = Predictor(Fake(), crop_size=32).predict(images)
+    assert not (speck.seg == g).any() and (speck.seg == face).all() and speck.seg_probs[g].max() == 0
+    np.testing.assert_allclose(speck.seg_probs.sum(0), 1, atol=1e-5)
+    assert (glasses.seg == g).sum() == 40 and (glasses.seg.reshape(-1)[96:136] == g).all()
+    ungated = Predictor(Fake(), crop_size=32, min_share={}).predict(images)
+    assert [int((p.seg == g).sum()) for p in ungated] == [4, 40]
+    assert default_min_share(LAPA) == {} and default_min_share(SYNTH) == {"eyeglasses": GLASSES_MIN_SHARE}
+    with pytest.raises(ValueError, match="no class 'eyeglasses'"):
+        Predictor(Fake(), crop_size=32, label_space=LAPA, min_share={"eyeglasses": 0.01})
 
 
 @pytest.mark.parametrize(

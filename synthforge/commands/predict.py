@@ -19,7 +19,8 @@ is predicted twice: from the detector box, then re-cropped from its own predicte
 Outputs under ``--out``, named after the input's stem (video frames: ``<stem>_<frame>``, frame numbers from 0; inputs
 found in a folder keep their sub-folder):
 
-* ``<stem>.json``: image size, the checkpoint's kind, dataset and crop, ``flip`` (``--flip``), its label space
+* ``<stem>.json``: image size, the checkpoint's kind, dataset and crop, ``flip`` (``--flip``), ``min_share`` (the
+  whole-face class gates: ``{"eyeglasses": 0.0075}`` for stage I, ``--glasses-min-share``), its label space
   (name, classes, palette; null without parsing, 300W), and per face ``box`` [x0, y0, x1, y1], detector ``score``,
   ``landmarks`` [[x, y], ...] in the original image's pixels (integer values are pixel centres);
   ``"faces": []`` with a note when none is found; the files written and how to read the depth PNG.
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="flip test: average each face's predictions with those on the mirrored crop (landmarks, parsing, "
         "depth; more accurate, twice the network time)",
+    )
+    p.add_argument(
+        "--glasses-min-share",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="drop a face's eyeglasses pixels when they cover less than this share of its crop (specks on bare "
+        "eyes; default 0.0075 for stage-I checkpoints; 0 keeps every pixel)",
     )
     p.add_argument(
         "--crop-scale",
@@ -405,6 +414,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--crop-scale must be > 0, got {args.crop_scale}")
     if args.min_face is not None and not args.min_face > 0:
         raise UserError(f"--min-face must be > 0, got {args.min_face}")
+    if args.glasses_min_share is not None and not 0.0 <= args.glasses_min_share <= 1.0:
+        raise UserError(f"--glasses-min-share must be in [0, 1], got {args.glasses_min_share}")
     if not Path(args.ckpt).is_file():
         raise UserError(f"--ckpt: no such checkpoint file: {args.ckpt}")
     boxes = load_boxes(args.boxes) if args.boxes else None
@@ -424,6 +435,10 @@ def main(argv: list[str]) -> int:
     if boxes is None and not args.no_detect:
         detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW, threshold=args.detect_threshold)
     predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device), option="--ckpt", flip=args.flip)
+    if args.glasses_min_share is not None and predictor.label_space is not None:
+        if "eyeglasses" not in predictor.label_space.classes:
+            raise UserError(f"--glasses-min-share: {args.ckpt} has no eyeglasses class ({predictor.label_space.name})")
+        predictor.min_share["eyeglasses"] = args.glasses_min_share
     crop_scale = args.crop_scale or predictor.crop_scale
     whole_images = predictor.crop is not None and predictor.crop.box == "image"
     if not crop_scale and whole_images and not args.no_detect:
@@ -454,6 +469,7 @@ def main(argv: list[str]) -> int:
         "crop_scale": pipeline.crop_scale,
         "crop": {"box": crop.box, "scale": crop.scale},
         "flip": pipeline.flip,
+        "min_share": predictor.min_share,
     }
     failed: list[str] = [f"{m}: no such file or folder" for m in missing]
     for line in failed:
