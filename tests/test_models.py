@@ -192,6 +192,31 @@ def test_dice_loss_hand_computed_and_ignore() -> None:
     assert dice_loss(perfect, target) < 1e-6
 
 
+def test_dice_loss_matches_the_one_hot_formula() -> None:
+    """The Dice loss, summed without a one-hot tensor, equals the textbook one-hot formula (value and gradient) on
+    random logits with ignored pixels and a class absent from the target."""
+    from synthforge.losses import dice_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, 7, 6, generator=g)
+    target = torch.randint(0, 4, (3, 7, 6), generator=g)  # class 4 never present
+    target[0, :2] = 255
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        valid = (target != 255)[:, None].float()
+        probs = torch.softmax(x, 1) * valid
+        onehot = torch.nn.functional.one_hot(torch.where(target == 255, 0, target), 5).permute(0, 3, 1, 2) * valid
+        inter, gt = (probs * onehot).sum((0, 2, 3)), onehot.sum((0, 2, 3))
+        dice = (2 * inter + 1) / (probs.sum((0, 2, 3)) + gt + 1)
+        return (1 - dice[gt > 0]).mean()
+
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ours, ref = dice_loss(a, target), reference(b)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(ours, ref, atol=1e-6) and torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
 def test_masked_depth_losses_hand_computed() -> None:
     pred = torch.tensor([[[[0.0, 0.1], [0.3, 5.0]]]])
     target = torch.zeros_like(pred)
