@@ -112,6 +112,7 @@ def bare_rate(system, batches: list[dict], warmup: int, precision: str = "32-tru
     """Steps per second of a plain loop: forward (under bf16 autocast for a bf16-mixed config, as Lightning does),
     the same loss terms and weights (the system's own loss functions), backward, AdamW + schedule step."""
     from synthforge import losses as L
+    from synthforge.system import adamw
 
     net = system.net
     net.train()
@@ -121,7 +122,7 @@ def bare_rate(system, batches: list[dict], warmup: int, precision: str = "32-tru
         {"params": [p for p in net.parameters() if id(p) in trunk_ids], "lr": system.trunk_lr},
         {"params": [p for p in net.parameters() if id(p) not in trunk_ids], "lr": system.lr},
     ]
-    opt = torch.optim.AdamW(groups, weight_decay=system.weight_decay, betas=system.betas)
+    opt = adamw(groups, weight_decay=system.weight_decay, betas=system.betas)  # the system's own optimiser
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     autocast = precision.startswith("bf16")
     times = []

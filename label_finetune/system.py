@@ -24,6 +24,7 @@ from label_finetune.heads import DepthAdapter, LandmarkAdapter, SegmentationAdap
 from next3d_gen.errors import UserError
 from next3d_gen.labels import IGNORE_INDEX, INTER_OCULAR
 from synthforge.models.heads import heatmap_to_image, soft_argmax
+from synthforge.system import adamw
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ class FinetuneSystem(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = adamw(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=self.hparams.lr_min)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
