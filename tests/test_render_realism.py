@@ -569,7 +569,7 @@ def _open_mouth_scene(size: int = 128) -> Scene:
 
 
 def test_teeth_and_tongue_change_only_the_open_mouth_and_brighten_it() -> None:
-    scene = _open_mouth_scene()
+    scene = _open_mouth_scene(256)  # a mouth opening several times the teeth's reach
     seg = scene.annotations.seg[0].numpy()
     mouth = seg == C["inner_mouth"]
     base = dict(QUIET, hair_prob=0.0, beard_prob=0.0, teeth_prob=0.0, lower_teeth_prob=0.0)
@@ -577,13 +577,20 @@ def test_teeth_and_tongue_change_only_the_open_mouth_and_brighten_it() -> None:
     d = np.abs(outs[1] - outs[0]).sum(-1) > 0
     assert d.any() and mouth[d].all()
     assert (outs[1] - outs[0])[d].mean() > 0  # the tongue is lighter than the cavity
-    # teeth (teeth_prob draws from the main stream, so compare within one render): the mouth just under the upper
-    # lip is much brighter than the rest of the mouth
+    # teeth (teeth_prob draws from the main stream, so compare within one render): the upper teeth reach about 9 mm
+    # below the upper lip, head_px / 32 rows (head_px: the longer side of the head's box); the mouth there is much
+    # brighter than deeper in the mouth
     img = _render(scene, 0, ProceduralConfig(**dict(base, teeth_prob=1.0), tongue_prob=0.0)).image.numpy()
     lum = img.astype(float).mean(-1)
+    x0, y0, x1, y1 = scene.annotations.bbox[0].tolist()
+    reach = (max(3, round(max(x1 - x0, y1 - y0) / 16) | 1)) // 2
     upper_lip = seg == C["upper_lip"]
-    under = mouth & (np.roll(upper_lip, 1, 0) | np.roll(upper_lip, 2, 0))
-    assert under.sum() > 5 and lum[under].mean() > lum[mouth & ~under].mean() + 20
+    below = [mouth & np.roll(upper_lip, r, 0) for r in range(1, reach + 2)]  # mouth pixels r rows under the lip
+    teeth = np.logical_or.reduce(below[:reach])
+    deeper = mouth & ~np.logical_or.reduce(below)  # more than reach + 1 rows under the lip
+    assert reach >= 3 and teeth.sum() > 5 and deeper.sum() > 5, (reach, teeth.sum(), deeper.sum())
+    assert lum[teeth].mean() > lum[deeper].mean() + 20
+    assert lum[below[reach - 1]].mean() > lum[deeper].mean() + 20  # the deepest teeth row too
 
 
 def test_catchlight_brightens_only_the_eyes(toy) -> None:

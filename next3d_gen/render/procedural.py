@@ -14,7 +14,8 @@ The renderer paints the head in the label rasterization the pipeline already mad
   cheek flush; darker/redder tones on ears, neck, eye regions; optional freckles and stubble; makeup (eye shadow on
   the upper lids, blush on the cheeks, lipstick). Eyebrows are
   noise-modulated strokes on the eyebrow classes, lips a lip tone on the lip classes, the inner mouth dark with
-  optional teeth (upper and lower rows, dark lines between them, darker towards the corners) and a tongue (from
+  optional teeth (an upper row showing about 9 mm below the upper lip, as incisors do, a lower row above the lower
+  lip, dark lines between them, darker towards the corners) and a tongue (from
   the mouth's screen-space frame given by the lip landmarks), eyeballs get sclera / iris (radial streaks and fibres,
   wavy collarette, crypts, dark ruff and limbal ring, optional amber centre) / pupil from the direction out of each
   eyeball's centre in the rest pose (the iris follows the eye joint) and a shadow under the lids; the lids get a
@@ -1120,10 +1121,13 @@ class ProceduralRenderer:
             mouth_w = float((corner_r - corner_l).norm())
             mrng = looks["mouth"]
             k = max(3, int(round(head_px / 30)) | 1)
+            # upper teeth show about 9 mm below the upper lip (a central incisor's crown is 10-11 mm; head_px, the
+            # head-and-neck box, spans about 0.3 m): a max-filter k_up rows tall reaches k_up // 2 rows down
+            k_up = max(3, int(round(head_px / 16)) | 1)
             near_upper = torch.zeros_like(mi, dtype=torch.bool)
             tooth = _lin(_const(device, (0.9, 0.87, 0.78)))
             if rng.chance(cfg.teeth_prob):
-                near_upper = fx.dilate_at(seg == _C["upper_lip"], (k, 3), pix[mi])
+                near_upper = fx.dilate_at(seg == _C["upper_lip"], (k_up, 3), pix[mi])
                 tooth = tooth * rng.u((0.75, 1.0))
                 rng.rand(1, 1, 4, 24)  # a grid the teeth no longer use: keeps the main stream's layout
             near_lower = fx.dilate_at(seg == _C["lower_lip"], (max(3, k - 2), 3), pix[mi]) & (down > 0.5)
