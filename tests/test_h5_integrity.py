@@ -314,7 +314,12 @@ def test_a_write_refused_by_the_os_then_the_rerun_resumes_with_identical_rows(tm
     cfg["model"] = {}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     ref = tmp_path / "ref.h5"
-    generate_shard(SamplePipeline(config_from_dict(cfg)), str(ref), 10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command generates (--threads 1): the bytes are those of a fixed thread count
+    try:
+        generate_shard(SamplePipeline(config_from_dict(cfg)), str(ref), 10)
+    finally:
+        torch.set_num_threads(threads)
     limit = ref.stat().st_size // 2
     out = tmp_path / "out.h5"
     argv = [sys.executable, "-m", "synthforge.cli", "generate", "--config", str(tmp_path / "c.yaml"), "--num", "10",
