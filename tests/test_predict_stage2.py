@@ -224,6 +224,12 @@ def test_cli_w300_landmarks_only(assets: dict[str, Path], tmp_path: Path) -> Non
     [f] = doc["faces"]
     assert f["num_landmarks"] == 68 and np.isfinite(f["landmarks"]).all()
     assert set(doc["files"]) == {"overlay"} and not (out / "face_seg.png").exists()
+    # the eyeglasses gate is a parsing option: asking for it on a landmark-only checkpoint is a mistake
+    r = _run(["--ckpt", str(assets["w300"]), str(face), "--no-detect", "--out", str(out), "--glasses-min-share", "0"],
+             tmp_path)  # fmt: skip
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "--glasses-min-share" in lines[0], r.stderr
+    assert "no parsing head" in lines[0] and str(assets["w300"]) in lines[0]
 
 
 @pytest.mark.parametrize("case", ["foreign", "truncated"])

@@ -435,7 +435,9 @@ def main(argv: list[str]) -> int:
     if boxes is None and not args.no_detect:
         detector = make_detector(args.detector, min_face=args.min_face or DLIB_WINDOW, threshold=args.detect_threshold)
     predictor = Predictor.from_checkpoint(args.ckpt, device=_device(args.device), option="--ckpt", flip=args.flip)
-    if args.glasses_min_share is not None and predictor.label_space is not None:
+    if args.glasses_min_share is not None:
+        if predictor.label_space is None:
+            raise UserError(f"--glasses-min-share: {args.ckpt} has no parsing head ({predictor.dataset})")
         if "eyeglasses" not in predictor.label_space.classes:
             raise UserError(f"--glasses-min-share: {args.ckpt} has no eyeglasses class ({predictor.label_space.name})")
         predictor.min_share["eyeglasses"] = args.glasses_min_share
