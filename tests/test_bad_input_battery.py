@@ -481,6 +481,7 @@ CASES: list[Case] = [
         "--num-heldout",
         no_output=("{tmp}/d",),
     ),
+    Case("demo-negative-budget", ("demo", "--out", "{tmp}/d", "--budget", "-1"), "--budget", no_output=("{tmp}/d",)),
     Case(
         "demo-image-size-too-large",
         ("demo", "--out", "{tmp}/d", "--image-size", "100000"),

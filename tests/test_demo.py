@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synthforge.cli import main
+from synthforge.commands.demo import BUDGET_RESERVE_S, max_time_seconds, training_time_cap
 
 
 def test_demo_end_to_end_tiny(tmp_path: Path, capsys) -> None:
@@ -24,6 +26,8 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys) -> None:
         "64",
         "--workers",
         "1",
+        "--budget",
+        "0.5",  # 30 s: whatever generation takes, training gets the one-minute floor instead of the config's cap
         "--train-args",
         "--trainer.max_steps=2",
         "--data.batch_size=4",
@@ -35,7 +39,22 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys) -> None:
         assert metrics[key] == metrics[key] and metrics["baseline_" + key] == metrics["baseline_" + key]  # not NaN
     assert metrics["num_samples"] == 4
     assert (out / "report.png").stat().st_size > 5_000
-    assert "| landmark NME (%) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| landmark NME (%) |" in printed
+    assert "training capped at 1.0 min instead of 12.5 to keep the demo within --budget 0.5 min" in printed
+    [config] = (out / "runs").glob("lightning_logs/version_*/config.yaml")
+    assert yaml.safe_load(config.read_text())["trainer"]["max_time"] == "00:00:01:00"
+
+
+def test_demo_time_budget_arithmetic() -> None:
+    assert max_time_seconds("00:00:12:30") == 750.0 and max_time_seconds("01:02:03:04") == 93784.0
+    assert max_time_seconds({"minutes": 12, "seconds": 30}) == 750.0
+    for bad in (None, "12:30", "00:00:12:3x", 750, {"weeks": 1}, {}):
+        assert max_time_seconds(bad) is None
+    # the slower host's runs: generation 111 s leaves the config's 750 s; 138 s (a busy machine) cuts it to 732 s
+    assert training_time_cap(885.0, 111.0, 750.0) == 750.0
+    assert training_time_cap(885.0, 138.0, 750.0) == 885.0 - 138.0 - BUDGET_RESERVE_S
+    assert training_time_cap(885.0, 900.0, 750.0) == 60.0  # never below the floor
 
 
 def test_demo_bad_option_exits_2(tmp_path: Path, capsys) -> None:

@@ -5,7 +5,9 @@ Steps (each resumes when rerun with the same ``--out``: finished shards are kept
 1. ``DIR/train``: ``--num-train`` samples (seed 0) and ``DIR/heldout``: ``--num-heldout`` samples (seed 1) with the
    built-in head and the procedural renderer (``configs/generate/default.yaml`` at ``--image-size``).
 2. ``synthforge train --config configs/stage1/demo.yaml`` on ``DIR/train`` (logs and checkpoints in ``DIR/runs``),
-   in bf16 mixed precision where the hardware runs bf16 natively (:func:`native_bf16`), fp32 elsewhere.
+   in bf16 mixed precision where the hardware runs bf16 natively (:func:`native_bf16`), fp32 elsewhere. Training
+   stops at the config's ``trainer.max_time`` or earlier when generation took so long that the whole demo would
+   overrun ``--budget`` minutes (:func:`training_time_cap`).
 3. Evaluation of the final checkpoint on ``DIR/heldout`` next to trivial baselines on the same crops:
    ``DIR/metrics.json`` and ``DIR/report.png`` (inputs, predictions, ground truth).
 
@@ -58,6 +60,41 @@ def native_bf16() -> bool:
     return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
+BUDGET_RESERVE_S = 15.0
+"""Seconds of the demo's budget kept for what follows training's time cap: building the trainer and the model,
+saving the final checkpoint and the held-out evaluation (about 3 s each on 2 cores)."""
+
+
+def max_time_seconds(value: object) -> float | None:
+    """Seconds of a Lightning ``trainer.max_time`` given as ``"DD:HH:MM:SS"`` or ``{days, hours, minutes, seconds}``;
+    None for anything else (no time cap, or a form this does not read)."""
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
+            d, h, m, sec = (int(p) for p in parts)
+            return float(((d * 24 + h) * 60 + m) * 60 + sec)
+        return None
+    if isinstance(value, dict) and value and set(value) <= {"days", "hours", "minutes", "seconds"}:
+        scale = {"days": 86400.0, "hours": 3600.0, "minutes": 60.0, "seconds": 1.0}
+        try:
+            return sum(float(v) * scale[k] for k, v in value.items())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def training_time_cap(budget_s: float, elapsed_s: float, config_cap_s: float, minimum_s: float = 60.0) -> float:
+    """Seconds of training that keep the demo within ``budget_s``: the config's cap, or less when the time already
+    spent (``elapsed_s``, generation) plus the cap and :data:`BUDGET_RESERVE_S` would overrun the budget; never
+    below ``minimum_s`` (a checkpoint to evaluate beats none)."""
+    return max(minimum_s, min(config_cap_s, budget_s - elapsed_s - BUDGET_RESERVE_S))
+
+
+def _format_max_time(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def _newest_final_checkpoint(runs: Path) -> Path:
     found = sorted(runs.glob("lightning_logs/version_*/checkpoints/final.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -75,6 +112,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels (default 128)")
     parser.add_argument("--workers", type=int, default=None, help="generation processes (default: CPU cores)")
     parser.add_argument(
+        "--budget",
+        type=float,
+        default=14.75,
+        metavar="MIN",
+        help="minutes for the whole demo (default 14.75): when generation is slow, training gets less than the "
+        "config's time cap so that the total stays within it; 0: always the config's cap",
+    )
+    parser.add_argument(
         "--train-args",
         nargs=argparse.REMAINDER,
         default=[],
@@ -84,6 +129,8 @@ def main(argv: list[str]) -> int:
     for name in ("num_train", "num_heldout"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.budget >= 0:
+        raise UserError(f"--budget must be >= 0 minutes, got {args.budget}")
     check_image_size(args.image_size, "--image-size")  # before anything is written
     gen_config = packaged_config("generate/default.yaml")
     train_config = packaged_config("stage1/demo.yaml")
@@ -119,6 +166,25 @@ def main(argv: list[str]) -> int:
             return status
         timings[f"generate_{split}_s"] = time.perf_counter() - t0
 
+    cap_args = []
+    own_cap = any(a.startswith("--trainer.max_time") for a in args.train_args)
+    if args.budget > 0 and not own_cap:
+        import yaml
+
+        config_cap = max_time_seconds(
+            (yaml.safe_load(train_config.read_text()) or {}).get("trainer", {}).get("max_time")
+        )
+        spent = sum(timings.values())
+        if config_cap is not None:
+            cap = training_time_cap(args.budget * 60, spent, config_cap)
+            if cap < config_cap:
+                cap_args = [f"--trainer.max_time={_format_max_time(cap)}"]
+                print(
+                    f"[demo] generation took {spent / 60:.1f} min: training capped at {cap / 60:.1f} min instead of "
+                    f"{config_cap / 60:.1f} to keep the demo within --budget {args.budget:g} min",
+                    flush=True,
+                )
+
     t0 = time.perf_counter()
     runs = out / "runs"
     precision = [] if native_bf16() else ["--trainer.precision=32-true"]  # demo.yaml asks for bf16-mixed
@@ -133,6 +199,7 @@ def main(argv: list[str]) -> int:
             f"--data.train={out / 'train'}",
             f"--trainer.default_root_dir={runs}",
             *precision,
+            *cap_args,
             *args.train_args,
         ]
     )
