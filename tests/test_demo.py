@@ -41,7 +41,7 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys) -> None:
     assert (out / "report.png").stat().st_size > 5_000
     printed = capsys.readouterr().out
     assert "| landmark NME (%) |" in printed
-    assert "training capped at 1.0 min instead of 12.5 to keep the demo within --budget 0.5 min" in printed
+    assert "training capped at 1:00 min instead of 12:30 min to keep the demo within --budget 0.5 min" in printed
     [config] = (out / "runs").glob("lightning_logs/version_*/config.yaml")
     assert yaml.safe_load(config.read_text())["trainer"]["max_time"] == "00:00:01:00"
 

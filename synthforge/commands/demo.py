@@ -95,6 +95,11 @@ def _format_max_time(seconds: float) -> str:
     return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def _mmss(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 60}:{s % 60:02d} min"
+
+
 def _newest_final_checkpoint(runs: Path) -> Path:
     found = sorted(runs.glob("lightning_logs/version_*/checkpoints/final.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -177,11 +182,11 @@ def main(argv: list[str]) -> int:
         spent = sum(timings.values())
         if config_cap is not None:
             cap = training_time_cap(args.budget * 60, spent, config_cap)
-            if cap < config_cap:
+            if int(cap) < int(config_cap):  # whole seconds, as max_time is written
                 cap_args = [f"--trainer.max_time={_format_max_time(cap)}"]
                 print(
-                    f"[demo] generation took {spent / 60:.1f} min: training capped at {cap / 60:.1f} min instead of "
-                    f"{config_cap / 60:.1f} to keep the demo within --budget {args.budget:g} min",
+                    f"[demo] generation took {_mmss(spent)}: training capped at {_mmss(cap)} instead of "
+                    f"{_mmss(config_cap)} to keep the demo within --budget {args.budget:g} min",
                     flush=True,
                 )
 
