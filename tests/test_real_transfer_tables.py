@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -231,6 +232,45 @@ def test_bench_missing_realdata_is_one_line_exit_2(tmp_path: Path, capsys: pytes
     assert len(err) == 1 and str(missing) in err[0] and "--realdata" in err[0]
     assert bench.main(["--realdata", str(missing)]) == 2  # neither a checkpoint nor --demo
     assert "--demo" in capsys.readouterr().err
+
+
+def test_summary_of_runs_counts_targets_and_reads_the_demo_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "summarize_transfer.py"
+    spec = importlib.util.spec_from_file_location("summarize_transfer", path)
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+
+    def run(name: str, nme: float, hair: float, demo_minutes: float | None) -> Path:
+        ckpt = tmp_path / name / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "final.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        if demo_minutes is not None:
+            timings = {"generate_train_s": 60.0, "train_s": demo_minutes * 60 - 60.0}
+            metrics = {"nme": 5.0, "seg_f1_mean": 0.7, "depth_rmse_mm": 9.5, "timings": timings}
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        f1 = {"hair": hair, "brows": 0.75, "eyeglasses": None}
+        parsing = {"f1": f1, "f1_mean": (hair + 0.75) / 2, "f1_mean_in_masks": (hair + 0.75) / 2}
+        afw = {"nme_all": nme, "nme_jaw17": 11.0, "nme_inner51": 6.5, "fr_10": 15.0}
+        doc = {"checkpoint": str(ckpt), "afw": afw, "parsing": parsing, "afw_flip": afw, "parsing_flip": parsing}
+        out = tmp_path / f"{name}.json"
+        out.write_text(json.dumps(doc))
+        return out
+
+    files = [run("a", 7.5, 0.8, 14.5), run("b", 8.2, 0.6, None), run("c", 7.9, 0.71, 15.2)]
+    assert summary.main([str(f) for f in files]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["median"].split(" | ")[1] == "7.90" and rows["max"].split(" | ")[1] == "8.20"
+    assert "| NME all <= 8 % | 2 of 3 | b |" in table
+    assert "| hair >= 0.7 | 2 of 3 | b |" in table
+    assert "| parsing mean >= 0.65 | 3 of 3 | - |" in table
+    assert "| demo <= 15 min | 1 of 2 (1 without the figure) | c |" in table  # b has no demo folder
+    assert rows["a"].split(" | ")[-2:] == ["9.5", "14.5 |"]  # held-out depth and minutes from a's metrics.json
+    (tmp_path / "bad.json").write_text("{}")
+    assert summary.main([str(files[0]), str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.json" in err[0] and "bench_real_transfer.py --json" in err[0]
 
 
 def test_bench_eye_frame_offsets() -> None:
