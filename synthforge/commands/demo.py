@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
             return status
         timings[f"generate_{split}_s"] = time.perf_counter() - t0
 
-    cap_args = []
+    cap_args: list[str] = []
     own_cap = any(a.startswith("--trainer.max_time") for a in args.train_args)
     if args.budget > 0 and not own_cap:
         import yaml
